@@ -1,0 +1,130 @@
+//! The RepVGG block in its two forms: training-time (three branches) and deploy-time (one fused
+//! 3x3 convolution). Field names follow the reference checkpoints (`rbr_dense`, `rbr_1x1`,
+//! `rbr_identity`, `rbr_reparam`, `se`), so module paths equal PyTorch state-dict keys.
+
+use burn::module::{Module, ModuleDisplay};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::{Device, Tensor};
+
+use crate::config::{BlockSpec, RepVggConfig};
+use crate::se::SqueezeExcite;
+
+/// What the network needs from a block, whichever form it takes.
+pub trait Block: Module + ModuleDisplay + Sized {
+    /// Builds the block described by `spec` with fresh weights.
+    fn init(spec: &BlockSpec, config: &RepVggConfig, device: &Device) -> Self;
+
+    /// `[N, in, H, W]` to `[N, out, H / stride, W / stride]`.
+    fn forward(&self, input: Tensor<4>) -> Tensor<4>;
+}
+
+/// A bias-free convolution followed by batch norm: one branch of the training-time block.
+#[derive(Module, Debug)]
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm,
+}
+
+impl ConvBn {
+    fn init(spec: &BlockSpec, kernel: usize, config: &RepVggConfig, device: &Device) -> Self {
+        let padding = kernel / 2;
+        let conv = Conv2dConfig::new([spec.in_channels, spec.out_channels], [kernel, kernel])
+            .with_stride([spec.stride, spec.stride])
+            .with_padding(PaddingConfig2d::Explicit(
+                padding, padding, padding, padding,
+            ))
+            .with_groups(spec.groups)
+            .with_bias(false)
+            .init(device);
+        Self {
+            conv,
+            bn: batch_norm(spec.out_channels, config, device),
+        }
+    }
+
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.bn.forward(self.conv.forward(input))
+    }
+}
+
+fn batch_norm(channels: usize, config: &RepVggConfig, device: &Device) -> BatchNorm {
+    BatchNormConfig::new(channels)
+        .with_epsilon(config.bn_epsilon)
+        .with_momentum(config.bn_momentum)
+        .init(device)
+}
+
+/// Training-time block: `ReLU(SE(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x)))`.
+///
+/// The identity branch exists only where the block keeps its shape (`in == out`, stride 1); SE
+/// only in SE architectures.
+#[derive(Module, Debug)]
+pub struct RepVggBlock {
+    /// 3x3 convolution + BN.
+    pub rbr_dense: ConvBn,
+    /// 1x1 convolution + BN.
+    pub rbr_1x1: ConvBn,
+    /// Batch norm of the input itself.
+    pub rbr_identity: Option<BatchNorm>,
+    pub se: Option<SqueezeExcite>,
+}
+
+impl Block for RepVggBlock {
+    fn init(spec: &BlockSpec, config: &RepVggConfig, device: &Device) -> Self {
+        Self {
+            rbr_dense: ConvBn::init(spec, 3, config, device),
+            rbr_1x1: ConvBn::init(spec, 1, config, device),
+            rbr_identity: spec
+                .has_identity
+                .then(|| batch_norm(spec.out_channels, config, device)),
+            se: SqueezeExcite::for_block(spec, device),
+        }
+    }
+
+    fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let mut sum = self.rbr_dense.forward(input.clone());
+        if let Some(identity) = &self.rbr_identity {
+            sum = sum + identity.forward(input.clone());
+        }
+        sum = sum + self.rbr_1x1.forward(input);
+        activate(sum, &self.se)
+    }
+}
+
+/// Deploy-time block: `ReLU(SE(conv3x3(x) + bias))`, the three training-time branches fused
+/// into one convolution.
+#[derive(Module, Debug)]
+pub struct RepVggDeployBlock {
+    /// The fused 3x3 convolution, with bias.
+    pub rbr_reparam: Conv2d,
+    pub se: Option<SqueezeExcite>,
+}
+
+impl Block for RepVggDeployBlock {
+    fn init(spec: &BlockSpec, _config: &RepVggConfig, device: &Device) -> Self {
+        let rbr_reparam = Conv2dConfig::new([spec.in_channels, spec.out_channels], [3, 3])
+            .with_stride([spec.stride, spec.stride])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_groups(spec.groups)
+            .with_bias(true)
+            .init(device);
+        Self {
+            rbr_reparam,
+            se: SqueezeExcite::for_block(spec, device),
+        }
+    }
+
+    fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        activate(self.rbr_reparam.forward(input), &self.se)
+    }
+}
+
+/// The tail shared by both forms: optional SE on the branch sum, then ReLU.
+fn activate(sum: Tensor<4>, se: &Option<SqueezeExcite>) -> Tensor<4> {
+    match se {
+        Some(se) => relu(se.forward(sum)),
+        None => relu(sum),
+    }
+}

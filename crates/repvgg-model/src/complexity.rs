@@ -1,0 +1,80 @@
+//! Parameter and compute counts of an architecture, derived from its block layout without
+//! building a network.
+
+use crate::config::{BlockSpec, RepVggConfig};
+
+/// Trainable parameters of both forms of one architecture. BN running statistics are buffers
+/// and are not counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ParamCounts {
+    /// Training-time network: conv kernels, BN gamma/beta, SE, linear head.
+    pub training: usize,
+    /// Deploy-time network: fused kernels and biases, SE, linear head.
+    pub deploy: usize,
+}
+
+/// Multiply-accumulate operations of one forward pass of one image. The paper's "FLOPs" column
+/// counts these; one MAC is two floating-point operations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacCounts {
+    /// Training-time network in eval mode (3x3 and 1x1 branches; BN and identity are
+    /// element-wise and not counted).
+    pub training: u64,
+    /// Deploy-time network (fused 3x3 convolutions).
+    pub deploy: u64,
+}
+
+impl RepVggConfig {
+    /// Trainable parameters of the training-time and deploy-time networks.
+    pub fn num_params(&self) -> ParamCounts {
+        let head = self.feature_width() * self.num_classes + self.num_classes;
+        let mut counts = ParamCounts {
+            training: head,
+            deploy: head,
+        };
+        for spec in self.block_specs() {
+            let kernel_3x3 = kernel_params(&spec, 3);
+            let bn = 2 * spec.out_channels;
+            let identity_bn = if spec.has_identity { bn } else { 0 };
+            let se = se_params(&spec);
+            counts.training += kernel_3x3 + bn + kernel_params(&spec, 1) + bn + identity_bn + se;
+            counts.deploy += kernel_3x3 + spec.out_channels + se;
+        }
+        counts
+    }
+
+    /// Multiply-accumulates per image at an input of `height x width` pixels.
+    pub fn macs(&self, height: usize, width: usize) -> MacCounts {
+        let (mut height, mut width) = (height, width);
+        let head = (self.feature_width() * self.num_classes) as u64;
+        let mut counts = MacCounts {
+            training: head,
+            deploy: head,
+        };
+        for spec in self.block_specs() {
+            // A 3x3 kernel with padding 1 and a 1x1 kernel with padding 0 give the same output
+            // size at the same stride: ceil(size / stride).
+            height = height.div_ceil(spec.stride);
+            width = width.div_ceil(spec.stride);
+            let positions = (height * width) as u64;
+            let se = se_params(&spec) as u64;
+            let kernel_3x3 = positions * kernel_params(&spec, 3) as u64;
+            let kernel_1x1 = positions * kernel_params(&spec, 1) as u64;
+            counts.training += kernel_3x3 + kernel_1x1 + se;
+            counts.deploy += kernel_3x3 + se;
+        }
+        counts
+    }
+}
+
+/// Weights of a bias-free `kernel x kernel` convolution of the block.
+fn kernel_params(spec: &BlockSpec, kernel: usize) -> usize {
+    spec.out_channels * (spec.in_channels / spec.groups) * kernel * kernel
+}
+
+/// Weights and biases of the block's two SE 1x1 convolutions, if it has them.
+fn se_params(spec: &BlockSpec) -> usize {
+    spec.se_channels.map_or(0, |hidden| {
+        2 * spec.out_channels * hidden + hidden + spec.out_channels
+    })
+}

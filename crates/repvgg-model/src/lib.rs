@@ -1,0 +1,34 @@
+//! RepVGG for Burn: every reference architecture, in its training-time (multi-branch) and
+//! deploy-time (plain 3x3 convolution) forms, on whichever backend the caller's `Device` picks.
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use repvgg_model::RepVggArch;
+//!
+//! let device = Device::flex();
+//! let config = RepVggArch::from_name("RepVGG-A0")?.config().with_num_classes(10);
+//! let model = config.init(&device);
+//! let images = Tensor::<4>::random([1, 3, 64, 64], Distribution::Default, &device);
+//! assert_eq!(model.forward(images.clone()).dims(), [1, 10]);
+//! let features = model.forward_features(images);
+//! assert_eq!(features.len(), 5);
+//! assert_eq!(features[4].dims(), [1, 1280, 2, 2]);
+//! # Ok::<(), repvgg_model::UnknownArch>(())
+//! ```
+//!
+//! Module paths equal the reference implementation's state-dict keys
+//! (`stage1.0.rbr_dense.conv.weight`, `stage0.rbr_reparam.bias`, `linear.weight`, ...).
+
+mod block;
+mod complexity;
+mod config;
+mod inspect;
+mod network;
+mod se;
+
+pub use block::{Block, ConvBn, RepVggBlock, RepVggDeployBlock};
+pub use complexity::{MacCounts, ParamCounts};
+pub use config::{BlockSpec, IN_CHANNELS, InvalidConfig, RepVggArch, RepVggConfig, UnknownArch};
+pub use inspect::{TensorInfo, num_trainable_params, tensor_infos};
+pub use network::{RepVgg, RepVggDeploy, RepVggNetwork};
+pub use se::SqueezeExcite;

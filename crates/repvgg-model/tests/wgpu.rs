@@ -1,0 +1,68 @@
+//! The same weights give the same outputs on wgpu as on the CPU backend.
+//!
+//! Needs a Vulkan (or Metal/DX12) adapter; on a machine without a GPU, Mesa's lavapipe provides
+//! one (`apt-get install mesa-vulkan-drivers libvulkan1`). Without an adapter the test is skipped
+//! with a message, unless `REPVGG_REQUIRE_WGPU=1` (as in CI) makes that a failure.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use burn::module::Module;
+use burn::tensor::{Device, DeviceKind, Distribution, Tensor, TensorData, Tolerance};
+use repvgg_model::RepVggConfig;
+
+/// A wgpu device, preferring a real GPU and falling back to a software (CPU) adapter, or `None`
+/// when the machine has no adapter at all.
+fn wgpu_device() -> Option<Device> {
+    for kind in [DeviceKind::DefaultDevice, DeviceKind::Cpu] {
+        let device = Device::wgpu(kind);
+        let probe = catch_unwind(AssertUnwindSafe(|| {
+            Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>()
+        }));
+        if matches!(probe, Ok(sum) if sum == 4.0) {
+            return Some(device);
+        }
+    }
+    let required = std::env::var("REPVGG_REQUIRE_WGPU").is_ok_and(|v| v == "1");
+    assert!(!required, "REPVGG_REQUIRE_WGPU=1 but no wgpu adapter works");
+    eprintln!("skipping: no wgpu adapter (apt-get install mesa-vulkan-drivers libvulkan1)");
+    None
+}
+
+/// Runs `forward` on the CPU and on wgpu with the same weights and input.
+fn cpu_and_wgpu<M: Module>(
+    build: impl Fn(&Device) -> M,
+    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
+) -> Option<(TensorData, TensorData)> {
+    let gpu = wgpu_device()?;
+    let cpu = Device::flex();
+    let model = build(&cpu);
+    let input = Tensor::<4>::random([2, 3, 40, 56], Distribution::Normal(0.0, 1.0), &cpu);
+    let expected = forward(&model, input.clone()).into_data();
+    let gpu_model = build(&gpu).load_record(model.into_record());
+    let actual = forward(&gpu_model, input.to_device(&gpu)).into_data();
+    Some((expected, actual))
+}
+
+fn config() -> RepVggConfig {
+    RepVggConfig::new(vec![2, 2, 1], vec![0.25, 0.25, 0.5])
+        .with_grouped_layers(BTreeMap::from([(2, 2)]))
+        .with_use_se(true)
+        .with_se_reduction(4)
+        .with_num_classes(10)
+}
+
+#[test]
+fn training_time_network_agrees_with_cpu() {
+    if let Some((expected, actual)) = cpu_and_wgpu(|d| config().init(d), |m, x| m.forward(x)) {
+        actual.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+    }
+}
+
+#[test]
+fn deploy_network_agrees_with_cpu() {
+    if let Some((expected, actual)) = cpu_and_wgpu(|d| config().init_deploy(d), |m, x| m.forward(x))
+    {
+        actual.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+    }
+}

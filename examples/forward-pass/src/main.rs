@@ -1,0 +1,204 @@
+//! Builds a RepVGG architecture in both forms, runs a forward pass on random images and prints
+//! the feature shapes, parameter and compute counts, and the time each form takes.
+//!
+//! ```text
+//! cargo run -p forward-pass -- --arch A0 --batch 1 --size 224
+//! ```
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use burn::config::Config;
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::{Parser, ValueEnum};
+use repvgg_model::{RepVggArch, RepVggConfig, RepVggNetwork};
+
+/// Build a RepVGG architecture (random weights), run its training-time and deploy-time forms on
+/// random images, and print shapes, parameter counts, MACs and timings.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Reference architecture: A0, A1, A2, B0, B1, B1g2, B1g4, B2, B2g2, B2g4, B3, B3g2, B3g4,
+    /// D2se (case-insensitive, `RepVGG-` prefix allowed).
+    #[arg(long, default_value = "A0", value_parser = parse_arch)]
+    arch: RepVggArch,
+
+    /// A JSON architecture config (as written by `RepVggConfig::save`); overrides `--arch`.
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+
+    /// Images per batch.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    batch: u16,
+
+    /// Input height and width; `--size 224` or `--size 320x256` (height x width, each >= 32).
+    #[arg(long, default_value = "224", value_parser = parse_size)]
+    size: [usize; 2],
+
+    /// Timed forward passes per form (after one warm-up pass); the median is reported.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
+
+    /// Where to run.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    device: Backend,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    /// Burn's pure-Rust CPU backend (flex).
+    Cpu,
+    /// A GPU through wgpu (Vulkan, Metal, DX12); needs the `wgpu` feature (on by default).
+    Wgpu,
+    /// An NVIDIA GPU; needs `--features cuda`.
+    Cuda,
+}
+
+impl Backend {
+    fn describe(self) -> &'static str {
+        match self {
+            Backend::Cpu => "the CPU (burn flex backend)",
+            Backend::Wgpu => "wgpu",
+            Backend::Cuda => "CUDA",
+        }
+    }
+
+    fn device(self) -> Result<Device> {
+        match self {
+            Backend::Cpu => Ok(Device::flex()),
+            #[cfg(feature = "wgpu")]
+            Backend::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => Ok(Device::cuda(0)),
+            #[allow(unreachable_patterns)]
+            other => bail!(
+                "this binary was built without the `{}` feature; rebuild with `--features {0}`",
+                format!("{other:?}").to_lowercase()
+            ),
+        }
+    }
+}
+
+fn parse_arch(name: &str) -> Result<RepVggArch, String> {
+    RepVggArch::from_name(name).map_err(|err| err.to_string())
+}
+
+fn parse_size(text: &str) -> Result<[usize; 2], String> {
+    let parse = |s: &str| {
+        s.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{text}` is not a size like 224 or 320x256"))
+    };
+    let size = match text.split_once(['x', 'X']) {
+        Some((height, width)) => [parse(height)?, parse(width)?],
+        None => [parse(text)?; 2],
+    };
+    if size.iter().any(|&s| s < 32) {
+        return Err(format!("`{text}`: RepVGG needs at least 32x32 pixels"));
+    }
+    Ok(size)
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    let (name, config) = match &args.config {
+        Some(path) => {
+            let config = RepVggConfig::load(path)
+                .map_err(|err| anyhow::anyhow!("{err}"))
+                .with_context(|| format!("cannot read the config {}", path.display()))?;
+            config.validate()?;
+            (path.display().to_string(), config)
+        }
+        None => (args.arch.to_string(), args.arch.config()),
+    };
+    let device = args.device.device()?;
+    let [height, width] = args.size;
+    let batch = usize::from(args.batch);
+
+    println!(
+        "{name} on {}, input {batch}x3x{height}x{width}",
+        args.device.describe()
+    );
+    let params = config.num_params();
+    println!(
+        "parameters: {:.3}M training-time, {:.3}M deploy ({:.1}% fewer)",
+        params.training as f64 / 1e6,
+        params.deploy as f64 / 1e6,
+        100.0 * (1.0 - params.deploy as f64 / params.training as f64)
+    );
+    let macs = config.macs(height, width);
+    println!(
+        "compute per image: {} training-time, {} deploy",
+        format_macs(macs.training),
+        format_macs(macs.deploy)
+    );
+
+    let images = Tensor::<4>::random(
+        [batch, 3, height, width],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let model = config.init(&device);
+    let features = model.forward_features(images.clone());
+    println!("features (stride, shape):");
+    for (stage, feature) in features.iter().enumerate() {
+        println!("  stage{stage}  /{:<3} {:?}", 2 << stage, feature.dims());
+    }
+    println!("logits: {:?}", model.forward(images.clone()).dims());
+
+    let training_time = time_forward(&model, &images, args.runs);
+    let deploy_time = time_forward(&config.init_deploy(&device), &images, args.runs);
+    println!(
+        "forward, median of {} runs: training-time {}, deploy {} ({:.2}x faster; deploy weights \
+         are random here, fused ones come from conversion)",
+        args.runs,
+        per_batch(training_time, batch),
+        per_batch(deploy_time, batch),
+        training_time.as_secs_f64() / deploy_time.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Median wall time of `runs` forward passes, after a warm-up pass.
+fn time_forward<B: repvgg_model::Block>(
+    model: &RepVggNetwork<B>,
+    images: &Tensor<4>,
+    runs: u16,
+) -> Duration {
+    let run = || {
+        let start = Instant::now();
+        // Reading the logits back waits for the device to finish.
+        model.forward(images.clone()).into_data();
+        start.elapsed()
+    };
+    run();
+    let mut times: Vec<Duration> = (0..runs).map(|_| run()).collect();
+    times.sort();
+    times[times.len() / 2]
+}
+
+fn per_batch(time: Duration, batch: usize) -> String {
+    format!(
+        "{:.1} ms ({:.1} img/s)",
+        time.as_secs_f64() * 1e3,
+        batch as f64 / time.as_secs_f64()
+    )
+}
+
+/// Multiply-accumulates in G or M units, whichever reads better.
+fn format_macs(macs: u64) -> String {
+    match macs as f64 {
+        m if m >= 1e8 => format!("{:.3} GMACs", m / 1e9),
+        m => format!("{:.2} MMACs", m / 1e6),
+    }
+}
