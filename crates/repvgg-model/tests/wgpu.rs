@@ -4,30 +4,16 @@
 //! one (`apt-get install mesa-vulkan-drivers libvulkan1`). Without an adapter the test is skipped
 //! with a message, unless `REPVGG_REQUIRE_WGPU=1` (as in CI) makes that a failure.
 
+mod support {
+    pub mod wgpu_device;
+}
+
 use std::collections::BTreeMap;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use burn::module::Module;
-use burn::tensor::{Device, DeviceKind, Distribution, Tensor, TensorData, Tolerance};
+use burn::tensor::{Device, Distribution, Tensor, TensorData, Tolerance};
 use repvgg_model::RepVggConfig;
-
-/// A wgpu device, preferring a real GPU and falling back to a software (CPU) adapter, or `None`
-/// when the machine has no adapter at all.
-fn wgpu_device() -> Option<Device> {
-    for kind in [DeviceKind::DefaultDevice, DeviceKind::Cpu] {
-        let device = Device::wgpu(kind);
-        let probe = catch_unwind(AssertUnwindSafe(|| {
-            Tensor::<1>::ones([4], &device).sum().into_scalar::<f32>()
-        }));
-        if matches!(probe, Ok(sum) if sum == 4.0) {
-            return Some(device);
-        }
-    }
-    let required = std::env::var("REPVGG_REQUIRE_WGPU").is_ok_and(|v| v == "1");
-    assert!(!required, "REPVGG_REQUIRE_WGPU=1 but no wgpu adapter works");
-    eprintln!("skipping: no wgpu adapter (apt-get install mesa-vulkan-drivers libvulkan1)");
-    None
-}
+use support::wgpu_device::wgpu_device;
 
 /// Runs `forward` on the CPU and on wgpu with the same weights and input.
 fn cpu_and_wgpu<M: Module>(

@@ -1,0 +1,365 @@
+//! Reading and writing checkpoints: our burnpack files, PyTorch `.pth` files of the reference
+//! implementation, timm safetensors, and safetensors in the reference's naming.
+//!
+//! Whatever the source, weights come out named by Burn module path (reference key names, BN
+//! `gamma`/`beta`, linear weight `[d_in, d_out]`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use burn::config::{Config, config_to_json};
+use burn::tensor::TensorData;
+use burn_store::burn_pack;
+use burn_store::pytorch_reader::PytorchReader;
+use burn_store::{ModuleStore, SafetensorsStore, bridge};
+use repvgg_model::RepVggConfig;
+
+use crate::error::DeployError;
+use crate::weights::Weights;
+
+/// Burnpack metadata key holding the architecture config as JSON.
+const CONFIG_KEY: &str = "repvgg.config";
+
+/// Which form of the network a set of weights belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Form {
+    /// Three branches per block (`rbr_dense`, `rbr_1x1`, `rbr_identity`).
+    Training,
+    /// One fused 3x3 convolution per block (`rbr_reparam`).
+    Deploy,
+}
+
+impl Form {
+    /// The form whose tensors these are.
+    pub fn of(weights: &Weights) -> Self {
+        match weights.names().any(|name| name.contains(".rbr_reparam.")) {
+            true => Form::Deploy,
+            false => Form::Training,
+        }
+    }
+}
+
+/// File formats, chosen by extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `.pth` / `.pt`: a PyTorch pickle (reference naming, possibly wrapped or prefixed).
+    Pytorch,
+    /// `.safetensors`: timm or reference naming, PyTorch layout.
+    Safetensors,
+    /// `.bpk`: burnpack, Burn naming, with the config in its metadata.
+    Burnpack,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Result<Self, DeployError> {
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match extension.as_deref() {
+            Some("pth" | "pt") => Ok(Format::Pytorch),
+            Some("safetensors") => Ok(Format::Safetensors),
+            Some("bpk") => Ok(Format::Burnpack),
+            _ => Err(DeployError::UnsupportedFormat {
+                path: path.to_path_buf(),
+            }),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Format::Pytorch => "PyTorch",
+            Format::Safetensors => "safetensors",
+            Format::Burnpack => "burnpack",
+        }
+    }
+}
+
+/// The contents of a checkpoint file.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    /// Weights named by Burn module path.
+    pub weights: Weights,
+    pub form: Form,
+    /// The architecture, when the file records it (our burnpack files do).
+    pub config: Option<RepVggConfig>,
+}
+
+/// Reads a checkpoint in any supported format (see [`Format`]).
+pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, DeployError> {
+    let format = Format::of(path)?;
+    let metadata = fs::metadata(path).map_err(|source| DeployError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let unreadable = |message: String| DeployError::Unreadable {
+        path: path.to_path_buf(),
+        format: format.name(),
+        message,
+    };
+    if !metadata.is_file() {
+        return Err(unreadable("not a file".into()));
+    }
+    if metadata.len() == 0 {
+        return Err(unreadable("the file is empty".into()));
+    }
+    let (tensors, config) = match format {
+        Format::Pytorch => (read_pytorch(path).map_err(unreadable)?, None),
+        Format::Safetensors => (read_safetensors(path).map_err(unreadable)?, None),
+        Format::Burnpack => read_burnpack(path).map_err(unreadable)?,
+    };
+    let weights = match format {
+        Format::Burnpack => tensors.into_iter().collect(),
+        Format::Pytorch | Format::Safetensors => from_pytorch_naming(tensors)?,
+    };
+    if weights.is_empty() {
+        return Err(unreadable("it holds no RepVGG tensors".into()));
+    }
+    Ok(Checkpoint {
+        form: Form::of(&weights),
+        weights,
+        config,
+    })
+}
+
+type NamedData = Vec<(String, TensorData)>;
+
+fn read_pytorch(path: &Path) -> Result<NamedData, String> {
+    let reader = PytorchReader::new(path).map_err(|err| err.to_string())?;
+    reader
+        .into_tensors()
+        .into_values()
+        .map(|tensor| {
+            let pack = bridge::from_pytorch(tensor);
+            let name = pack.name.clone();
+            bridge::into_data(pack)
+                .map(|data| (name.clone(), data))
+                .map_err(|err| format!("tensor {name}: {err}"))
+        })
+        .collect()
+}
+
+fn read_safetensors(path: &Path) -> Result<NamedData, String> {
+    let mut store = SafetensorsStore::from_file(path);
+    let tensors = store.get_all_tensors().map_err(|err| err.to_string())?;
+    tensors
+        .iter()
+        .map(|(name, tensor)| {
+            bridge::to_data(tensor)
+                .map(|data| (name.clone(), data))
+                .map_err(|err| format!("tensor {name}: {err}"))
+        })
+        .collect()
+}
+
+fn read_burnpack(path: &Path) -> Result<(NamedData, Option<RepVggConfig>), String> {
+    let reader = burn_pack::Reader::from_file(path).map_err(|err| err.to_string())?;
+    let config = match reader.metadata().get(CONFIG_KEY) {
+        Some(json) => Some(
+            RepVggConfig::load_binary(json.as_bytes())
+                .map_err(|err| format!("its {CONFIG_KEY} metadata: {err}"))?,
+        ),
+        None => None,
+    };
+    let tensors = reader
+        .into_tensors()
+        .map_err(|err| err.to_string())?
+        .into_iter()
+        .map(|tensor| {
+            let name = tensor.name.clone();
+            bridge::into_data(tensor)
+                .map(|data| (name.clone(), data))
+                .map_err(|err| format!("tensor {name}: {err}"))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((tensors, config))
+}
+
+/// Reference or timm names in PyTorch layout to Burn module paths and layout. Wrappers
+/// (`state_dict.`, `model.`, `module.` ...) are stripped, `num_batches_tracked` dropped.
+fn from_pytorch_naming(tensors: NamedData) -> Result<Weights, DeployError> {
+    let prefix = tensors
+        .iter()
+        .find_map(|(name, _)| model_prefix(name))
+        .unwrap_or_default();
+    let mut weights = Weights::default();
+    for (name, data) in tensors {
+        let Some(name) = name.strip_prefix(&prefix) else {
+            continue; // Other entries of a wrapping dict, e.g. optimizer state.
+        };
+        if name.ends_with("num_batches_tracked") {
+            continue;
+        }
+        let name = burn_name(&reference_name(name));
+        let data = match name.as_str() {
+            "linear.weight" => transpose(data)?,
+            _ => data,
+        };
+        weights.insert(name, data);
+    }
+    Ok(weights)
+}
+
+/// What stands before the model's own keys in `name` (`""`, `"module."`,
+/// `"state_dict.module."` ...), if `name` is a model key.
+fn model_prefix(name: &str) -> Option<String> {
+    ["stage0.", "stem."].iter().find_map(|root| {
+        let at = name.find(root)?;
+        (at == 0 || name[..at].ends_with('.')).then(|| name[..at].to_string())
+    })
+}
+
+/// timm's names to the reference's (a reference name is returned unchanged).
+fn reference_name(name: &str) -> String {
+    let mut parts: Vec<String> = name.split('.').map(str::to_string).collect();
+    match parts.as_slice() {
+        [first, ..] if first == "stem" => parts[0] = "stage0".into(),
+        [first, stage, ..] if first == "stages" => match stage.parse::<usize>() {
+            Ok(stage) => {
+                parts.remove(0);
+                parts[0] = format!("stage{}", stage + 1);
+            }
+            Err(_) => return name.to_string(),
+        },
+        _ => {}
+    }
+    let joined = parts.join(".");
+    [
+        (".conv_kxk.", ".rbr_dense."),
+        (".conv_1x1.", ".rbr_1x1."),
+        (".identity.", ".rbr_identity."),
+        (".attn.fc1.", ".se.down."),
+        (".attn.fc2.", ".se.up."),
+        (".reparam_conv.", ".rbr_reparam."),
+    ]
+    .iter()
+    .fold(joined, |name, (timm, reference)| {
+        name.replace(timm, reference)
+    })
+    .replacen("head.fc.", "linear.", 1)
+}
+
+/// PyTorch BN parameter names to Burn's (`weight`/`bias` of a BN become `gamma`/`beta`).
+fn burn_name(name: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((module, "weight")) if is_batch_norm(module) => format!("{module}.gamma"),
+        Some((module, "bias")) if is_batch_norm(module) => format!("{module}.beta"),
+        _ => name.to_string(),
+    }
+}
+
+/// Burn BN names back to PyTorch's.
+fn pytorch_name(name: &str) -> String {
+    match name.rsplit_once('.') {
+        Some((module, "gamma")) => format!("{module}.weight"),
+        Some((module, "beta")) => format!("{module}.bias"),
+        _ => name.to_string(),
+    }
+}
+
+fn is_batch_norm(module: &str) -> bool {
+    module.ends_with(".bn") || module.ends_with(".rbr_identity")
+}
+
+fn transpose(data: TensorData) -> Result<TensorData, DeployError> {
+    let [rows, cols] = data.shape().as_slice() else {
+        return Err(DeployError::Format(format!(
+            "linear.weight must be 2-D, found shape {:?}",
+            data.shape().as_slice()
+        )));
+    };
+    let (rows, cols) = (*rows, *cols);
+    let values = data
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .map_err(|err| DeployError::Format(format!("linear.weight: {err:?}")))?;
+    let mut out = vec![0f32; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    Ok(TensorData::new(out, [cols, rows]))
+}
+
+/// Writes weights to `path` in the format its extension names, atomically (a temporary file
+/// in the same directory, then a rename). Burnpack keeps Burn naming and records `config`;
+/// safetensors uses the reference's naming and PyTorch layout, loadable with `strict=True`.
+pub fn write_checkpoint(
+    weights: &Weights,
+    config: &RepVggConfig,
+    path: &Path,
+) -> Result<(), DeployError> {
+    let format = Format::of(path)?;
+    let io_error = |source| DeployError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let directory = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !directory.is_dir() {
+        return Err(io_error(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the directory {} does not exist", directory.display()),
+        )));
+    }
+    let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
+    let temporary = directory.join(format!(".{file_name}.{}.tmp", std::process::id()));
+    let written = match format {
+        Format::Burnpack => write_burnpack(weights, config, &temporary),
+        Format::Safetensors => write_safetensors(weights, &temporary),
+        Format::Pytorch => Err(DeployError::Format(format!(
+            "{}: writing .pth is not supported; write .safetensors, which PyTorch loads with \
+             safetensors.torch.load_file",
+            path.display()
+        ))),
+    };
+    match written.and_then(|()| fs::rename(&temporary, path).map_err(io_error)) {
+        Ok(()) => Ok(()),
+        Err(err) => {
+            let _ = fs::remove_file(&temporary);
+            Err(err)
+        }
+    }
+}
+
+fn write_burnpack(
+    weights: &Weights,
+    config: &RepVggConfig,
+    path: &Path,
+) -> Result<(), DeployError> {
+    let tensors = weights
+        .iter()
+        .map(|(name, data)| bridge::from_data(data.clone(), name.to_string(), None))
+        .collect();
+    burn_pack::Writer::new(tensors)
+        .with_metadata(CONFIG_KEY, &config_to_json(config))
+        .overwrite(true)
+        .write_to_file(path)
+        .map_err(|err| DeployError::Format(format!("{}: {err}", path.display())))
+}
+
+fn write_safetensors(weights: &Weights, path: &Path) -> Result<(), DeployError> {
+    let mut tensors = Vec::with_capacity(weights.len());
+    for (name, data) in weights.iter() {
+        let data = match name {
+            "linear.weight" => transpose(data.clone())?,
+            _ => data.clone(),
+        };
+        let shape = data.shape().to_vec();
+        let bytes = data.into_bytes().to_vec();
+        tensors.push((pytorch_name(name), shape, bytes));
+    }
+    let views = tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| DeployError::Format(format!("{}: {err}", path.display())))?;
+    safetensors::serialize_to_file(views, None, path)
+        .map_err(|err| DeployError::Format(format!("{}: {err}", path.display())))
+}

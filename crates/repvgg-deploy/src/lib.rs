@@ -1,0 +1,28 @@
+//! RepVGG deployment: re-parameterization of training-time weights into the plain deploy-time
+//! network, as a transform on named tensors (no network needs to be built or trained), and
+//! checkpoint interop with the PyTorch reference implementation and timm.
+//!
+//! ```
+//! use burn::tensor::Device;
+//! use repvgg_deploy::{Weights, reparameterize};
+//! use repvgg_model::RepVggConfig;
+//!
+//! let device = Device::flex();
+//! let config = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).with_num_classes(3);
+//! let training = Weights::from_module(&config.init(&device))?;
+//! let deploy = reparameterize(&training, &config, &device)?;
+//! let plain = deploy.load_into(config.init_deploy(&device), "the deploy network")?;
+//! # Ok::<(), repvgg_deploy::DeployError>(())
+//! ```
+
+mod checkpoint;
+mod error;
+mod fuse;
+mod infer;
+mod weights;
+
+pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint};
+pub use error::DeployError;
+pub use fuse::{reparameterize, reparameterize_model};
+pub use infer::{InferredLayout, infer_arch};
+pub use weights::Weights;

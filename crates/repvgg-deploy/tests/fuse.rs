@@ -1,0 +1,113 @@
+//! The deploy network computes the training-time network's function (eval mode, running stats).
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use common::{random_training_model, relative_difference};
+use repvgg_deploy::{DeployError, Weights, reparameterize, reparameterize_model};
+use repvgg_model::{RepVggArch, RepVggConfig};
+
+/// Fuses a randomly initialised network and compares logits on a random batch.
+fn agreement(config: &RepVggConfig, size: [usize; 2]) -> f32 {
+    let device = Device::flex();
+    let model = random_training_model(config, &device);
+    let deployed = reparameterize_model(&model, config).unwrap();
+    let images = Tensor::<4>::random(
+        [2, 3, size[0], size[1]],
+        Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let expected = model.forward(images.clone()).into_data();
+    let actual = deployed.forward(images).into_data();
+    let diff = relative_difference(&actual, &expected);
+    eprintln!("max |train - deploy| / max |logit| = {diff:.2e} for {config:?}");
+    diff
+}
+
+#[test]
+fn narrow_custom_networks_agree() {
+    let plain = RepVggConfig::new(vec![2, 3, 2], vec![0.25, 0.25, 0.5]).with_num_classes(10);
+    let grouped =
+        plain
+            .clone()
+            .with_grouped_layers(BTreeMap::from([(2, 2), (4, 4), (5, 4), (7, 2)]));
+    let se = grouped.clone().with_use_se(true).with_se_reduction(4);
+    let wide_eps = se.clone().with_bn_epsilon(1e-3);
+    for config in [plain, grouped, se, wide_eps] {
+        let diff = agreement(&config, [40, 56]);
+        assert!(diff <= 1e-5, "{config:?}: {diff:e}");
+    }
+}
+
+#[test]
+fn a0_agrees() {
+    let diff = agreement(&RepVggArch::A0.config(), [64, 64]);
+    assert!(diff <= 1e-5, "A0: {diff:e}");
+}
+
+#[test]
+fn b1g4_with_grouped_identity_agrees() {
+    let diff = agreement(&RepVggArch::B1g4.config(), [64, 48]);
+    assert!(diff <= 1e-5, "B1g4: {diff:e}");
+}
+
+#[test]
+fn d2se_with_se_agrees() {
+    let diff = agreement(&RepVggArch::D2se.config(), [48, 64]);
+    assert!(diff <= 1e-5, "D2se: {diff:e}");
+}
+
+#[test]
+fn transform_checks_its_input_layout() {
+    let device = Device::flex();
+    let config = RepVggConfig::new(vec![1, 2], vec![0.25, 0.25]).with_num_classes(3);
+    let weights = Weights::from_module(&config.init(&device)).unwrap();
+
+    let mut missing: Weights = weights
+        .iter()
+        .filter(|(name, _)| *name != "stage2.1.rbr_identity.running_var")
+        .map(|(name, data)| (name.to_string(), data.clone()))
+        .collect();
+    let err = reparameterize(&missing, &config, &device).unwrap_err();
+    assert!(matches!(err, DeployError::Mismatch { .. }));
+    assert!(
+        err.to_string()
+            .contains("1 missing (stage2.1.rbr_identity.running_var)"),
+        "{err}"
+    );
+
+    missing.insert(
+        "stage2.1.rbr_identity.running_var",
+        weights
+            .get("stage2.1.rbr_identity.running_var")
+            .unwrap()
+            .clone(),
+    );
+    missing.insert("stage9.extra", weights.get("linear.bias").unwrap().clone());
+    let err = reparameterize(&missing, &config, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("1 unexpected (stage9.extra)"), "{err}");
+
+    let other = RepVggConfig::new(vec![1, 2], vec![0.5, 0.25]).with_num_classes(3);
+    let err = reparameterize(&weights, &other, &device)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("with the wrong shape (stage0.rbr_dense.conv.weight: expected [32, 3, 3, 3], found [16, 3, 3, 3]"), "{err}");
+}
+
+#[test]
+fn deploy_weights_are_the_deploy_layout() {
+    let device = Device::flex();
+    let config = RepVggArch::A0.config().with_num_classes(4);
+    let model = random_training_model(&config, &device);
+    let deploy = reparameterize(&Weights::from_module(&model).unwrap(), &config, &device).unwrap();
+    assert_eq!(deploy.len(), 22 * 2 + 2);
+    assert_eq!(deploy.num_elements(), config.num_params().deploy);
+    assert_eq!(
+        deploy.get("linear.weight"),
+        Weights::from_module(&model).unwrap().get("linear.weight")
+    );
+}

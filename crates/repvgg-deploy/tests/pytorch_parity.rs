@@ -1,0 +1,206 @@
+//! Parity with PyTorch on the fixtures of `scripts/make_fixtures.py`: reference and timm
+//! checkpoints load into our networks, reproduce PyTorch's logits, convert to PyTorch's deploy
+//! logits, and export to safetensors that read back identically.
+
+use std::path::PathBuf;
+
+use burn::config::Config;
+use burn::tensor::{Device, Tensor, TensorData};
+use repvgg_deploy::{Form, Weights, infer_arch, read_checkpoint, reparameterize, write_checkpoint};
+use repvgg_model::{RepVggConfig, RepVggDeploy};
+
+const TOLERANCE: f32 = 1e-4;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The fixture's input and PyTorch's training-time and deploy-time logits.
+fn io(name: &str) -> (TensorData, TensorData, TensorData) {
+    let checkpoint =
+        read_checkpoint(&fixture(&format!("{name}_io.safetensors"))).expect("fixture io file");
+    let raw = |key: &str| checkpoint.weights.get(key).unwrap().clone();
+    (raw("input"), raw("logits_train"), raw("logits_deploy"))
+}
+
+fn config(name: &str) -> RepVggConfig {
+    RepVggConfig::load(fixture(&format!("{name}.json"))).unwrap()
+}
+
+fn max_abs_difference(actual: &TensorData, expected: &TensorData) -> f32 {
+    let actual = actual.try_to_vec::<f32>().unwrap();
+    let expected = expected.try_to_vec::<f32>().unwrap();
+    assert_eq!(actual.len(), expected.len());
+    actual
+        .iter()
+        .zip(&expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+}
+
+/// Loads a training-time checkpoint, checks its logits and those of its conversion against
+/// PyTorch's; returns the deploy weights.
+fn check_training_checkpoint(fixture_name: &str, file: &str) -> Weights {
+    let device = Device::flex();
+    let config = config(fixture_name);
+    let (input, logits_train, logits_deploy) = io(fixture_name);
+    let input = Tensor::<4>::from_data(input, &device);
+
+    let checkpoint = read_checkpoint(&fixture(file)).unwrap();
+    assert_eq!(checkpoint.form, Form::Training, "{file}");
+    let model = checkpoint
+        .weights
+        .load_into(config.init(&device), "the fixture network")
+        .unwrap();
+    let diff = max_abs_difference(&model.forward(input.clone()).into_data(), &logits_train);
+    assert!(
+        diff <= TOLERANCE,
+        "{file}: training-time logits differ by {diff:e}"
+    );
+
+    let deploy = reparameterize(&checkpoint.weights, &config, &device).unwrap();
+    let deployed = deploy
+        .load_into(config.init_deploy(&device), "the fixture deploy network")
+        .unwrap();
+    let diff = max_abs_difference(&deployed.forward(input).into_data(), &logits_deploy);
+    assert!(
+        diff <= TOLERANCE,
+        "{file}: deploy logits differ by {diff:e}"
+    );
+    deploy
+}
+
+#[test]
+fn reference_training_checkpoints_match_pytorch() {
+    for name in ["narrow", "grouped", "se"] {
+        check_training_checkpoint(name, &format!("{name}_train.pth"));
+    }
+}
+
+#[test]
+fn wrapped_and_prefixed_checkpoints_load() {
+    check_training_checkpoint("narrow", "narrow_train_wrapped.pth");
+}
+
+#[test]
+fn timm_checkpoints_match_pytorch() {
+    check_training_checkpoint("timm", "timm_train.safetensors");
+    let device = Device::flex();
+    let (input, _, logits_deploy) = io("timm");
+    let checkpoint = read_checkpoint(&fixture("timm_deploy.safetensors")).unwrap();
+    assert_eq!(checkpoint.form, Form::Deploy);
+    let deployed = checkpoint
+        .weights
+        .load_into(config("timm").init_deploy(&device), "timm deploy")
+        .unwrap();
+    let logits = deployed
+        .forward(Tensor::from_data(input, &device))
+        .into_data();
+    assert!(max_abs_difference(&logits, &logits_deploy) <= TOLERANCE);
+}
+
+#[test]
+fn reference_deploy_checkpoints_load_and_match_our_conversion() {
+    let device = Device::flex();
+    for name in ["narrow", "grouped", "se"] {
+        let (input, _, logits_deploy) = io(name);
+        let checkpoint = read_checkpoint(&fixture(&format!("{name}_deploy.pth"))).unwrap();
+        assert_eq!(checkpoint.form, Form::Deploy);
+        let deployed: RepVggDeploy = checkpoint
+            .weights
+            .load_into(config(name).init_deploy(&device), "deploy")
+            .unwrap();
+        let logits = deployed
+            .forward(Tensor::from_data(input, &device))
+            .into_data();
+        let diff = max_abs_difference(&logits, &logits_deploy);
+        assert!(diff <= TOLERANCE, "{name}: {diff:e}");
+
+        let ours = check_training_checkpoint(name, &format!("{name}_train.pth"));
+        for (tensor, data) in ours.iter() {
+            let theirs = checkpoint.weights.get(tensor).unwrap();
+            let diff = max_abs_difference(data, theirs);
+            assert!(
+                diff <= 1e-5,
+                "{name} {tensor}: fused weights differ by {diff:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn exports_round_trip_in_both_formats() {
+    let dir = std::env::temp_dir().join(format!("repvgg-export-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let device = Device::flex();
+    let config = config("se");
+    let checkpoint = read_checkpoint(&fixture("se_train.pth")).unwrap();
+    let deploy = reparameterize(&checkpoint.weights, &config, &device).unwrap();
+    for file in ["se.safetensors", "se.bpk"] {
+        let path = dir.join(file);
+        write_checkpoint(&deploy, &config, &path).unwrap();
+        let read = read_checkpoint(&path).unwrap();
+        assert_eq!(read.form, Form::Deploy);
+        assert_eq!(read.weights, deploy, "{file}");
+        let expected_config = file.ends_with(".bpk").then(|| config.clone());
+        assert_eq!(read.config, expected_config, "{file}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn safetensors_export_uses_reference_names_and_pytorch_layout() {
+    let dir = std::env::temp_dir().join(format!("repvgg-names-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let device = Device::flex();
+    let config = config("narrow");
+    let checkpoint = read_checkpoint(&fixture("narrow_train.pth")).unwrap();
+    let deploy = reparameterize(&checkpoint.weights, &config, &device).unwrap();
+    let path = dir.join("narrow.safetensors");
+    write_checkpoint(&deploy, &config, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    names.sort();
+    let mut expected: Vec<String> = (0..7)
+        .flat_map(|i| {
+            let block = match i {
+                0 => "stage0".to_string(),
+                i => format!("stage{}.{}", (i + 1) / 2, (i + 1) % 2),
+            };
+            [
+                format!("{block}.rbr_reparam.bias"),
+                format!("{block}.rbr_reparam.weight"),
+            ]
+        })
+        .chain(["linear.bias".to_string(), "linear.weight".to_string()])
+        .collect();
+    expected.sort();
+    assert_eq!(names, expected);
+    // PyTorch's Linear keeps [out, in].
+    assert_eq!(file.tensor("linear.weight").unwrap().shape(), [10, 64]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn architecture_is_inferred_from_shapes() {
+    let device = Device::flex();
+    for arch in [
+        repvgg_model::RepVggArch::A0,
+        repvgg_model::RepVggArch::B1g4,
+        repvgg_model::RepVggArch::D2se,
+    ] {
+        let config = arch.config().with_num_classes(12);
+        // Lazy parameters: only the layout is needed, so take it without materialising weights.
+        let weights: Weights = repvgg_model::tensor_infos(&config.init_deploy(&device))
+            .into_iter()
+            .map(|info| (info.path, TensorData::zeros::<f32, _>(info.shape)))
+            .collect();
+        assert_eq!(infer_arch(&weights).unwrap(), (arch, config), "{arch}");
+    }
+    let custom = read_checkpoint(&fixture("grouped_train.pth")).unwrap();
+    let err = infer_arch(&custom.weights).unwrap_err().to_string();
+    assert!(err.contains("match no reference architecture"), "{err}");
+    assert!(err.contains("blocks per stage [2, 3, 2]"), "{err}");
+}

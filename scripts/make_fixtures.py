@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+"""Writes the PyTorch parity fixtures of crates/repvgg-deploy/tests/fixtures.
+
+Small RepVGG networks in the reference implementation's naming (training-time and deploy-time
+state dicts, plain and wrapped the way training scripts save them) and one timm network, each
+with random weights and random batch-norm statistics, an input batch and PyTorch's logits for
+both forms. The reference side is written here from the architecture's definition
+(../shared/REPVGG.md); the timm side uses timm itself.
+
+    python3 -m venv .venv && .venv/bin/pip install torch timm safetensors
+    .venv/bin/python scripts/make_fixtures.py
+
+Deterministic: the same torch version writes the same files.
+"""
+
+import json
+import pathlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import save_file
+
+OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/repvgg-deploy/tests/fixtures"
+BASE_WIDTHS = (64, 128, 256, 512)
+EPS = 1e-5
+
+
+class ConvBn(nn.Sequential):
+    def __init__(self, cin, cout, kernel, stride, groups):
+        super().__init__()
+        self.add_module("conv", nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False))
+        self.add_module("bn", nn.BatchNorm2d(cout, eps=EPS))
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels, hidden):
+        super().__init__()
+        self.down = nn.Conv2d(channels, hidden, 1)
+        self.up = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x):
+        w = torch.sigmoid(self.up(F.relu(self.down(x.mean(dim=(2, 3), keepdim=True)))))
+        return x * w
+
+
+class Block(nn.Module):
+    """Training-time block (deploy=False) or its fused form (deploy=True)."""
+
+    def __init__(self, cin, cout, stride, groups, se_hidden, deploy):
+        super().__init__()
+        if deploy:
+            self.rbr_reparam = nn.Conv2d(cin, cout, 3, stride, 1, groups=groups, bias=True)
+        else:
+            if cin == cout and stride == 1:
+                self.rbr_identity = nn.BatchNorm2d(cout, eps=EPS)
+            self.rbr_dense = ConvBn(cin, cout, 3, stride, groups)
+            self.rbr_1x1 = ConvBn(cin, cout, 1, stride, groups)
+        if se_hidden:
+            self.se = SqueezeExcite(cout, se_hidden)
+
+    def forward(self, x):
+        if hasattr(self, "rbr_reparam"):
+            y = self.rbr_reparam(x)
+        else:
+            y = self.rbr_dense(x) + self.rbr_1x1(x)
+            if hasattr(self, "rbr_identity"):
+                y = y + self.rbr_identity(x)
+        if hasattr(self, "se"):
+            y = self.se(y)
+        return F.relu(y)
+
+
+def block_specs(cfg):
+    """(name, cin, cout, stride, groups) of every block, stem first."""
+    widths = [int(b * m) for b, m in zip(BASE_WIDTHS, cfg["width_multipliers"])]
+    stem = min(64, int(64 * cfg["width_multipliers"][0]))
+    groups = {int(k): v for k, v in cfg["grouped_layers"].items()}
+    specs = [("stage0", 3, stem, 2, groups.get(0, 1))]
+    cin = stem
+    for s, (n, w) in enumerate(zip(cfg["num_blocks"], widths), start=1):
+        for i in range(n):
+            specs.append((f"stage{s}.{i}", cin, w, 2 if i == 0 else 1, groups.get(len(specs), 1)))
+            cin = w
+    return specs
+
+
+class RepVgg(nn.Module):
+    def __init__(self, cfg, deploy):
+        super().__init__()
+        specs = block_specs(cfg)
+        reduction = cfg["se_reduction"]
+        for name, cin, cout, stride, groups in specs:
+            block = Block(cin, cout, stride, groups, cout // reduction if cfg["use_se"] else 0, deploy)
+            if name == "stage0":
+                self.stage0 = block
+            else:
+                stage, index = name.split(".")
+                if not hasattr(self, stage):
+                    self.add_module(stage, nn.Sequential())
+                getattr(self, stage).add_module(index, block)
+        self.linear = nn.Linear(specs[-1][2], cfg["num_classes"])
+
+    def forward(self, x):
+        for child in self.children():
+            if child is self.linear:
+                x = self.linear(x.mean(dim=(2, 3)))
+            else:
+                x = child(x)
+        return x
+
+
+def randomize(model, generator):
+    """Random weights and non-trivial BN statistics, so that every branch matters."""
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(7)
+            elif name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) * 1.5 + 0.5)
+            elif name.endswith("running_mean") or (name.endswith("bias") and tensor.dim() == 1):
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
+            elif tensor.dim() == 1:  # BN weight
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            else:
+                fan_in = tensor[0].numel()
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
+
+
+def fuse(train_state, cfg):
+    """The deploy state dict, fused from the facts: conv+BN, 1x1 padded, identity kernel."""
+    state = {}
+
+    def conv_bn(kernel, prefix):
+        std = (train_state[prefix + ".running_var"] + EPS).sqrt()
+        t = train_state[prefix + ".weight"] / std
+        return kernel * t.reshape(-1, 1, 1, 1), train_state[prefix + ".bias"] - train_state[prefix + ".running_mean"] * t
+
+    for name, cin, cout, _, groups in block_specs(cfg):
+        k3, b3 = conv_bn(train_state[f"{name}.rbr_dense.conv.weight"], f"{name}.rbr_dense.bn")
+        k1, b1 = conv_bn(train_state[f"{name}.rbr_1x1.conv.weight"], f"{name}.rbr_1x1.bn")
+        kernel, bias = k3 + F.pad(k1, [1, 1, 1, 1]), b3 + b1
+        if f"{name}.rbr_identity.weight" in train_state:
+            per_group = cin // groups
+            identity = torch.zeros(cout, per_group, 3, 3)
+            for i in range(cout):
+                identity[i, i % per_group, 1, 1] = 1.0
+            ki, bi = conv_bn(identity, f"{name}.rbr_identity")
+            kernel, bias = kernel + ki, bias + bi
+        state[f"{name}.rbr_reparam.weight"] = kernel
+        state[f"{name}.rbr_reparam.bias"] = bias
+    for key, value in train_state.items():
+        if key.startswith("linear.") or ".se." in key:
+            state[key] = value
+    return state
+
+
+def config(num_blocks, multipliers, grouped=None, se_reduction=None, num_classes=10):
+    """A config in repvgg-model's JSON form (every field, as RepVggConfig::save writes it)."""
+    return {
+        "num_blocks": num_blocks,
+        "width_multipliers": multipliers,
+        "grouped_layers": {str(k): v for k, v in (grouped or {}).items()},
+        "use_se": se_reduction is not None,
+        "se_reduction": se_reduction or 16,
+        "num_classes": num_classes,
+        "bn_epsilon": EPS,
+        "bn_momentum": 0.1,
+    }
+
+
+REFERENCE = {
+    "narrow": (config([2, 2, 2], [0.25, 0.25, 0.25]), (40, 56)),
+    "grouped": (config([2, 3, 2], [0.25, 0.25, 0.25], grouped={2: 2, 4: 4, 5: 4}), (32, 32)),
+    "se": (config([1, 2, 2, 1], [0.25, 0.25, 0.25, 0.125], se_reduction=4, num_classes=7), (48, 40)),
+}
+
+
+def save_json(path, value):
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def reference_fixtures(generator):
+    for name, (cfg, (h, w)) in REFERENCE.items():
+        train = RepVgg(cfg, deploy=False).eval()
+        randomize(train, generator)
+        deploy = RepVgg(cfg, deploy=True).eval()
+        deploy.load_state_dict(fuse(train.state_dict(), cfg), strict=True)
+        x = torch.randn(2, 3, h, w, generator=generator)
+        with torch.no_grad():
+            logits_train, logits_deploy = train(x), deploy(x)
+        state = train.state_dict()
+        torch.save(state, OUT / f"{name}_train.pth")
+        if name == "narrow":  # as a training script saves it: wrapped, DataParallel prefixes
+            wrapped = {
+                "state_dict": {"module." + k: v for k, v in state.items()},
+                "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}}},
+                "epoch": 3,
+            }
+            torch.save(wrapped, OUT / f"{name}_train_wrapped.pth")
+        torch.save(deploy.state_dict(), OUT / f"{name}_deploy.pth")
+        save_file({"input": x, "logits_train": logits_train, "logits_deploy": logits_deploy},
+                  OUT / f"{name}_io.safetensors")
+        save_json(OUT / f"{name}.json", cfg)
+        print(f"{name}: max |logit| {logits_train.abs().max().item():.3g}, "
+              f"max |train - deploy| in PyTorch {(logits_train - logits_deploy).abs().max().item():.3g}")
+
+
+def timm_fixture(generator):
+    """A narrow grouped SE network built by timm's own RepVGG code, saved in timm's naming."""
+    from timm.models.byobnet import ByobNet, ByoModelCfg, _rep_vgg_bcfg
+    from timm.utils.model import reparameterize_model
+
+    cfg = ByoModelCfg(
+        blocks=_rep_vgg_bcfg(d=(2, 2, 2), wf=(0.25, 0.25, 0.25), groups=2),
+        stem_type="rep",
+        stem_chs=16,
+        attn_layer="se",
+        attn_kwargs=dict(rd_ratio=0.25, rd_divisor=1),
+    )
+    model = ByobNet(cfg, num_classes=10).eval()
+    randomize(model, generator)
+    x = torch.randn(2, 3, 32, 48, generator=generator)
+    with torch.no_grad():
+        logits_train = model(x)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, OUT / "timm_train.safetensors")
+    deploy = reparameterize_model(model)
+    with torch.no_grad():
+        logits_deploy = deploy(x)
+    save_file({k: v.contiguous() for k, v in deploy.state_dict().items()}, OUT / "timm_deploy.safetensors")
+    save_file({"input": x, "logits_train": logits_train, "logits_deploy": logits_deploy},
+              OUT / "timm_io.safetensors")
+    save_json(OUT / "timm.json", config([2, 2, 2], [0.25, 0.25, 0.25], grouped={2: 2, 4: 2, 6: 2}, se_reduction=4))
+    print(f"timm: max |logit| {logits_train.abs().max().item():.3g}, "
+          f"max |train - deploy| in PyTorch {(logits_train - logits_deploy).abs().max().item():.3g}")
+
+
+def main():
+    OUT.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(20210111)
+    reference_fixtures(generator)
+    timm_fixture(generator)
+
+
+if __name__ == "__main__":
+    main()
