@@ -1,8 +1,11 @@
 //! Developer commands for the workspace: `cargo xtask <command>`.
 
-use anyhow::Result;
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
 use repvgg_model::RepVggArch;
+
+mod convert;
 
 #[derive(Parser, Debug)]
 #[command(about = "Developer commands for repvgg-burn", version)]
@@ -20,13 +23,24 @@ enum Command {
         #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
         size: u32,
     },
+    Convert(convert::ConvertArgs),
 }
 
-fn main() -> Result<()> {
-    match Cli::parse().command {
-        Command::Archs { size } => print_arch_table(size as usize),
+fn main() -> ExitCode {
+    let result = match Cli::parse().command {
+        Command::Archs { size } => {
+            print_arch_table(size as usize);
+            Ok(())
+        }
+        Command::Convert(args) => convert::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
     }
-    Ok(())
 }
 
 fn print_arch_table(size: usize) {
@@ -75,7 +89,7 @@ fn join(values: &[usize]) -> String {
 }
 
 /// `9108968` as `9,108,968`.
-fn thousands(n: usize) -> String {
+pub(crate) fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
