@@ -5,11 +5,11 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use burn::config::Config;
-use burn::tensor::{Device, DeviceKind, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, DeviceKind, Distribution, Tensor};
 use clap::{Args, ValueEnum};
 use repvgg_deploy::{
-    DeployError, Form, Format, Weights, infer_arch, read_checkpoint, reparameterize,
-    write_checkpoint,
+    DeployError, Form, Format, LogitDifference, Weights, infer_arch, logit_difference,
+    read_checkpoint, reparameterize, write_checkpoint,
 };
 use repvgg_model::{RepVggArch, RepVggConfig};
 
@@ -256,7 +256,7 @@ fn verify(
         config.init_deploy(device),
         "the written deploy-time network",
     )?;
-    let (max_abs, relative) = difference(
+    let LogitDifference { max_abs, relative } = logit_difference(
         &deployed.forward(images).into_data(),
         &reference.into_data(),
     );
@@ -272,15 +272,4 @@ fn verify(
         );
     }
     Ok(())
-}
-
-/// `(max |a - b|, max |a - b| / max |b|)`.
-fn difference(actual: &TensorData, expected: &TensorData) -> (f32, f32) {
-    let actual = actual.iter::<f32>();
-    let expected: Vec<f32> = expected.iter::<f32>().collect();
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let max_abs = actual
-        .zip(&expected)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    (max_abs, max_abs / scale.max(f32::MIN_POSITIVE))
 }

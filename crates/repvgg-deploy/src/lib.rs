@@ -16,12 +16,14 @@
 //! ```
 
 mod checkpoint;
+mod compare;
 mod error;
 mod fuse;
 mod infer;
 mod weights;
 
 pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint};
+pub use compare::{LogitDifference, logit_difference};
 pub use error::DeployError;
 pub use fuse::{reparameterize, reparameterize_model};
 pub use infer::{InferredLayout, infer_arch};

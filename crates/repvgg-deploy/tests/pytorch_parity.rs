@@ -30,13 +30,7 @@ fn config(name: &str) -> RepVggConfig {
 }
 
 fn max_abs_difference(actual: &TensorData, expected: &TensorData) -> f32 {
-    let actual = actual.try_to_vec::<f32>().unwrap();
-    let expected = expected.try_to_vec::<f32>().unwrap();
-    assert_eq!(actual.len(), expected.len());
-    actual
-        .iter()
-        .zip(&expected)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+    repvgg_deploy::logit_difference(actual, expected).max_abs
 }
 
 /// Loads a training-time checkpoint, checks its logits and those of its conversion against

@@ -36,13 +36,5 @@ fn random(shape: Vec<usize>, distribution: Distribution, device: &Device) -> Ten
 
 /// max |a - b| / max |b|.
 pub fn relative_difference(actual: &TensorData, expected: &TensorData) -> f32 {
-    let actual = actual.try_to_vec::<f32>().unwrap();
-    let expected = expected.try_to_vec::<f32>().unwrap();
-    assert_eq!(actual.len(), expected.len());
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let diff = actual
-        .iter()
-        .zip(&expected)
-        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    diff / scale
+    repvgg_deploy::logit_difference(actual, expected).relative
 }
