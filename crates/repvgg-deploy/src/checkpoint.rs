@@ -178,9 +178,11 @@ fn read_burnpack(path: &Path) -> Result<(NamedData, Option<RepVggConfig>), Strin
 /// Reference or timm names in PyTorch layout to Burn module paths and layout. Wrappers
 /// (`state_dict.`, `model.`, `module.` ...) are stripped, `num_batches_tracked` dropped.
 fn from_pytorch_naming(tensors: NamedData) -> Result<Weights, DeployError> {
+    // The outermost model found, e.g. `state_dict.` rather than a nested `ema.state_dict.`.
     let prefix = tensors
         .iter()
-        .find_map(|(name, _)| model_prefix(name))
+        .filter_map(|(name, _)| model_prefix(name))
+        .min_by(|a, b| a.len().cmp(&b.len()).then_with(|| a.cmp(b)))
         .unwrap_or_default();
     let mut weights = Weights::default();
     for (name, data) in tensors {

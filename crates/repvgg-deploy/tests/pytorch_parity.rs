@@ -198,3 +198,21 @@ fn architecture_is_inferred_from_shapes() {
     assert!(err.contains("match no reference architecture"), "{err}");
     assert!(err.contains("blocks per stage [2, 3, 2]"), "{err}");
 }
+
+#[test]
+fn burn_module_records_read_as_checkpoints() {
+    use burn::module::Module;
+    let dir = std::env::temp_dir().join(format!("repvgg-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let device = Device::flex();
+    let config = config("grouped");
+    let model = config.init(&device);
+    let expected = Weights::from_module(&model).unwrap();
+    let path = dir.join("grouped_train.bpk");
+    model.into_record().save(&path).unwrap();
+    let checkpoint = read_checkpoint(&path).unwrap();
+    assert_eq!(checkpoint.form, Form::Training);
+    assert_eq!(checkpoint.config, None);
+    assert_eq!(checkpoint.weights, expected);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
