@@ -48,6 +48,7 @@ fn check_training_checkpoint(fixture_name: &str, file: &str) -> Weights {
         .load_into(config.init(&device), "the fixture network")
         .unwrap();
     let diff = max_abs_difference(&model.forward(input.clone()).into_data(), &logits_train);
+    eprintln!("{file}: max |ours - PyTorch| training-time {diff:.2e}");
     assert!(
         diff <= TOLERANCE,
         "{file}: training-time logits differ by {diff:e}"
@@ -58,6 +59,7 @@ fn check_training_checkpoint(fixture_name: &str, file: &str) -> Weights {
         .load_into(config.init_deploy(&device), "the fixture deploy network")
         .unwrap();
     let diff = max_abs_difference(&deployed.forward(input).into_data(), &logits_deploy);
+    eprintln!("{file}: max |our conversion - PyTorch deploy| {diff:.2e}");
     assert!(
         diff <= TOLERANCE,
         "{file}: deploy logits differ by {diff:e}"
