@@ -131,5 +131,8 @@ fn tensor<const D: usize>(
     name: &str,
     device: &Device,
 ) -> Result<Tensor<D>, DeployError> {
-    Ok(Tensor::from_data(weights.require(name)?.clone(), device))
+    Ok(Tensor::from_data(
+        weights.require(name, "the training-time weights")?.clone(),
+        device,
+    ))
 }

@@ -50,10 +50,10 @@ impl Weights {
         self.tensors.get(name)
     }
 
-    /// The tensor called `name`, or an error naming it.
-    pub fn require(&self, name: &str) -> Result<&TensorData, DeployError> {
+    /// The tensor called `name`, or an error naming it as missing from `what`.
+    pub fn require(&self, name: &str, what: &str) -> Result<&TensorData, DeployError> {
         self.get(name)
-            .ok_or_else(|| DeployError::mismatch("weights", vec![name.into()], vec![], vec![]))
+            .ok_or_else(|| DeployError::mismatch(what, vec![name.into()], vec![], vec![]))
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
