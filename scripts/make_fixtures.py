@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes the PyTorch parity fixtures of crates/repvgg-deploy/tests/fixtures.
+"""Writes the PyTorch parity fixtures of crates/repvgg-deploy/tests/fixtures and the odd image
+files of crates/repvgg-train/tests/images.
 
 Small RepVGG networks in the reference implementation's naming (training-time and deploy-time
 state dicts, plain and wrapped the way training scripts save them) and one timm network, each
@@ -21,7 +22,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-OUT = pathlib.Path(__file__).resolve().parent.parent / "crates/repvgg-deploy/tests/fixtures"
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+OUT = ROOT / "crates/repvgg-deploy/tests/fixtures"
+IMAGES = ROOT / "crates/repvgg-train/tests/images"
 BASE_WIDTHS = (64, 128, 256, 512)
 EPS = 1e-5
 
@@ -235,7 +238,30 @@ def timm_fixture(generator):
           f"max |train - deploy| in PyTorch {(logits_train - logits_deploy).abs().max().item():.3g}")
 
 
+def image_fixtures():
+    """Image files of the kinds ImageNet-like folders hold besides plain RGB JPEGs: grayscale,
+    CMYK, RGBA, 16-bit, a PNG named .JPEG, and a truncated JPEG. Each is a 40x30 gradient whose
+    top-left quarter is bright, so a decoder's orientation and colours can be checked."""
+    import numpy as np
+    from PIL import Image
+
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    y, x = np.mgrid[0:30, 0:40]
+    rgb = np.stack([x * 6, y * 8, np.full_like(x, 90)], axis=-1).astype(np.uint8)
+    rgb[:15, :20] = 250
+    Image.fromarray(rgb).save(IMAGES / "rgb.jpg", quality=95)
+    Image.fromarray(rgb).convert("L").save(IMAGES / "gray.jpg", quality=95)
+    Image.fromarray(rgb).convert("CMYK").save(IMAGES / "cmyk.jpg", quality=95)
+    Image.fromarray(rgb).convert("RGBA").save(IMAGES / "rgba.png")
+    gray = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16)
+    Image.fromarray(gray * 257).save(IMAGES / "gray16.png")
+    Image.fromarray(rgb).save(IMAGES / "png_named.JPEG", format="PNG")
+    full = (IMAGES / "rgb.jpg").read_bytes()
+    (IMAGES / "truncated.jpg").write_bytes(full[: len(full) // 3])
+
+
 def main():
+    image_fixtures()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(20210111)

@@ -1,0 +1,30 @@
+//! Training and evaluation data: ImageFolder indexing, robust decoding, augmentation.
+
+mod folder;
+mod transform;
+
+use std::path::PathBuf;
+
+pub use folder::{IMAGE_EXTENSIONS, ImageFolder, Sample};
+pub use transform::{
+    Crop, EVAL_CROP_FRACTION, EvalTransform, IMAGENET_MEAN, IMAGENET_STD, RandomResizedCrop,
+    TrainTransform, decode_rgb, normalize,
+};
+
+/// A data set that cannot be read, or an image that cannot be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: not a directory (expected ROOT/<class>/<image> folders)")]
+    NotAFolder(PathBuf),
+    #[error("{0}: no class subdirectories (expected ROOT/<class>/<image> folders)")]
+    NoClasses(PathBuf),
+    #[error("{0}: the class subdirectories hold no images (.jpg, .jpeg, .png, ...)")]
+    NoImages(PathBuf),
+    #[error("{path}: cannot decode the image: {message}")]
+    Decode { path: PathBuf, message: String },
+}
