@@ -1,0 +1,100 @@
+//! The paper's optimisation recipe: SGD with PyTorch-style momentum, weight decay on conv and
+//! linear weights only, and a per-iteration cosine schedule with optional linear warmup.
+
+use std::f64::consts::PI;
+
+use burn::module::ParamGroup;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{LearningRate, ModuleOptimizer, SgdConfig};
+
+/// The batch size the base learning rate is quoted for; it scales linearly with the batch.
+pub const REFERENCE_BATCH: usize = 256;
+
+/// Learning rate for `batch` images per step, from the rate quoted at a batch of 256.
+pub fn scaled_lr(base_lr: f64, batch: usize) -> f64 {
+    base_lr * batch as f64 / REFERENCE_BATCH as f64
+}
+
+/// Whether weight decay applies to the parameter at `path`: conv and linear weights decay; BN
+/// `gamma`/`beta` (the identity branch's too) and every bias do not.
+pub fn decays(path: &str) -> bool {
+    !NO_DECAY_SUFFIXES
+        .iter()
+        .any(|suffix| path.ends_with(suffix))
+}
+
+const NO_DECAY_SUFFIXES: [&str; 3] = [".gamma", ".beta", ".bias"];
+
+/// The parameters [`decays`] exempts, as an optimizer group.
+pub fn no_decay_group() -> ParamGroup {
+    ParamGroup::from_any_regexes(vec![r"\.gamma$", r"\.beta$", r"\.bias$"])
+        .expect("the patterns are valid regexes")
+}
+
+/// SGD as PyTorch does it (momentum without dampening, optional Nesterov), with `weight_decay`
+/// on the parameters that [`decays`] and none on the others.
+pub fn sgd(momentum: f64, nesterov: bool, weight_decay: f64) -> ModuleOptimizer {
+    let momentum = MomentumConfig::new()
+        .with_momentum(momentum)
+        .with_dampening(0.0)
+        .with_nesterov(nesterov);
+    let without_decay = SgdConfig::new().with_momentum(Some(momentum.clone()));
+    let with_decay = without_decay.clone().with_weight_decay(
+        (weight_decay > 0.0).then(|| WeightDecayConfig::new(weight_decay as f32)),
+    );
+    with_decay
+        .init()
+        .with_group(no_decay_group(), without_decay.build(), None)
+}
+
+/// Linear warmup from `base_lr / warmup_steps` to `base_lr` over `warmup_steps` iterations,
+/// then cosine decay to zero over the remaining iterations, stepped once per iteration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WarmupCosine {
+    pub base_lr: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+    /// Iterations already taken.
+    pub step: usize,
+}
+
+impl WarmupCosine {
+    pub fn new(base_lr: f64, warmup_steps: usize, total_steps: usize) -> Self {
+        Self {
+            base_lr,
+            warmup_steps: warmup_steps.min(total_steps),
+            total_steps,
+            step: 0,
+        }
+    }
+
+    /// The learning rate of iteration `step` (0-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.base_lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let decay_steps = (self.total_steps - self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f64 / decay_steps as f64).min(1.0);
+        0.5 * self.base_lr * (1.0 + (PI * progress).cos())
+    }
+}
+
+impl LrScheduler for WarmupCosine {
+    fn step(&mut self) -> LearningRate {
+        let lr = self.lr_at(self.step);
+        self.step += 1;
+        lr
+    }
+
+    fn to_record(&self) -> LrSchedulerRecord {
+        LrSchedulerRecord::new().with_scalar("step", self.step as u64)
+    }
+
+    fn load_record(&mut self, record: LrSchedulerRecord) {
+        if let Some(step) = record.scalar::<u64>("step") {
+            self.step = step as usize;
+        }
+    }
+}
