@@ -95,24 +95,14 @@ pub fn run(args: ConvertArgs) -> Result<()> {
     let (name, config) = architecture(&args, &checkpoint.weights, checkpoint.config)?;
     let params = config.num_params();
     println!(
-        "read {} ({}, {} tensors) as {name} in {:.2?}",
+        "read {} ({form}, {} tensors) as {name} in {:.2?}",
         args.input.display(),
-        match form {
-            Form::Training => "training-time",
-            Form::Deploy => "deploy-time",
-        },
         checkpoint.weights.len(),
         started.elapsed()
     );
 
     let device = args.device.device();
-    let what = format!(
-        "{name}, {} form",
-        match form {
-            Form::Training => "training-time",
-            Form::Deploy => "deploy-time",
-        }
-    );
+    let what = format!("{name}, {form} form");
     let converting = Instant::now();
     let deploy = match form {
         Form::Training => reparameterize(&checkpoint.weights, &config, &device)

@@ -39,6 +39,15 @@ impl Form {
     }
 }
 
+impl std::fmt::Display for Form {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Form::Training => "training-time",
+            Form::Deploy => "deploy-time",
+        })
+    }
+}
+
 /// File formats, chosen by extension.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
