@@ -129,6 +129,19 @@ fn missing_input_files_are_reported() {
         &convert(&["--input", path(&empty), "--output", path(&out)]),
         &["empty.pth", "the file is empty"],
     );
+    let folder = dir.join("folder.pth");
+    std::fs::create_dir(&folder).unwrap();
+    assert_fails(
+        &convert(&["--input", path(&folder), "--output", path(&out)]),
+        &["folder.pth", "not a file"],
+    );
+    // A well-formed safetensors file that holds no tensor at all.
+    let no_tensors = dir.join("no_tensors.safetensors");
+    std::fs::write(&no_tensors, [&2u64.to_le_bytes()[..], b"{}"].concat()).unwrap();
+    assert_fails(
+        &convert(&["--input", path(&no_tensors), "--output", path(&out)]),
+        &["no_tensors.safetensors", "it holds no RepVGG tensors"],
+    );
 }
 
 #[test]
