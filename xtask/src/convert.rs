@@ -132,7 +132,12 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         ),
     }
 
-    write_checkpoint(&deploy, &config, &args.output)?;
+    write_checkpoint(
+        &deploy,
+        &config,
+        checkpoint.classes.as_deref(),
+        &args.output,
+    )?;
     let size = std::fs::metadata(&args.output)
         .map(|m| m.len())
         .unwrap_or(0);

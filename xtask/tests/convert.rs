@@ -101,7 +101,7 @@ fn infers_a_reference_architecture() {
     let config = RepVggArch::A0.config().with_num_classes(5);
     let weights = Weights::from_module(&config.init(&device)).unwrap();
     let input = dir.join("a0_train.safetensors");
-    write_checkpoint(&weights, &config, &input).unwrap();
+    write_checkpoint(&weights, &config, None, &input).unwrap();
     let stdout = assert_succeeds(&convert(&[
         "--input",
         path(&input),
@@ -247,7 +247,7 @@ fn missing_and_extra_tensors_are_named() {
         ),
     ] {
         let input = dir.join(file);
-        write_checkpoint(&weights, &config, &input).unwrap();
+        write_checkpoint(&weights, &config, None, &input).unwrap();
         assert_fails(
             &convert(&[
                 "--input",

@@ -19,6 +19,8 @@ use crate::weights::Weights;
 
 /// Burnpack metadata key holding the architecture config as JSON.
 const CONFIG_KEY: &str = "repvgg.config";
+/// Burnpack metadata key of the class names, one per line.
+const CLASSES_KEY: &str = "repvgg.classes";
 
 /// Which form of the network a set of weights belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,6 +94,9 @@ pub struct Checkpoint {
     pub form: Form,
     /// The architecture, when the file records it (our burnpack files do).
     pub config: Option<RepVggConfig>,
+    /// The class names, index by index, when the file records them (burnpack files written by
+    /// training do).
+    pub classes: Option<Vec<String>>,
 }
 
 /// Reads a checkpoint in any supported format (see [`Format`]).
@@ -112,9 +117,9 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, DeployError> {
     if metadata.len() == 0 {
         return Err(unreadable("the file is empty".into()));
     }
-    let (tensors, config) = match format {
-        Format::Pytorch => (read_pytorch(path).map_err(unreadable)?, None),
-        Format::Safetensors => (read_safetensors(path).map_err(unreadable)?, None),
+    let (tensors, config, classes) = match format {
+        Format::Pytorch => (read_pytorch(path).map_err(unreadable)?, None, None),
+        Format::Safetensors => (read_safetensors(path).map_err(unreadable)?, None, None),
         Format::Burnpack => read_burnpack(path).map_err(unreadable)?,
     };
     let weights = match format {
@@ -128,6 +133,7 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, DeployError> {
         form: Form::of(&weights),
         weights,
         config,
+        classes,
     })
 }
 
@@ -161,7 +167,9 @@ fn read_safetensors(path: &Path) -> Result<NamedData, String> {
         .collect()
 }
 
-fn read_burnpack(path: &Path) -> Result<(NamedData, Option<RepVggConfig>), String> {
+type BurnpackContents = (NamedData, Option<RepVggConfig>, Option<Vec<String>>);
+
+fn read_burnpack(path: &Path) -> Result<BurnpackContents, String> {
     let reader = burn_pack::Reader::from_file(path).map_err(|err| err.to_string())?;
     let config = match reader.metadata().get(CONFIG_KEY) {
         Some(json) => Some(
@@ -170,6 +178,10 @@ fn read_burnpack(path: &Path) -> Result<(NamedData, Option<RepVggConfig>), Strin
         ),
         None => None,
     };
+    let classes = reader
+        .metadata()
+        .get(CLASSES_KEY)
+        .map(|lines| lines.lines().map(str::to_string).collect());
     let tensors = reader
         .into_tensors()
         .map_err(|err| err.to_string())?
@@ -181,7 +193,7 @@ fn read_burnpack(path: &Path) -> Result<(NamedData, Option<RepVggConfig>), Strin
                 .map_err(|err| format!("tensor {name}: {err}"))
         })
         .collect::<Result<_, _>>()?;
-    Ok((tensors, config))
+    Ok((tensors, config, classes))
 }
 
 /// Reference or timm names in PyTorch layout to Burn module paths and layout. Wrappers
@@ -296,9 +308,11 @@ fn transpose(data: TensorData) -> Result<TensorData, DeployError> {
 /// Writes weights to `path` in the format its extension names, atomically (a temporary file
 /// in the same directory, then a rename). Burnpack keeps Burn naming and records `config`;
 /// safetensors uses the reference's naming and PyTorch layout, loadable with `strict=True`.
+/// `classes` (the name of each output, as training saw them) is recorded in burnpack files.
 pub fn write_checkpoint(
     weights: &Weights,
     config: &RepVggConfig,
+    classes: Option<&[String]>,
     path: &Path,
 ) -> Result<(), DeployError> {
     let format = Format::of(path)?;
@@ -319,7 +333,7 @@ pub fn write_checkpoint(
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let temporary = directory.join(format!(".{file_name}.{}.tmp", std::process::id()));
     let written = match format {
-        Format::Burnpack => write_burnpack(weights, config, &temporary),
+        Format::Burnpack => write_burnpack(weights, config, classes, &temporary),
         Format::Safetensors => write_safetensors(weights, &temporary),
         Format::Pytorch => Err(DeployError::Format(format!(
             "{}: writing .pth is not supported; write .safetensors, which PyTorch loads with \
@@ -339,14 +353,24 @@ pub fn write_checkpoint(
 fn write_burnpack(
     weights: &Weights,
     config: &RepVggConfig,
+    classes: Option<&[String]>,
     path: &Path,
 ) -> Result<(), DeployError> {
     let tensors = weights
         .iter()
         .map(|(name, data)| bridge::from_data(data.clone(), name.to_string(), None))
         .collect();
-    burn_pack::Writer::new(tensors)
-        .with_metadata(CONFIG_KEY, &config_to_json(config))
+    let mut writer =
+        burn_pack::Writer::new(tensors).with_metadata(CONFIG_KEY, &config_to_json(config));
+    if let Some(classes) = classes {
+        if let Some(bad) = classes.iter().find(|name| name.contains(['\n', '\r'])) {
+            return Err(DeployError::Format(format!(
+                "class name {bad:?} contains a line break and cannot be recorded"
+            )));
+        }
+        writer = writer.with_metadata(CLASSES_KEY, &classes.join("\n"));
+    }
+    writer
         .overwrite(true)
         .write_to_file(path)
         .map_err(|err| DeployError::Format(format!("{}: {err}", path.display())))

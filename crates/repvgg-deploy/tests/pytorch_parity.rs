@@ -135,7 +135,7 @@ fn exports_round_trip_in_both_formats() {
     let deploy = reparameterize(&checkpoint.weights, &config, &device).unwrap();
     for file in ["se.safetensors", "se.bpk"] {
         let path = dir.join(file);
-        write_checkpoint(&deploy, &config, &path).unwrap();
+        write_checkpoint(&deploy, &config, None, &path).unwrap();
         let read = read_checkpoint(&path).unwrap();
         assert_eq!(read.form, Form::Deploy);
         assert_eq!(read.weights, deploy, "{file}");
@@ -154,7 +154,7 @@ fn safetensors_export_uses_reference_names_and_pytorch_layout() {
     let checkpoint = read_checkpoint(&fixture("narrow_train.pth")).unwrap();
     let deploy = reparameterize(&checkpoint.weights, &config, &device).unwrap();
     let path = dir.join("narrow.safetensors");
-    write_checkpoint(&deploy, &config, &path).unwrap();
+    write_checkpoint(&deploy, &config, None, &path).unwrap();
     let bytes = std::fs::read(&path).unwrap();
     let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();

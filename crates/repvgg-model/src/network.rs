@@ -83,6 +83,11 @@ impl<B: Block> RepVggNetwork<B> {
             .map(Vec::as_slice)
             .filter(|stage| !stage.is_empty())
     }
+
+    /// Every block in forward order, the stem first.
+    pub fn blocks(&self) -> impl Iterator<Item = &B> {
+        std::iter::once(&self.stage0).chain(self.stages().flatten())
+    }
 }
 
 /// `[N, C, H, W]` to `[N, C]`: the mean over all spatial positions.
