@@ -17,25 +17,29 @@ pub fn scaled_lr(base_lr: f64, batch: usize) -> f64 {
     base_lr * batch as f64 / REFERENCE_BATCH as f64
 }
 
-/// Whether weight decay applies to the parameter at `path`: conv and linear weights decay; BN
-/// `gamma`/`beta` (the identity branch's too) and every bias do not.
-pub fn decays(path: &str) -> bool {
-    !NO_DECAY_SUFFIXES
-        .iter()
-        .any(|suffix| path.ends_with(suffix))
+/// Whether the optimizer's weight decay applies to the parameter at `path`: conv and linear
+/// weights decay; BN `gamma`/`beta` (the identity branch's too) and every bias do not. With
+/// `custom_l2`, the 3x3 and 1x1 kernels are left to the custom L2 loss term instead.
+pub fn decays(path: &str, custom_l2: bool) -> bool {
+    let exempt = |suffixes: &[&str]| suffixes.iter().any(|suffix| path.ends_with(suffix));
+    !(exempt(&NO_DECAY_SUFFIXES) || custom_l2 && exempt(&CUSTOM_L2_SUFFIXES))
 }
 
 const NO_DECAY_SUFFIXES: [&str; 3] = [".gamma", ".beta", ".bias"];
+const CUSTOM_L2_SUFFIXES: [&str; 2] = ["rbr_dense.conv.weight", "rbr_1x1.conv.weight"];
 
 /// The parameters [`decays`] exempts, as an optimizer group.
-pub fn no_decay_group() -> ParamGroup {
-    ParamGroup::from_any_regexes(vec![r"\.gamma$", r"\.beta$", r"\.bias$"])
-        .expect("the patterns are valid regexes")
+pub fn no_decay_group(custom_l2: bool) -> ParamGroup {
+    let mut patterns = vec![r"\.gamma$", r"\.beta$", r"\.bias$"];
+    if custom_l2 {
+        patterns.extend([r"rbr_dense\.conv\.weight$", r"rbr_1x1\.conv\.weight$"]);
+    }
+    ParamGroup::from_any_regexes(patterns).expect("the patterns are valid regexes")
 }
 
 /// SGD as PyTorch does it (momentum without dampening, optional Nesterov), with `weight_decay`
 /// on the parameters that [`decays`] and none on the others.
-pub fn sgd(momentum: f64, nesterov: bool, weight_decay: f64) -> ModuleOptimizer {
+pub fn sgd(momentum: f64, nesterov: bool, weight_decay: f64, custom_l2: bool) -> ModuleOptimizer {
     let momentum = MomentumConfig::new()
         .with_momentum(momentum)
         .with_dampening(0.0)
@@ -46,7 +50,7 @@ pub fn sgd(momentum: f64, nesterov: bool, weight_decay: f64) -> ModuleOptimizer 
     );
     with_decay
         .init()
-        .with_group(no_decay_group(), without_decay.build(), None)
+        .with_group(no_decay_group(custom_l2), without_decay.build(), None)
 }
 
 /// Linear warmup from `base_lr / warmup_steps` to `base_lr` over `warmup_steps` iterations,

@@ -15,27 +15,33 @@ use repvgg_train::recipe::{WarmupCosine, decays, no_decay_group, scaled_lr, sgd}
 fn only_conv_and_linear_weights_decay() {
     let device = Device::flex();
     let model = RepVggArch::D2se.config().init(&device);
-    let group = no_decay_group();
-    let mut decayed = 0;
-    for info in tensor_infos(&model).iter().filter(|t| t.is_trainable()) {
-        let expected = info.path.ends_with("conv.weight")
-            || info.path.ends_with(".se.down.weight")
-            || info.path.ends_with(".se.up.weight")
-            || info.path == "linear.weight";
-        assert_eq!(decays(&info.path), expected, "{}", info.path);
-        assert_eq!(
-            group.matches(&ParamId::new(), Some(&info.path)),
-            !expected,
-            "{}",
-            info.path
-        );
-        decayed += usize::from(expected);
+    for custom_l2 in [false, true] {
+        let group = no_decay_group(custom_l2);
+        let mut decayed = 0;
+        for info in tensor_infos(&model).iter().filter(|t| t.is_trainable()) {
+            let branch_kernel = info.path.ends_with("rbr_dense.conv.weight")
+                || info.path.ends_with("rbr_1x1.conv.weight");
+            let expected = (branch_kernel && !custom_l2)
+                || info.path.ends_with(".se.down.weight")
+                || info.path.ends_with(".se.up.weight")
+                || info.path == "linear.weight";
+            assert_eq!(decays(&info.path, custom_l2), expected, "{}", info.path);
+            assert_eq!(
+                group.matches(&ParamId::new(), Some(&info.path)),
+                !expected,
+                "{}",
+                info.path
+            );
+            decayed += usize::from(expected);
+        }
+        // D2se: 48 blocks with two branch convs and two SE convs each, plus the head; with the
+        // custom L2 the branch convs are regularised by the loss instead.
+        let branch_convs = if custom_l2 { 0 } else { 2 };
+        assert_eq!(decayed, 48 * (branch_convs + 2) + 1);
+        assert!(!decays("stage1.1.rbr_identity.gamma", custom_l2));
+        assert!(!decays("stage1.1.rbr_dense.bn.beta", custom_l2));
+        assert!(!decays("stage0.se.up.bias", custom_l2));
     }
-    // D2se: 48 blocks with two convs and two SE convs each, plus the head.
-    assert_eq!(decayed, 48 * 4 + 1);
-    assert!(!decays("stage1.1.rbr_identity.gamma"));
-    assert!(!decays("stage1.1.rbr_dense.bn.beta"));
-    assert!(!decays("stage0.se.up.bias"));
 }
 
 #[test]
@@ -46,26 +52,28 @@ fn the_optimizer_decays_exactly_those_parameters() {
         .with_se_reduction(4)
         .with_num_classes(3)
         .with_grouped_layers(BTreeMap::from([(2, 2)]));
-    let model = config.init(&device);
-    let before = Weights::from_module(&model).unwrap();
-    let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Default, &device);
-    // A zero loss: the gradients vanish and only weight decay moves the weights.
-    let loss = model.forward(images).sum().mul_scalar(0.0);
-    let grads = GradientsParams::from_grads(loss.backward(), &model);
-    let mut optimizer = sgd(0.9, false, 0.5);
-    let model = optimizer.step(1.0, model, grads);
-    let after = Weights::from_module(&model).unwrap();
-    for (path, old) in before.iter() {
-        if path.ends_with("running_mean") || path.ends_with("running_var") {
-            continue;
-        }
-        let new = after.get(path).unwrap();
-        let factor = if decays(path) { 0.5 } else { 1.0 };
-        for (o, n) in old.iter::<f32>().zip(new.iter::<f32>()) {
-            assert!(
-                (n - o * factor).abs() <= 1e-6 * o.abs().max(1.0),
-                "{path}: {o} -> {n}"
-            );
+    for custom_l2 in [false, true] {
+        let model = config.init(&device);
+        let before = Weights::from_module(&model).unwrap();
+        let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Default, &device);
+        // A zero loss: the gradients vanish and only weight decay moves the weights.
+        let loss = model.forward(images).sum().mul_scalar(0.0);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let mut optimizer = sgd(0.9, false, 0.5, custom_l2);
+        let model = optimizer.step(1.0, model, grads);
+        let after = Weights::from_module(&model).unwrap();
+        for (path, old) in before.iter() {
+            if path.ends_with("running_mean") || path.ends_with("running_var") {
+                continue;
+            }
+            let new = after.get(path).unwrap();
+            let factor = if decays(path, custom_l2) { 0.5 } else { 1.0 };
+            for (o, n) in old.iter::<f32>().zip(new.iter::<f32>()) {
+                assert!(
+                    (n - o * factor).abs() <= 1e-6 * o.abs().max(1.0),
+                    "{path}: {o} -> {n}"
+                );
+            }
         }
     }
 }

@@ -1,11 +1,18 @@
-//! Training and evaluation data: ImageFolder indexing, robust decoding, augmentation.
+//! Training and evaluation data: ImageFolder indexing, robust decoding, augmentation, batching,
+//! and a synthetic set for runs with nothing to download.
 
 mod folder;
+mod loader;
+mod synthetic;
 mod transform;
 
 use std::path::PathBuf;
 
 pub use folder::{IMAGE_EXTENSIONS, ImageFolder, Sample};
+pub use loader::{
+    Augmentation, ImageBatch, ImageLoader, LoaderOptions, MixedTargets, SkippedImages,
+};
+pub use synthetic::{SYNTHETIC_CLASSES, write_synthetic_set};
 pub use transform::{
     Crop, EVAL_CROP_FRACTION, EvalTransform, IMAGENET_MEAN, IMAGENET_STD, RandomResizedCrop,
     TrainTransform, decode_rgb, normalize,

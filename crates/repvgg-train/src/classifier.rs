@@ -1,0 +1,115 @@
+//! The network as burn-train sees it: a training-time RepVGG plus the training objective
+//! (cross-entropy with optional label smoothing and mixup, optional "custom L2").
+
+use burn::module::Module;
+use burn::nn::BatchNorm;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::tensor::{Int, Tensor};
+use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
+use repvgg_model::{RepVgg, RepVggBlock};
+
+use crate::data::ImageBatch;
+
+/// The terms of the training loss besides plain cross-entropy.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Objective {
+    /// Label smoothing of the cross-entropy targets (0 = none).
+    pub label_smoothing: f32,
+    /// Weight decay applied through the "custom L2" regulariser of the reference instead of the
+    /// optimizer (for the 3x3 and 1x1 kernels); `None` when the optimizer decays them.
+    pub custom_l2: Option<f64>,
+}
+
+/// A training-time RepVGG classifier with its loss: what burn-train's learner trains.
+#[derive(Module, Debug)]
+pub struct Classifier {
+    pub net: RepVgg,
+    #[module(skip)]
+    pub objective: Objective,
+}
+
+impl Classifier {
+    pub fn new(net: RepVgg, objective: Objective) -> Self {
+        Self { net, objective }
+    }
+
+    fn cross_entropy(&self, logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+        let smoothing = self.objective.label_smoothing;
+        CrossEntropyLossConfig::new()
+            .with_smoothing((smoothing > 0.0).then_some(smoothing))
+            .init(&logits.device())
+            .forward(logits, targets)
+    }
+
+    /// The training loss of a batch: cross-entropy (mixed when the batch is), plus the custom L2
+    /// term when enabled.
+    pub fn loss(&self, logits: Tensor<2>, batch: &ImageBatch) -> Tensor<1> {
+        let mut loss = self.cross_entropy(logits.clone(), batch.targets.clone());
+        if let Some(mixup) = &batch.mixup {
+            let other = self.cross_entropy(logits, mixup.targets.clone());
+            loss = loss.mul_scalar(mixup.lambda) + other.mul_scalar(1.0 - mixup.lambda);
+        }
+        if let Some(weight_decay) = self.objective.custom_l2 {
+            loss = loss + custom_l2(&self.net).mul_scalar(weight_decay / 2.0);
+        }
+        loss
+    }
+}
+
+impl TrainStep for Classifier {
+    type Input = ImageBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: ImageBatch) -> TrainOutput<ClassificationOutput> {
+        let logits = self.net.forward(batch.images.clone());
+        let loss = self.loss(logits.clone(), &batch);
+        let grads = loss.backward();
+        TrainOutput::new(
+            self,
+            grads,
+            ClassificationOutput::new(loss, logits, batch.targets),
+        )
+    }
+}
+
+impl InferenceStep for Classifier {
+    type Input = ImageBatch;
+    type Output = ClassificationOutput;
+
+    fn step(&self, batch: ImageBatch) -> ClassificationOutput {
+        let logits = self.net.forward(batch.images);
+        let loss = self.cross_entropy(logits.clone(), batch.targets.clone());
+        ClassificationOutput::new(loss, logits, batch.targets)
+    }
+}
+
+/// The reference's "custom L2" over every block: the squared 3x3 kernel outside its centre, plus
+/// the squared centre of the equivalent fused kernel normalised by the BN scales, so that decay
+/// acts on the kernel the deploy model will have. BN scales are treated as constants.
+pub fn custom_l2(net: &RepVgg) -> Tensor<1> {
+    net.blocks()
+        .map(block_l2)
+        .reduce(|total, term| total + term)
+        .expect("a RepVGG has a stem block")
+}
+
+fn block_l2(block: &RepVggBlock) -> Tensor<1> {
+    let k3 = block.rbr_dense.conv.weight.val();
+    let k1 = block.rbr_1x1.conv.weight.val();
+    let [out_channels, ..] = k3.dims();
+    let t3 = bn_scale(&block.rbr_dense.bn).reshape([out_channels, 1, 1, 1]);
+    let t1 = bn_scale(&block.rbr_1x1.bn).reshape([out_channels, 1, 1, 1]);
+    let centre = k3
+        .clone()
+        .slice([0..out_channels, 0..k1.dims()[1], 1..2, 1..2]);
+    let l2_circle = k3.powi_scalar(2).sum() - centre.clone().powi_scalar(2).sum();
+    let equivalent = centre * t3.clone() + k1 * t1.clone();
+    let l2_eq = (equivalent.powi_scalar(2) / (t3.powi_scalar(2) + t1.powi_scalar(2))).sum();
+    l2_circle + l2_eq
+}
+
+/// `gamma / sqrt(running_var + eps)`, detached from the graph.
+fn bn_scale(bn: &BatchNorm) -> Tensor<1> {
+    let variance = bn.running_var.value();
+    (bn.gamma.val() / variance.add_scalar(bn.epsilon).sqrt()).detach()
+}

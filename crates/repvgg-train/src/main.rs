@@ -1,0 +1,52 @@
+//! `repvgg-train`: train RepVGG on an ImageFolder data set with the paper's recipe, or run the
+//! self-contained demonstration.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use repvgg_train::demo::{DemoArgs, demo};
+use repvgg_train::run::{TrainArgs, train};
+use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
+
+/// Train RepVGG with the paper's ImageNet recipe (defaults), then write the training-time and
+/// the re-parameterized deploy-time model.
+///
+/// Example: repvgg-train --data /data/imagenet --arch A0
+#[derive(Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: Option<TrainArgs>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a small image set, train a small RepVGG on it on the CPU, convert it, and
+    /// compare the speed of both forms (a few minutes, nothing to download).
+    Demo(DemoArgs),
+    /// Measure the data pipeline: decoded and augmented ImageNet-sized JPEGs per second, for
+    /// each worker count.
+    BenchLoader(LoaderBenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match (cli.command, cli.train) {
+        (Some(Command::Demo(args)), _) => demo(&args).map(drop),
+        (Some(Command::BenchLoader(args)), _) => bench_loader(&args).map(drop),
+        (None, Some(args)) => train(&args).map(drop),
+        (None, None) => {
+            eprintln!("error: give --data DIR to train, or `demo` (see --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

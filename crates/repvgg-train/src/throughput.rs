@@ -1,0 +1,137 @@
+//! How fast the training data pipeline decodes and augments ImageNet-sized JPEGs: images per
+//! second for several worker counts, and per worker.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use burn::data::dataloader::DataLoader;
+use burn::tensor::Device;
+use image::codecs::jpeg::JpegEncoder;
+use image::{Rgb, RgbImage};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::data::{Augmentation, ImageFolder, ImageLoader, LoaderOptions, TrainTransform};
+
+/// Options of `repvgg-train bench-loader`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct LoaderBenchArgs {
+    /// An ImageFolder directory (e.g. DATA/train) to read; by default, ImageNet-sized JPEGs
+    /// (500x375, quality 90) are generated in a temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Images decoded per measurement.
+    #[arg(long, default_value_t = 512)]
+    pub images: usize,
+    /// Worker counts to measure, comma separated (default: 1 and all cores).
+    #[arg(long, value_delimiter = ',')]
+    pub workers: Vec<usize>,
+    #[arg(long, default_value_t = 224)]
+    pub image_size: u32,
+}
+
+/// One measurement.
+#[derive(Clone, Debug)]
+pub struct LoaderThroughput {
+    pub workers: usize,
+    pub images: usize,
+    pub images_per_second: f64,
+}
+
+/// Measures the training loader (decode, RandomResizedCrop, flip, normalise, batch of 64) and
+/// prints a table.
+pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>> {
+    ensure!(args.images > 0, "--images must be at least 1");
+    let (root, generated) = match &args.data {
+        Some(dir) => (dir.clone(), false),
+        None => {
+            let dir =
+                std::env::temp_dir().join(format!("repvgg-loader-bench-{}", std::process::id()));
+            println!(
+                "writing {} JPEGs of 500x375 to {}",
+                args.images,
+                dir.display()
+            );
+            write_imagenet_like(&dir, args.images)?;
+            (dir, true)
+        }
+    };
+    let folder = ImageFolder::open(&root)?;
+    let samples: Vec<_> = folder.samples.iter().take(args.images).cloned().collect();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut worker_counts = args.workers.clone();
+    if worker_counts.is_empty() {
+        worker_counts = vec![1, cores];
+        worker_counts.dedup();
+    }
+    let mut results = Vec::new();
+    println!("| workers | images | images/s | images/s per worker |");
+    println!("|---|---|---|---|");
+    for workers in worker_counts {
+        ensure!(workers > 0, "--workers must be at least 1");
+        let loader = ImageLoader::new(
+            samples.clone(),
+            Augmentation::Train(TrainTransform::new(args.image_size)),
+            LoaderOptions {
+                batch_size: 64,
+                workers,
+                seed: 0,
+                shuffle: true,
+                mixup_alpha: None,
+                prefetch: 2,
+            },
+            &Device::flex(),
+        )?;
+        let started = Instant::now();
+        let mut images = 0;
+        for batch in loader.iter() {
+            images += batch?.targets.dims()[0];
+        }
+        let images_per_second = images as f64 / started.elapsed().as_secs_f64();
+        println!(
+            "| {workers} | {images} | {images_per_second:.1} | {:.1} |",
+            images_per_second / workers as f64
+        );
+        results.push(LoaderThroughput {
+            workers,
+            images,
+            images_per_second,
+        });
+    }
+    if generated {
+        let _ = fs::remove_dir_all(&root);
+    }
+    Ok(results)
+}
+
+/// `count` photo-like 500x375 JPEGs (smooth gradients, edges and grain) in two class folders.
+fn write_imagenet_like(root: &Path, count: usize) -> Result<()> {
+    let mut rng = StdRng::seed_from_u64(1);
+    for i in 0..count {
+        let dir = root.join(format!("class{}", i % 2));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let (fx, fy) = (rng.random_range(0.01..0.05), rng.random_range(0.01..0.05));
+        let base: [f32; 3] = [rng.random(), rng.random(), rng.random()];
+        let image = RgbImage::from_fn(500, 375, |x, y| {
+            let wave = ((x as f32 * fx).sin() * (y as f32 * fy).cos() + 1.0) * 0.5;
+            let edge = if (x / 60 + y / 45) % 3 == 0 {
+                0.25
+            } else {
+                0.0
+            };
+            Rgb(base.map(|b| {
+                let grain = rng.random_range(-0.04..0.04);
+                (((b * 0.6 + wave * 0.4 + edge + grain).clamp(0.0, 1.0)) * 255.0) as u8
+            }))
+        });
+        let path = dir.join(format!("{i:05}.JPEG"));
+        let file =
+            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        JpegEncoder::new_with_quality(std::io::BufWriter::new(file), 90)
+            .encode_image(&image)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
