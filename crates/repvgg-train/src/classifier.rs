@@ -4,11 +4,14 @@
 use burn::module::Module;
 use burn::nn::BatchNorm;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{ExecutionError, Int, Tensor};
+use burn::train::metric::{AccuracyInput, Adaptor, ItemLazy, LossInput, TopKAccuracyInput};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use repvgg_model::{RepVgg, RepVggBlock};
 
 use crate::data::ImageBatch;
+use crate::ema::WeightAverage;
+use crate::metric::AverageInput;
 
 /// The terms of the training loss besides plain cross-entropy.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -26,11 +29,25 @@ pub struct Classifier {
     pub net: RepVgg,
     #[module(skip)]
     pub objective: Objective,
+    /// The moving average of the weights, when training keeps one.
+    #[module(skip)]
+    pub average: Option<WeightAverage>,
 }
 
 impl Classifier {
     pub fn new(net: RepVgg, objective: Objective) -> Self {
-        Self { net, objective }
+        Self {
+            net,
+            objective,
+            average: None,
+        }
+    }
+
+    /// Keep a moving average of the weights, updated at every training step and evaluated
+    /// beside the model.
+    pub fn with_average(mut self, average: WeightAverage) -> Self {
+        self.average = Some(average);
+        self
     }
 
     fn cross_entropy(&self, logits: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
@@ -61,6 +78,10 @@ impl TrainStep for Classifier {
     type Output = ClassificationOutput;
 
     fn step(&self, batch: ImageBatch) -> TrainOutput<ClassificationOutput> {
+        // The weights after the previous optimizer step.
+        if let Some(average) = &self.average {
+            average.update(&self.net);
+        }
         let logits = self.net.forward(batch.images.clone());
         let loss = self.loss(logits.clone(), &batch);
         let grads = loss.backward();
@@ -74,12 +95,63 @@ impl TrainStep for Classifier {
 
 impl InferenceStep for Classifier {
     type Input = ImageBatch;
-    type Output = ClassificationOutput;
+    type Output = ValidationOutput;
 
-    fn step(&self, batch: ImageBatch) -> ClassificationOutput {
+    fn step(&self, batch: ImageBatch) -> ValidationOutput {
+        let average_logits = self
+            .average
+            .as_ref()
+            .and_then(WeightAverage::average)
+            .map(|average| average.forward(batch.images.clone()));
         let logits = self.net.forward(batch.images);
         let loss = self.cross_entropy(logits.clone(), batch.targets.clone());
-        ClassificationOutput::new(loss, logits, batch.targets)
+        ValidationOutput {
+            average_logits,
+            model: ClassificationOutput::new(loss, logits, batch.targets),
+        }
+    }
+}
+
+/// A validation step's output: the model's, and the logits of the weight average if there is
+/// one (for [`AverageAccuracy`](crate::metric::AverageAccuracy)).
+pub struct ValidationOutput {
+    pub model: ClassificationOutput,
+    pub average_logits: Option<Tensor<2>>,
+}
+
+impl ItemLazy for ValidationOutput {
+    fn sync(self) -> Result<Self, ExecutionError> {
+        Ok(Self {
+            model: self.model.sync()?,
+            average_logits: self.average_logits,
+        })
+    }
+}
+
+impl Adaptor<AccuracyInput> for ValidationOutput {
+    fn adapt(&self) -> AccuracyInput {
+        self.model.adapt()
+    }
+}
+
+impl Adaptor<TopKAccuracyInput> for ValidationOutput {
+    fn adapt(&self) -> TopKAccuracyInput {
+        self.model.adapt()
+    }
+}
+
+impl Adaptor<LossInput> for ValidationOutput {
+    fn adapt(&self) -> LossInput {
+        self.model.adapt()
+    }
+}
+
+impl Adaptor<AverageInput> for ValidationOutput {
+    fn adapt(&self) -> AverageInput {
+        AverageInput {
+            logits: self.average_logits.clone(),
+            targets: self.model.targets.clone(),
+        }
     }
 }
 

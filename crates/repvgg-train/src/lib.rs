@@ -7,8 +7,10 @@
 pub mod classifier;
 pub mod data;
 pub mod demo;
+pub mod ema;
 pub mod evaluate;
 pub mod metric;
 pub mod recipe;
+pub mod renderer;
 pub mod run;
 pub mod throughput;

@@ -1,9 +1,9 @@
-//! Throughput as burn-train reports it: images per second since the start of the epoch.
+//! Metrics burn-train lacks: images per second, and the accuracy of the weight average.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use burn::tensor::TensorReadError;
+use burn::tensor::{Int, Tensor, TensorReadError};
 use burn::train::metric::state::{FormatOptions, NumericMetricState};
 use burn::train::metric::{
     Metric, MetricAttributes, MetricMetadata, MetricName, Numeric, NumericAttributes, NumericEntry,
@@ -82,6 +82,98 @@ impl Metric for ImagesPerSecond {
 }
 
 impl Numeric for ImagesPerSecond {
+    fn value(&self) -> Option<NumericEntry> {
+        Some(self.state.current_value())
+    }
+
+    fn running_value(&self) -> Option<NumericEntry> {
+        Some(self.state.running_value())
+    }
+
+    fn final_value(&self) -> NumericEntry {
+        self.state.final_value()
+    }
+}
+
+/// What [`AverageAccuracy`] reads: the weight average's logits (absent before its first update)
+/// and the targets.
+pub struct AverageInput {
+    pub logits: Option<Tensor<2>>,
+    pub targets: Tensor<1, Int>,
+}
+
+/// Top-1 accuracy of the moving average of the weights (`--ema`), beside the model's own.
+#[derive(Clone)]
+pub struct AverageAccuracy {
+    name: MetricName,
+    state: NumericMetricState,
+}
+
+impl AverageAccuracy {
+    pub fn new() -> Self {
+        Self {
+            name: Arc::new("EMA Accuracy".to_string()),
+            state: NumericMetricState::default(),
+        }
+    }
+
+    fn format(&self) -> FormatOptions {
+        FormatOptions::new(self.name()).unit("%").precision(2)
+    }
+}
+
+impl Default for AverageAccuracy {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metric for AverageAccuracy {
+    type Input = AverageInput;
+
+    fn update(
+        &mut self,
+        input: &AverageInput,
+        _metadata: &MetricMetadata,
+    ) -> Result<SerializedEntry, TensorReadError> {
+        if let Some(logits) = &input.logits {
+            let count = input.targets.dims()[0];
+            let correct = logits
+                .clone()
+                .argmax(1)
+                .reshape([count])
+                .equal(input.targets.clone())
+                .int()
+                .sum()
+                .into_scalar::<i64>();
+            self.state
+                .update(100.0 * correct as f64 / count.max(1) as f64, count);
+        }
+        Ok(self.state.compute_update(self.format()))
+    }
+
+    fn compute(&mut self) -> Result<SerializedEntry, TensorReadError> {
+        Ok(self.state.compute_final(self.format()))
+    }
+
+    fn clear(&mut self) {
+        self.state.reset();
+    }
+
+    fn name(&self) -> MetricName {
+        self.name.clone()
+    }
+
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: Some("%".to_string()),
+            higher_is_better: true,
+        }
+        .into()
+    }
+}
+
+impl Numeric for AverageAccuracy {
     fn value(&self) -> Option<NumericEntry> {
         Some(self.state.current_value())
     }

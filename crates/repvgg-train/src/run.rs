@@ -3,9 +3,10 @@
 //! deploy-time models.
 
 use std::fs;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::config::Config;
@@ -16,16 +17,18 @@ use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAc
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use clap::ValueEnum;
 use repvgg_deploy::{Weights, logit_difference, reparameterize, write_checkpoint};
-use repvgg_model::{RepVggArch, RepVggConfig};
+use repvgg_model::{RepVgg, RepVggArch, RepVggConfig};
 
 use crate::classifier::{Classifier, Objective};
 use crate::data::{
     Augmentation, EvalTransform, ImageFolder, ImageLoader, LoaderOptions, RandomResizedCrop,
     TrainTransform,
 };
+use crate::ema::{AverageCheckpoints, WeightAverage};
 use crate::evaluate::{Evaluation, evaluate};
-use crate::metric::ImagesPerSecond;
+use crate::metric::{AverageAccuracy, ImagesPerSecond};
 use crate::recipe::{WarmupCosine, scaled_lr, sgd};
+use crate::renderer::LineRenderer;
 
 /// Where training runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -144,6 +147,10 @@ pub struct TrainArgs {
     /// Mixup with lambda ~ Beta(ALPHA, ALPHA) (0.2 in the longer recipe).
     #[arg(long, value_name = "ALPHA")]
     pub mixup: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay per training step
+    /// (e.g. 0.9998), evaluated every epoch beside the model and saved as model-ema*.bpk.
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
     /// Regularise the 3x3 and 1x1 kernels with the reference's "custom L2" on the equivalent
     /// kernel instead of plain weight decay.
     #[arg(long)]
@@ -176,6 +183,8 @@ pub struct TrainReport {
     pub validation: Evaluation,
     /// The re-parameterized model on the validation set.
     pub deploy_validation: Evaluation,
+    /// The weight average (`--ema`) on the validation set, re-parameterized.
+    pub average_validation: Option<Evaluation>,
     /// Largest |logit difference| between the two models over the validation set, relative to
     /// the largest |logit|.
     pub max_relative_logit_difference: f64,
@@ -269,7 +278,22 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
         custom_l2: args.custom_l2.then_some(args.weight_decay),
     };
     main_device.seed(args.seed);
-    let model = Classifier::new(config.init(&main_device.clone().autodiff()), objective);
+    let mut model = Classifier::new(config.init(&main_device.clone().autodiff()), objective);
+    if let Some(decay) = args.ema {
+        let average =
+            WeightAverage::new(decay, &main_device).with_checkpoints(AverageCheckpoints {
+                directory: args.output.join("checkpoint"),
+                updates_per_epoch: share.div_ceil(per_device_batch),
+            });
+        if let Some(epoch) = resume_epoch
+            && !average.resume(epoch, model.net.clone()).map_err(|err| {
+                anyhow::anyhow!("reading the weight average of epoch {epoch}: {err:?}")
+            })?
+        {
+            println!("no weight average saved at epoch {epoch}: --ema starts a new one");
+        }
+        model = model.with_average(average);
+    }
 
     println!(
         "training {} ({} classes, {} trainable parameters) on {} ({:?}, {:?})",
@@ -313,6 +337,12 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
             .summary();
     if args.accumulation > 1 {
         training = training.grads_accumulation(args.accumulation);
+    }
+    if args.ema.is_some() {
+        training = training.metric_valid_numeric(AverageAccuracy::new());
+    }
+    if !std::io::stdout().is_terminal() {
+        training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(10))));
     }
     if devices.len() > 1 {
         training = training.with_training_strategy(
@@ -359,7 +389,7 @@ fn finish(
     val_loader: &dyn DataLoader<crate::data::ImageBatch>,
     skipped_images: Vec<(PathBuf, String)>,
 ) -> Result<TrainReport> {
-    let net = model.net.valid();
+    let net = model.net.clone().valid();
     let device = net.devices()[0].clone();
     let weights = Weights::from_module(&net)?;
     let model_path = args.output.join("model.bpk");
@@ -387,6 +417,12 @@ fn finish(
         },
         report_every,
     )?;
+    let average_validation = match &model.average {
+        Some(average) => Some(finish_average(
+            args, average, &net, &config, &classes, val_loader,
+        )?),
+        None => None,
+    };
     let disagreements = validation
         .predictions
         .iter()
@@ -424,11 +460,54 @@ fn finish(
         config,
         validation,
         deploy_validation,
+        average_validation,
         max_relative_logit_difference,
         model_path,
         deploy_path,
         skipped_images,
     })
+}
+
+/// Folds the final weights into the moving average, writes it in both forms and evaluates its
+/// deploy form.
+fn finish_average(
+    args: &TrainArgs,
+    average: &WeightAverage,
+    net: &RepVgg,
+    config: &RepVggConfig,
+    classes: &[String],
+    val_loader: &dyn DataLoader<crate::data::ImageBatch>,
+) -> Result<Evaluation> {
+    average.update(net);
+    let averaged = average
+        .average()
+        .context("the weight average was never updated")?;
+    let device = averaged.devices()[0].clone();
+    let weights = Weights::from_module(&averaged)?;
+    let deploy_weights = reparameterize(&weights, config, &device)?;
+    let deploy = deploy_weights.load_into(config.init_deploy(&device), "the EMA deploy model")?;
+    write_checkpoint(
+        &weights,
+        config,
+        Some(classes),
+        &args.output.join("model-ema.bpk"),
+    )?;
+    write_checkpoint(
+        &deploy_weights,
+        config,
+        Some(classes),
+        &args.output.join("model-ema-deploy.bpk"),
+    )?;
+    let evaluation = evaluate(val_loader, |images| deploy.forward(images), 0)?;
+    println!(
+        "weight average (decay {}, {} updates): deploy top-1 {:.2}%, top-5 {:.2}%; wrote \
+         model-ema.bpk and model-ema-deploy.bpk",
+        average.decay(),
+        average.updates(),
+        100.0 * evaluation.top1(),
+        100.0 * evaluation.top5()
+    );
+    Ok(evaluation)
 }
 
 fn validate(args: &TrainArgs) -> Result<()> {
@@ -457,6 +536,9 @@ fn validate(args: &TrainArgs) -> Result<()> {
         (0.0..1.0).contains(&args.label_smoothing),
         "--label-smoothing must be in [0, 1)"
     );
+    if let Some(decay) = args.ema {
+        ensure!((0.0..1.0).contains(&decay), "--ema DECAY must be in [0, 1)");
+    }
     if let Some(alpha) = args.mixup {
         ensure!(
             alpha > 0.0 && alpha.is_finite(),

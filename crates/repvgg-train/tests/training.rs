@@ -61,9 +61,10 @@ fn logged(run: &Path, split: &str, epoch: usize, metric: &str) -> Vec<f64> {
     fs::read_to_string(&path)
         .unwrap_or_else(|err| panic!("{}: {err}", path.display()))
         .lines()
-        // One line per iteration (`value,1`) and the epoch's summary (`value,final`).
-        .filter_map(|line| line.strip_suffix(",1"))
-        .map(|value| value.parse().unwrap())
+        // One line per iteration (`value,weight`) and the epoch's summary (`value,final`).
+        .filter_map(|line| line.rsplit_once(','))
+        .filter(|(_, weight)| *weight != "final")
+        .map(|(value, _)| value.parse().unwrap())
         .collect()
 }
 
@@ -114,24 +115,33 @@ fn a_short_run_learns_and_converts() {
 #[test]
 fn resuming_continues_the_same_schedule_and_counters() {
     let root = workspace("resume", 4);
-    let straight = args(&root, "straight", &["--epochs=3", "--warmup-epochs=1"]);
-    train(&straight).unwrap();
+    let straight = args(
+        &root,
+        "straight",
+        &["--epochs=3", "--warmup-epochs=1", "--ema=0.9"],
+    );
+    let finished = train(&straight).unwrap();
 
     // A run killed during its third epoch: a copy of the finished run without anything the
     // third epoch wrote (checkpoints are written at the end of an epoch).
     let killed = args(
         &root,
         "killed",
-        &["--epochs=3", "--warmup-epochs=1", "--resume"],
+        &["--epochs=3", "--warmup-epochs=1", "--ema=0.9", "--resume"],
     );
     copy_dir(&straight.output, &killed.output);
-    for part in ["model", "optim", "scheduler"] {
+    for part in ["model", "optim", "scheduler", "ema"] {
         fs::remove_file(killed.output.join(format!("checkpoint/{part}-3.bpk"))).unwrap();
     }
     for split in ["train", "valid"] {
         fs::remove_dir_all(killed.output.join(split).join("epoch-3")).unwrap();
     }
-    for model in ["model.bpk", "model-deploy.bpk"] {
+    for model in [
+        "model.bpk",
+        "model-deploy.bpk",
+        "model-ema.bpk",
+        "model-ema-deploy.bpk",
+    ] {
         fs::remove_file(killed.output.join(model)).unwrap();
     }
     assert_eq!(
@@ -177,6 +187,24 @@ fn resuming_continues_the_same_schedule_and_counters() {
         resumed.deploy_validation.images,
         6 * SYNTHETIC_CLASSES.len()
     );
+    // The weight average was saved with the checkpoints and continued: the same average.
+    assert!(killed.output.join("checkpoint/ema-2.bpk").is_file());
+    assert!(!killed.output.join("checkpoint/ema-1.bpk").exists());
+    let (finished_average, resumed_average) = (
+        finished.average_validation.unwrap(),
+        resumed.average_validation.unwrap(),
+    );
+    assert_eq!(finished_average.predictions, resumed_average.predictions);
+    assert_eq!(
+        read_checkpoint(&straight.output.join("model-ema.bpk"))
+            .unwrap()
+            .weights,
+        read_checkpoint(&killed.output.join("model-ema.bpk"))
+            .unwrap()
+            .weights
+    );
+    // And it was evaluated every epoch beside the model.
+    assert!(!logged(&killed.output, "valid", 3, "EMA_Accuracy").is_empty());
 }
 
 #[test]
