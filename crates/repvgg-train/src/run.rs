@@ -147,8 +147,9 @@ pub struct TrainArgs {
     /// Mixup with lambda ~ Beta(ALPHA, ALPHA) (0.2 in the longer recipe).
     #[arg(long, value_name = "ALPHA")]
     pub mixup: Option<f64>,
-    /// Keep an exponential moving average of the weights with this decay per training step
-    /// (e.g. 0.9998), evaluated every epoch beside the model and saved as model-ema*.bpk.
+    /// Keep an exponential moving average of the weights with this decay per batch (e.g.
+    /// 0.9998; with --accumulation, per accumulated batch), evaluated every epoch beside the model
+    /// and saved as model-ema*.bpk.
     #[arg(long, value_name = "DECAY")]
     pub ema: Option<f64>,
     /// Regularise the 3x3 and 1x1 kernels with the reference's "custom L2" on the equivalent
