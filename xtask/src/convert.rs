@@ -4,16 +4,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use burn::config::Config;
-use burn::tensor::{Device, DeviceKind, Distribution, Tensor};
-use clap::{Args, ValueEnum};
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::Args;
 use repvgg_deploy::{
-    DeployError, Form, Format, LogitDifference, Weights, infer_arch, logit_difference,
-    read_checkpoint, reparameterize, write_checkpoint,
+    Form, Format, LogitDifference, Weights, logit_difference, read_checkpoint, reparameterize,
+    write_checkpoint,
 };
 use repvgg_model::{RepVggArch, RepVggConfig};
 
 use crate::thousands;
+use crate::weights_file::{Backend, architecture, explain_mismatch, parse_arch};
 
 /// Convert a RepVGG checkpoint into the plain deploy-time model.
 ///
@@ -58,41 +58,17 @@ pub struct ConvertArgs {
     verify_size: u32,
 }
 
-/// Where tensor math runs.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Backend {
-    /// Burn's pure-Rust CPU backend (flex).
-    Cpu,
-    /// A GPU (or software Vulkan) through wgpu.
-    Wgpu,
-}
-
-impl Backend {
-    fn name(self) -> &'static str {
-        match self {
-            Backend::Cpu => "the CPU (flex)",
-            Backend::Wgpu => "wgpu",
-        }
-    }
-
-    fn device(self) -> Device {
-        match self {
-            Backend::Cpu => Device::flex(),
-            Backend::Wgpu => Device::wgpu(DeviceKind::DefaultDevice),
-        }
-    }
-}
-
-fn parse_arch(name: &str) -> Result<RepVggArch, String> {
-    RepVggArch::from_name(name).map_err(|err| err.to_string())
-}
-
 pub fn run(args: ConvertArgs) -> Result<()> {
     check_paths(&args.input, &args.output)?;
     let started = Instant::now();
     let checkpoint = read_checkpoint(&args.input)?;
     let form = checkpoint.form;
-    let (name, config) = architecture(&args, &checkpoint.weights, checkpoint.config)?;
+    let (name, config) = architecture(
+        args.arch,
+        args.config.as_deref(),
+        &checkpoint.weights,
+        checkpoint.config,
+    )?;
     let params = config.num_params();
     println!(
         "read {} ({form}, {} tensors) as {name} in {:.2?}",
@@ -101,7 +77,7 @@ pub fn run(args: ConvertArgs) -> Result<()> {
         started.elapsed()
     );
 
-    let device = args.device.device();
+    let device = args.device.device()?;
     let what = format!("{name}, {form} form");
     let converting = Instant::now();
     let deploy = match form {
@@ -186,46 +162,6 @@ fn check_paths(input: &Path, output: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// The architecture: from --config, --arch (with the checkpoint's class count), the file's own
-/// record, or the tensor shapes.
-fn architecture(
-    args: &ConvertArgs,
-    weights: &Weights,
-    recorded: Option<RepVggConfig>,
-) -> Result<(String, RepVggConfig)> {
-    let num_classes = weights.get("linear.bias").map(|bias| bias.shape()[0]);
-    if let Some(path) = &args.config {
-        let config = RepVggConfig::load(path)
-            .map_err(|err| anyhow::anyhow!("{err}"))
-            .with_context(|| format!("cannot read the config {}", path.display()))?;
-        config.validate()?;
-        return Ok((format!("the network of {}", path.display()), config));
-    }
-    if let Some(arch) = args.arch {
-        let config = arch.config();
-        let config = match num_classes {
-            Some(n) => config.with_num_classes(n),
-            None => config,
-        };
-        return Ok((arch.to_string(), config));
-    }
-    if let Some(config) = recorded {
-        return Ok(("the network recorded in the file".into(), config));
-    }
-    let (arch, config) = infer_arch(weights)?;
-    Ok((format!("{arch} (inferred from the tensor shapes)"), config))
-}
-
-/// Adds what the weights look like to a layout mismatch, when they match a known architecture.
-fn explain_mismatch(err: DeployError, weights: &Weights) -> anyhow::Error {
-    match (&err, infer_arch(weights)) {
-        (DeployError::Mismatch { .. }, Ok((arch, _))) => {
-            anyhow::anyhow!("{err}\n(the checkpoint looks like {arch})")
-        }
-        _ => err.into(),
-    }
 }
 
 /// Runs both models on one random batch and checks that their logits agree.

@@ -6,6 +6,8 @@ use clap::{Parser, Subcommand};
 use repvgg_model::RepVggArch;
 
 mod convert;
+mod eval;
+mod weights_file;
 
 #[derive(Parser, Debug)]
 #[command(about = "Developer commands for repvgg-burn", version)]
@@ -24,6 +26,7 @@ enum Command {
         size: u32,
     },
     Convert(convert::ConvertArgs),
+    Eval(eval::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Convert(args) => convert::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use burn::data::dataloader::DataLoader;
+use burn::data::dataloader::{DataLoader, Progress};
 use burn::tensor::{Int, Tensor};
 
 use crate::data::ImageBatch;
@@ -54,30 +54,21 @@ fn ratio(numerator: usize, denominator: usize) -> f64 {
     }
 }
 
-/// Runs `forward` over every batch of `loader`, printing progress to stderr every
-/// `report_every` batches when it is non-zero.
+/// Runs `forward` over every batch of `loader`, calling `on_batch` with the counts so far and
+/// the loader's progress after each batch (for progress bars).
 pub fn evaluate(
     loader: &dyn DataLoader<ImageBatch>,
     mut forward: impl FnMut(Tensor<4>) -> Tensor<2>,
-    report_every: usize,
+    mut on_batch: impl FnMut(&Evaluation, &Progress),
 ) -> Result<Evaluation, burn::data::dataset::DatasetError> {
     let started = Instant::now();
     let mut evaluation = Evaluation::default();
     let mut batches = loader.iter();
-    let mut index = 0;
     while let Some(batch) = batches.next() {
         let batch = batch?;
         evaluation.add(forward(batch.images), batch.targets);
-        index += 1;
-        if report_every > 0 && index % report_every == 0 {
-            let progress = batches.progress();
-            eprintln!(
-                "  evaluated {}/{} images, {:.1} img/s",
-                progress.items_processed,
-                progress.items_total,
-                evaluation.images as f64 / started.elapsed().as_secs_f64()
-            );
-        }
+        evaluation.seconds = started.elapsed().as_secs_f64();
+        on_batch(&evaluation, &batches.progress());
     }
     evaluation.seconds = started.elapsed().as_secs_f64();
     Ok(evaluation)

@@ -403,8 +403,7 @@ fn finish(
     let deploy_path = args.output.join("model-deploy.bpk");
     write_checkpoint(&deploy_weights, &config, Some(&classes), &deploy_path)?;
 
-    let report_every = 0;
-    let validation = evaluate(val_loader, |images| net.forward(images), report_every)?;
+    let validation = evaluate(val_loader, |images| net.forward(images), |_, _| {})?;
     let mut max_relative_logit_difference = 0f64;
     let deploy_validation = evaluate(
         val_loader,
@@ -416,7 +415,7 @@ fn finish(
                 max_relative_logit_difference.max(f64::from(difference.relative));
             logits
         },
-        report_every,
+        |_, _| {},
     )?;
     let average_validation = match &model.average {
         Some(average) => Some(finish_average(
@@ -499,7 +498,7 @@ fn finish_average(
         Some(classes),
         &args.output.join("model-ema-deploy.bpk"),
     )?;
-    let evaluation = evaluate(val_loader, |images| deploy.forward(images), 0)?;
+    let evaluation = evaluate(val_loader, |images| deploy.forward(images), |_, _| {})?;
     println!(
         "weight average (decay {}, {} updates): deploy top-1 {:.2}%, top-5 {:.2}%; wrote \
          model-ema.bpk and model-ema-deploy.bpk",
