@@ -42,6 +42,13 @@ pub enum DeployError {
     InvalidConfig(#[from] InvalidConfig),
     #[error("cannot infer the architecture: {0}")]
     Inference(String),
+    /// timm publishes no ImageNet weights for this architecture (it has no g2 variants).
+    #[error("no pretrained weights for {arch}: timm publishes them for {available}")]
+    NoPretrained { arch: String, available: String },
+    /// Downloading pretrained weights failed: bad HTTP status, network error, interrupted
+    /// transfer or a file that is not the expected checkpoint.
+    #[error("downloading {url}: {message}")]
+    Download { url: String, message: String },
 }
 
 impl DeployError {

@@ -20,6 +20,8 @@ mod compare;
 mod error;
 mod fuse;
 mod infer;
+#[cfg(feature = "pretrained")]
+mod pretrained;
 mod weights;
 
 pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint};
@@ -27,4 +29,9 @@ pub use compare::{LogitDifference, logit_difference};
 pub use error::DeployError;
 pub use fuse::{reparameterize, reparameterize_model};
 pub use infer::{InferredLayout, infer_arch};
+#[cfg(feature = "pretrained")]
+pub use pretrained::{
+    DEFAULT_PRETRAINED_URL, PRETRAINED_ARCHS, Pretrained, PretrainedOptions, download_pretrained,
+    pretrained, pretrained_with,
+};
 pub use weights::Weights;
