@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use repvgg_model::RepVggArch;
 
+mod bench;
 mod convert;
 mod eval;
 mod weights_file;
@@ -27,6 +28,7 @@ enum Command {
     },
     Convert(convert::ConvertArgs),
     Eval(eval::EvalArgs),
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
         }
         Command::Convert(args) => convert::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

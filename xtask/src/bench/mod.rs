@@ -1,0 +1,396 @@
+//! `cargo xtask bench`: inference speed of both RepVGG forms beside ResNet baselines and
+//! PyTorch, re-parameterization time, inference memory and the data pipeline, written to
+//! BENCHMARKS.md.
+
+mod machine;
+mod resnet;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use burn::tensor::{Device, Distribution, Tensor};
+use clap::Args;
+use repvgg_deploy::{Weights, reparameterize};
+use repvgg_model::RepVggArch;
+use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
+
+use crate::weights_file::{Backend, parse_arch};
+use resnet::ResNet;
+
+/// Measure inference speed: RepVGG's training-time and deploy models, ResNet-18/50 baselines
+/// and (on the CPU) PyTorch's eager figures for the same models, side by side in one run.
+///
+/// Prints a markdown report and writes it to --output with a description of the machine.
+/// Latency is the median of --runs timed forward passes after --warmup untimed ones; weights are
+/// random (speed does not depend on them).
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Architectures, comma separated.
+    #[arg(long, value_delimiter = ',', value_parser = parse_arch, default_value = "A0,B0")]
+    arch: Vec<RepVggArch>,
+
+    /// Batch sizes, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch: Vec<usize>,
+
+    /// Square input size.
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
+    size: u32,
+
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    device: Backend,
+
+    /// Timed forward passes per measurement (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+
+    /// Untimed forward passes before timing.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+
+    /// Python with torch and timm, for the PyTorch columns (CPU only); "none" skips them.
+    #[arg(long, env = "REPVGG_PYTHON", default_value = "python3")]
+    python: String,
+
+    /// JPEGs decoded for the data-pipeline line (0 skips it).
+    #[arg(long, default_value_t = 128)]
+    loader_images: usize,
+
+    /// Where the report goes.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+}
+
+/// One timed model at one batch size.
+struct Measurement {
+    model: String,
+    form: &'static str,
+    batch: usize,
+    median_ms: f64,
+    /// Growth of the process's peak resident memory while it ran (CPU only).
+    peak_mb: Option<f64>,
+    torch_ms: Option<f64>,
+}
+
+impl Measurement {
+    fn images_per_second(&self) -> f64 {
+        self.batch as f64 * 1000.0 / self.median_ms
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<()> {
+    ensure!(args.runs > 0, "--runs must be at least 1");
+    ensure!(
+        !args.batch.is_empty() && args.batch.iter().all(|&b| b > 0),
+        "--batch needs positive sizes"
+    );
+    let device = args.device.device()?;
+    let size = args.size as usize;
+    let started = Instant::now();
+
+    let mut rows = Vec::new();
+    for &arch in &args.arch {
+        let config = arch.config();
+        let training = config.init(&device);
+        let weights = Weights::from_module(&training)?;
+        let deploy = reparameterize(&weights, &config, &device)?
+            .load_into(config.init_deploy(&device), "the deploy model")?;
+        for &batch in &args.batch {
+            let images = random_images(batch, size, &device);
+            eprintln!("{arch} batch {batch}");
+            let model = arch.to_string();
+            rows.push(measure(&args, &model, "training", batch, || {
+                training.forward(images.clone())
+            }));
+            rows.push(measure(&args, &model, "deploy", batch, || {
+                deploy.forward(images.clone())
+            }));
+        }
+    }
+    for (name, resnet) in [
+        ("ResNet-18", ResNet::resnet18(&device)),
+        ("ResNet-50", ResNet::resnet50(&device)),
+    ] {
+        for &batch in &args.batch {
+            let images = random_images(batch, size, &device);
+            eprintln!("{name} batch {batch}");
+            rows.push(measure(&args, name, "-", batch, || {
+                resnet.forward(images.clone())
+            }));
+        }
+    }
+    let reparameterization = time_reparameterization(&args.arch, &device)?;
+
+    let torch = match (args.device, args.python.as_str()) {
+        (Backend::Cpu, python) if python != "none" => {
+            eprintln!("PyTorch ({python} scripts/bench_torch.py)");
+            match run_torch(&args) {
+                Ok(torch) => Some(torch),
+                Err(err) => {
+                    eprintln!("warning: no PyTorch figures: {err:#}");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(torch) = &torch {
+        for row in &mut rows {
+            let key = format!("{}/{}/{}", row.model, row.form, row.batch);
+            row.torch_ms = torch.models.get(&key).copied();
+        }
+    }
+    let loader = (args.loader_images > 0)
+        .then(|| {
+            bench_loader(&LoaderBenchArgs {
+                data: None,
+                images: args.loader_images,
+                workers: vec![1],
+                image_size: 224,
+            })
+        })
+        .transpose()?;
+
+    let report = report(
+        &args,
+        &rows,
+        &reparameterization,
+        torch.as_ref(),
+        loader.as_ref().and_then(|l| l.first()),
+    );
+    println!("{report}");
+    std::fs::write(&args.output, &report)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!(
+        "wrote {} in {:.0?}",
+        args.output.display(),
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn random_images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
+    Tensor::random(
+        [batch, 3, size, size],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    )
+}
+
+/// Median latency of `forward` (synchronised by reading the logits back).
+fn measure(
+    args: &BenchArgs,
+    model: &str,
+    form: &'static str,
+    batch: usize,
+    forward: impl Fn() -> Tensor<2>,
+) -> Measurement {
+    let memory = (args.device == Backend::Cpu)
+        .then(machine::PeakMemory::start)
+        .flatten();
+    for _ in 0..args.warmup {
+        forward().into_data();
+    }
+    let mut times: Vec<f64> = (0..args.runs)
+        .map(|_| {
+            let started = Instant::now();
+            forward().into_data();
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    Measurement {
+        model: model.to_string(),
+        form,
+        batch,
+        median_ms: times[times.len() / 2],
+        peak_mb: memory.map(|m| m.growth_mb()),
+        torch_ms: None,
+    }
+}
+
+/// Median time to re-parameterize each architecture's training-time weights (3 runs).
+fn time_reparameterization(archs: &[RepVggArch], device: &Device) -> Result<Vec<(String, f64)>> {
+    let mut times = Vec::new();
+    for &arch in archs {
+        let config = arch.config();
+        let weights = Weights::from_module(&config.init(device))?;
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let started = Instant::now();
+            reparameterize(&weights, &config, device)?;
+            runs.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        runs.sort_by(f64::total_cmp);
+        times.push((arch.to_string(), runs[1]));
+    }
+    Ok(times)
+}
+
+struct TorchFigures {
+    version: String,
+    threads: usize,
+    models: std::collections::HashMap<String, f64>,
+}
+
+fn run_torch(args: &BenchArgs) -> Result<TorchFigures> {
+    let script = workspace_root().join("scripts/bench_torch.py");
+    let join = |items: Vec<String>| items.join(",");
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let output = Command::new(&args.python)
+        .arg(&script)
+        .args([
+            "--archs",
+            &join(args.arch.iter().map(|a| a.name().to_string()).collect()),
+            "--batches",
+            &join(args.batch.iter().map(usize::to_string).collect()),
+            "--size",
+            &args.size.to_string(),
+            "--runs",
+            &args.runs.to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .with_context(|| format!("cannot run {}", args.python))?;
+    ensure!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("unexpected output of bench_torch.py")?;
+    let models = json["models"]
+        .as_object()
+        .context("no models in bench_torch.py's output")?
+        .iter()
+        .filter_map(|(key, value)| Some((torch_key(key), value["median_ms"].as_f64()?)))
+        .collect();
+    Ok(TorchFigures {
+        version: json["torch"].as_str().unwrap_or("?").to_string(),
+        threads: json["threads"].as_u64().unwrap_or(0) as usize,
+        models,
+    })
+}
+
+/// bench_torch.py names RepVGG models by the short preset name ("A0"); the rows use "RepVGG-A0".
+fn torch_key(key: &str) -> String {
+    if key.starts_with("ResNet") {
+        key.to_string()
+    } else {
+        format!("RepVGG-{key}")
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn report(
+    args: &BenchArgs,
+    rows: &[Measurement],
+    reparameterization: &[(String, f64)],
+    torch: Option<&TorchFigures>,
+    loader: Option<&repvgg_train::throughput::LoaderThroughput>,
+) -> String {
+    let mut out = String::new();
+    let command = format!(
+        "cargo xtask bench --arch {} --batch {} --size {} --device {} --runs {}",
+        args.arch
+            .iter()
+            .map(|a| a.name())
+            .collect::<Vec<_>>()
+            .join(","),
+        args.batch
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        args.size,
+        format!("{:?}", args.device).to_lowercase(),
+        args.runs
+    );
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(out, "Produced by `{command}`.\n");
+    let _ = writeln!(out, "{}\n", machine::describe(args.device.name()));
+    if let Some(torch) = torch {
+        let _ = writeln!(
+            out,
+            "PyTorch {} eager, {} threads, `torch.inference_mode()`, models built by timm \
+             (deploy form by `timm.utils.reparameterize_model`), measured in the same run by \
+             `scripts/bench_torch.py`.\n",
+            torch.version, torch.threads
+        );
+    }
+    let _ = writeln!(
+        out,
+        "## Inference at {0}x{0} (median of {1} runs after {2} warm-up)\n",
+        args.size, args.runs, args.warmup
+    );
+    let _ = writeln!(
+        out,
+        "| model | form | batch | burn img/s | burn ms | PyTorch img/s | burn / PyTorch | deploy speed-up | memory growth MB |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let torch_ips = row.torch_ms.map(|ms| row.batch as f64 * 1000.0 / ms);
+        let speedup = (row.form == "deploy")
+            .then(|| {
+                rows.iter()
+                    .find(|r| r.model == row.model && r.batch == row.batch && r.form == "training")
+            })
+            .flatten()
+            .map(|training| format!("{:.2}x", training.median_ms / row.median_ms));
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            row.model,
+            row.form,
+            row.batch,
+            row.images_per_second(),
+            row.median_ms,
+            torch_ips.map_or("-".into(), |v| format!("{v:.1}")),
+            torch_ips.map_or("-".into(), |v| format!(
+                "{:.2}",
+                row.images_per_second() / v
+            )),
+            speedup.unwrap_or_else(|| "-".into()),
+            row.peak_mb.map_or("-".into(), |mb| format!("{mb:.0}")),
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n\"memory growth\": how far the process's peak resident memory rose during that \
+         measurement (activations and workspace; the weights were already resident; memory an \
+         earlier measurement left in the allocator is not counted again).\n"
+    );
+    let _ = writeln!(
+        out,
+        "## Re-parameterization (training-time weights to deploy weights)\n"
+    );
+    let _ = writeln!(out, "| architecture | time ms |\n|---|---:|");
+    for (arch, ms) in reparameterization {
+        let _ = writeln!(out, "| {arch} | {ms:.1} |");
+    }
+    if let Some(loader) = loader {
+        let _ = writeln!(
+            out,
+            "\n## Training data pipeline\n\nDecode a 500x375 JPEG, RandomResizedCrop to 224, flip, \
+             normalise, batch: {:.1} images/s on one core ({} images).",
+            loader.images_per_second, loader.images
+        );
+    }
+    out
+}
