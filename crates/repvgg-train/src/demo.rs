@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use burn::config::Config;
 use burn::tensor::{Device, Distribution, Tensor};
-use clap::Parser;
 use repvgg_deploy::read_checkpoint;
 use repvgg_model::RepVggConfig;
 
@@ -44,14 +43,8 @@ pub fn demo_config() -> RepVggConfig {
 /// The `train` options the demo uses, spelled as command-line flags so that they go through the
 /// same parser as a real run.
 pub fn demo_train_args(args: &DemoArgs, data: &str, config: &str, run: &str) -> TrainArgs {
-    #[derive(Parser)]
-    struct Flags {
-        #[command(flatten)]
-        train: TrainArgs,
-    }
     let epochs = args.epochs.to_string();
     let mut flags = vec![
-        "repvgg-train",
         "--data",
         data,
         "--config",
@@ -77,7 +70,7 @@ pub fn demo_train_args(args: &DemoArgs, data: &str, config: &str, run: &str) -> 
     if let Some(workers) = &workers {
         flags.extend(["--workers", workers]);
     }
-    Flags::parse_from(flags).train
+    TrainArgs::from_flags(flags).expect("the demo's flags are valid")
 }
 
 /// Runs the demonstration and prints what it measured.

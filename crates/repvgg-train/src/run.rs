@@ -175,6 +175,25 @@ pub struct TrainArgs {
     pub resume: bool,
 }
 
+impl TrainArgs {
+    /// Options from command-line flags (`["--data", "DIR", "--epochs", "3"]`), the binary's
+    /// defaults for the rest: how programs and tests set up a run.
+    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            train: TrainArgs,
+        }
+        let program = std::iter::once(std::ffi::OsString::from("repvgg-train"));
+        let flags = program.chain(flags.into_iter().map(Into::into));
+        <Flags as clap::Parser>::try_parse_from(flags).map(|parsed| parsed.train)
+    }
+}
+
 /// What a finished run measured.
 #[derive(Clone, Debug)]
 pub struct TrainReport {

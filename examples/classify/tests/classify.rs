@@ -1,0 +1,70 @@
+//! The classify example on a model whose file records its class names.
+
+use std::process::Command;
+
+use burn::tensor::Device;
+use repvgg_deploy::{Weights, write_checkpoint};
+use repvgg_train::data::{SYNTHETIC_CLASSES, write_synthetic_set};
+use repvgg_train::demo::demo_config;
+
+#[test]
+fn prints_the_top_five_recorded_classes() {
+    let dir = std::env::temp_dir().join(format!("repvgg-classify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    write_synthetic_set(&dir, 0, 1, 3).unwrap();
+    let config = demo_config();
+    let weights = Weights::from_module(&config.init(&Device::flex())).unwrap();
+    let classes: Vec<String> = SYNTHETIC_CLASSES.iter().map(|c| c.to_string()).collect();
+    let model = dir.join("model.bpk");
+    write_checkpoint(&weights, &config, Some(&classes), &model).unwrap();
+    let image = dir.join("val/circle/circle-0000.jpg");
+
+    let output = Command::new(env!("CARGO_BIN_EXE_classify"))
+        .args([
+            image.to_str().unwrap(),
+            "--weights",
+            model.to_str().unwrap(),
+        ])
+        .args(["--image-size", "32"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(lines.len(), 5, "{stdout}");
+    let total: f32 = lines
+        .iter()
+        .map(|line| {
+            line.trim()
+                .split('%')
+                .next()
+                .unwrap()
+                .trim()
+                .parse::<f32>()
+                .unwrap()
+        })
+        .sum();
+    assert!(total <= 100.01, "{stdout}");
+    for line in lines {
+        assert!(
+            SYNTHETIC_CLASSES.iter().any(|c| line.ends_with(c)),
+            "{line}"
+        );
+    }
+
+    let output = Command::new(env!("CARGO_BIN_EXE_classify"))
+        .args([
+            dir.join("missing.jpg").to_str().unwrap(),
+            "--weights",
+            model.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("missing.jpg"), "{stderr}");
+}
