@@ -26,7 +26,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub weights: PathBuf,
 
-    /// ImageFolder root: DIR/<class>/<image>, or DIR/val/<class>/<image>.
+    /// ImageFolder root: DIR/CLASS/IMAGE, or DIR/val/CLASS/IMAGE.
     #[arg(long)]
     pub data: PathBuf,
 

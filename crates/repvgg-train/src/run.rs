@@ -98,7 +98,7 @@ pub enum Precision {
 /// Options of a training run; the defaults are the paper's ImageNet recipe.
 #[derive(clap::Args, Clone, Debug)]
 pub struct TrainArgs {
-    /// Data set root in ImageFolder layout: DATA/train/<class>/<image> and DATA/val/<class>/<image>.
+    /// Data set root in ImageFolder layout: DATA/train/CLASS/IMAGE and DATA/val/CLASS/IMAGE.
     #[arg(long, value_name = "DIR")]
     pub data: PathBuf,
     /// Directory for checkpoints, logs, the config, the class list and the final models.
