@@ -29,6 +29,9 @@ enum Command {
     Convert(convert::ConvertArgs),
     Eval(eval::EvalArgs),
     Bench(bench::BenchArgs),
+    /// One memory measurement of `bench`, in a fresh process.
+    #[command(hide = true)]
+    BenchMemory(bench::MemoryArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchMemory(args) => bench::run_memory(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

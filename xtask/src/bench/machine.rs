@@ -43,6 +43,11 @@ impl PeakMemory {
         })
     }
 
+    /// The process's peak resident memory since `start`, in MB.
+    pub fn peak_mb(&self) -> f64 {
+        status_kb("VmHWM").unwrap_or(self.start_kb) as f64 / 1024.0
+    }
+
     /// How far the peak rose since `start`, in MB.
     pub fn growth_mb(&self) -> f64 {
         let peak = status_kb("VmHWM").unwrap_or(self.start_kb);

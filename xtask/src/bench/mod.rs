@@ -11,6 +11,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use repvgg_deploy::{Weights, reparameterize};
@@ -70,8 +71,9 @@ struct Measurement {
     form: &'static str,
     batch: usize,
     median_ms: f64,
-    /// Growth of the process's peak resident memory while it ran (CPU only).
-    peak_mb: Option<f64>,
+    /// Peak resident memory of a fresh process running this model at this batch (CPU only):
+    /// (whole process, inference above the loaded model).
+    peak_mb: Option<(f64, f64)>,
     torch_ms: Option<f64>,
 }
 
@@ -188,9 +190,6 @@ fn measure(
     batch: usize,
     forward: impl Fn() -> Tensor<2>,
 ) -> Measurement {
-    let memory = (args.device == Backend::Cpu)
-        .then(machine::PeakMemory::start)
-        .flatten();
     for _ in 0..args.warmup {
         forward().into_data();
     }
@@ -207,8 +206,85 @@ fn measure(
         form,
         batch,
         median_ms: times[times.len() / 2],
-        peak_mb: memory.map(|m| m.growth_mb()),
+        peak_mb: (args.device == Backend::Cpu)
+            .then(|| peak_memory_of(model, form, batch, args.size))
+            .flatten(),
         torch_ms: None,
+    }
+}
+
+/// Runs `cargo xtask bench-memory` for one configuration in a fresh process, so that no earlier
+/// measurement's allocations hide this one's.
+fn peak_memory_of(model: &str, form: &str, batch: usize, size: u32) -> Option<(f64, f64)> {
+    let output = Command::new(std::env::current_exe().ok()?)
+        .args(["bench-memory", "--model", model, "--form", form])
+        .args(["--batch", &batch.to_string(), "--size", &size.to_string()])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = text
+        .split_whitespace()
+        .filter_map(|word| word.parse::<f64>().ok());
+    Some((numbers.next()?, numbers.next()?))
+}
+
+/// Options of the hidden `bench-memory` command (one configuration, CPU).
+#[derive(Args, Debug)]
+pub struct MemoryArgs {
+    #[arg(long)]
+    model: String,
+    #[arg(long)]
+    form: String,
+    #[arg(long)]
+    batch: usize,
+    #[arg(long)]
+    size: usize,
+}
+
+/// Builds one model on the CPU, runs it twice and prints "<peak MB> <inference MB>": the
+/// process's peak resident memory, and how far it rose above the loaded model and input.
+pub fn run_memory(args: MemoryArgs) -> Result<()> {
+    let device = Device::flex();
+    let images = random_images(args.batch, args.size, &device);
+    // Parameters are created lazily: touch them all, so that the weights count as the model's.
+    fn loaded<M: Module>(net: M) -> M {
+        net.visit(&mut Touch);
+        net
+    }
+    let forward: Box<dyn Fn() -> Tensor<2>> = match (args.model.as_str(), args.form.as_str()) {
+        ("ResNet-18", _) => {
+            let net = loaded(ResNet::resnet18(&device));
+            Box::new(move || net.forward(images.clone()))
+        }
+        ("ResNet-50", _) => {
+            let net = loaded(ResNet::resnet50(&device));
+            Box::new(move || net.forward(images.clone()))
+        }
+        (name, "training") => {
+            let config = parse_arch(name).map_err(anyhow::Error::msg)?.config();
+            let net = loaded(config.init(&device));
+            Box::new(move || net.forward(images.clone()))
+        }
+        (name, _) => {
+            let config = parse_arch(name).map_err(anyhow::Error::msg)?.config();
+            let net = loaded(config.init_deploy(&device));
+            Box::new(move || net.forward(images.clone()))
+        }
+    };
+    let memory = machine::PeakMemory::start().context("/proc/self is not available")?;
+    for _ in 0..2 {
+        forward().into_data();
+    }
+    println!("{:.1} {:.1}", memory.peak_mb(), memory.growth_mb());
+    Ok(())
+}
+
+/// Reads every float tensor of a module (initializing lazy parameters), copying nothing.
+struct Touch;
+
+impl ModuleVisitor for Touch {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let _ = param.val();
     }
 }
 
@@ -341,9 +417,9 @@ fn report(
     );
     let _ = writeln!(
         out,
-        "| model | form | batch | burn img/s | burn ms | PyTorch img/s | burn / PyTorch | deploy speed-up | memory growth MB |"
+        "| model | form | batch | burn img/s | burn ms | PyTorch img/s | burn / PyTorch | deploy speed-up | peak MB | inference MB |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let torch_ips = row.torch_ms.map(|ms| row.batch as f64 * 1000.0 / ms);
         let speedup = (row.form == "deploy")
@@ -355,7 +431,7 @@ fn report(
             .map(|training| format!("{:.2}x", training.median_ms / row.median_ms));
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
             row.model,
             row.form,
             row.batch,
@@ -367,14 +443,17 @@ fn report(
                 row.images_per_second() / v
             )),
             speedup.unwrap_or_else(|| "-".into()),
-            row.peak_mb.map_or("-".into(), |mb| format!("{mb:.0}")),
+            row.peak_mb
+                .map_or("-".into(), |(peak, _)| format!("{peak:.0}")),
+            row.peak_mb
+                .map_or("-".into(), |(_, growth)| format!("{growth:.0}")),
         );
     }
     let _ = writeln!(
         out,
-        "\n\"memory growth\": how far the process's peak resident memory rose during that \
-         measurement (activations and workspace; the weights were already resident; memory an \
-         earlier measurement left in the allocator is not counted again).\n"
+        "\n\"peak MB\": the peak resident memory of a fresh process that builds the model (random \
+         weights), makes one input batch and runs it twice on the CPU; \"inference MB\": how far \
+         that peak rose above the memory held once model and input existed.\n"
     );
     let _ = writeln!(
         out,
