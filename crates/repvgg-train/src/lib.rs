@@ -10,6 +10,8 @@ pub mod demo;
 pub mod ema;
 pub mod evaluate;
 pub mod metric;
+pub mod options;
+pub mod output;
 pub mod recipe;
 pub mod renderer;
 pub mod run;

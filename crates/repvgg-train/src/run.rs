@@ -1,23 +1,17 @@
-//! One training run: the command-line options, the burn-train learner wired to the data
-//! pipeline and the recipe, checkpoints and resumption, and the final training-time and
-//! deploy-time models.
+//! One training run: the burn-train learner wired to the data pipeline, the recipe and the
+//! devices; its options are in [`crate::options`], what it writes in [`crate::output`].
 
 use std::fs;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::config::Config;
-use burn::data::dataloader::DataLoader;
-use burn::module::Module;
 use burn::tensor::{Device, FloatDType};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
-use clap::ValueEnum;
-use repvgg_deploy::{Weights, logit_difference, reparameterize, write_checkpoint};
-use repvgg_model::{RepVgg, RepVggArch, RepVggConfig};
+use repvgg_model::RepVggConfig;
 
 use crate::classifier::{Classifier, Objective};
 use crate::data::{
@@ -25,198 +19,17 @@ use crate::data::{
     TrainTransform,
 };
 use crate::ema::{AverageCheckpoints, WeightAverage};
-use crate::evaluate::{Evaluation, evaluate};
 use crate::metric::{AverageAccuracy, ImagesPerSecond};
+pub use crate::options::{Backend, Precision, TrainArgs};
+pub use crate::output::{TrainReport, last_checkpoint};
+use crate::output::{finish, prepare_output};
 use crate::recipe::{WarmupCosine, scaled_lr, sgd};
 use crate::renderer::LineRenderer;
-
-/// Where training runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Backend {
-    /// Burn's pure-Rust CPU backend (flex).
-    Cpu,
-    /// Vulkan, Metal, DX12 or WebGPU through wgpu (build with `--features wgpu`).
-    Wgpu,
-    /// NVIDIA GPUs (build with `--features cuda`).
-    Cuda,
-}
-
-impl Backend {
-    /// The fastest backend this binary was built with.
-    pub fn best_available() -> Self {
-        if cfg!(feature = "cuda") {
-            Self::Cuda
-        } else if cfg!(feature = "wgpu") {
-            Self::Wgpu
-        } else {
-            Self::Cpu
-        }
-    }
-
-    /// The devices to train on: `indices` selects GPUs (several for data-parallel training).
-    pub fn devices(self, indices: &[usize]) -> Result<Vec<Device>> {
-        let indices = if indices.is_empty() {
-            &[0][..]
-        } else {
-            indices
-        };
-        match self {
-            Self::Cpu => {
-                ensure!(
-                    indices == [0],
-                    "--devices selects GPUs; the CPU is one device"
-                );
-                Ok(vec![Device::flex()])
-            }
-            #[cfg(feature = "wgpu")]
-            Self::Wgpu => {
-                ensure!(
-                    indices == [0],
-                    "--devices with several devices is supported on CUDA only"
-                );
-                Ok(vec![Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)])
-            }
-            #[cfg(feature = "cuda")]
-            Self::Cuda => Ok(indices.iter().map(|&i| Device::cuda(i)).collect()),
-            #[allow(unreachable_patterns)]
-            other => bail!(
-                "this binary was built without the {name} backend: rebuild with `--features {name}`",
-                name = format!("{other:?}").to_lowercase()
-            ),
-        }
-    }
-}
-
-/// Floating-point precision of the weights and activations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Precision {
-    F32,
-    /// bfloat16 everywhere (no loss scaling needed), where the device computes in it.
-    Bf16,
-}
-
-/// Options of a training run; the defaults are the paper's ImageNet recipe.
-#[derive(clap::Args, Clone, Debug)]
-pub struct TrainArgs {
-    /// Data set root in ImageFolder layout: DATA/train/CLASS/IMAGE and DATA/val/CLASS/IMAGE.
-    #[arg(long, value_name = "DIR")]
-    pub data: PathBuf,
-    /// Directory for checkpoints, logs, the config, the class list and the final models.
-    #[arg(long, value_name = "DIR", default_value = "runs/repvgg")]
-    pub output: PathBuf,
-    /// Architecture preset (A0 ... D2se).
-    #[arg(long, default_value = "A0", conflicts_with = "config")]
-    pub arch: RepVggArch,
-    /// A RepVggConfig JSON file instead of a preset (custom architectures).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Number of outputs; defaults to the number of class folders.
-    #[arg(long)]
-    pub num_classes: Option<usize>,
-    /// Side of the training crops and of the evaluation centre crop.
-    #[arg(long, default_value_t = 224)]
-    pub image_size: u32,
-    /// Smallest area fraction of RandomResizedCrop (0.08 as in the paper).
-    #[arg(long, default_value_t = 0.08)]
-    pub min_crop_scale: f64,
-    #[arg(long, default_value_t = 120)]
-    pub epochs: usize,
-    /// Global batch size (split evenly across --devices).
-    #[arg(long, default_value_t = 256)]
-    pub batch_size: usize,
-    /// Accumulate gradients over this many batches per optimizer step (when memory is short).
-    #[arg(long, default_value_t = 1)]
-    pub accumulation: usize,
-    /// Learning rate at an effective batch of 256; scaled linearly to batch x accumulation.
-    #[arg(long, default_value_t = 0.1)]
-    pub lr: f64,
-    #[arg(long, default_value_t = 0.9)]
-    pub momentum: f64,
-    /// Nesterov momentum.
-    #[arg(long)]
-    pub nesterov: bool,
-    /// Weight decay on conv and linear weights (never on BN parameters or biases).
-    #[arg(long, default_value_t = 1e-4)]
-    pub weight_decay: f64,
-    /// Epochs of linear warmup before the cosine decay.
-    #[arg(long, default_value_t = 0)]
-    pub warmup_epochs: usize,
-    /// Label smoothing of the cross-entropy targets (0.1 in the longer recipe).
-    #[arg(long, default_value_t = 0.0)]
-    pub label_smoothing: f32,
-    /// Mixup with lambda ~ Beta(ALPHA, ALPHA) (0.2 in the longer recipe).
-    #[arg(long, value_name = "ALPHA")]
-    pub mixup: Option<f64>,
-    /// Keep an exponential moving average of the weights with this decay per batch (e.g.
-    /// 0.9998; with --accumulation, per accumulated batch), evaluated every epoch beside the model
-    /// and saved as model-ema*.bpk.
-    #[arg(long, value_name = "DECAY")]
-    pub ema: Option<f64>,
-    /// Regularise the 3x3 and 1x1 kernels with the reference's "custom L2" on the equivalent
-    /// kernel instead of plain weight decay.
-    #[arg(long)]
-    pub custom_l2: bool,
-    /// Image decoding threads (default: all cores).
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Seeds the weights, the shuffling and the augmentation.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Backend (default: the fastest this binary was built with).
-    #[arg(long, value_enum, default_value_t = Backend::best_available())]
-    pub device: Backend,
-    /// GPU indices, comma separated; several train data-parallel (CUDA).
-    #[arg(long, value_delimiter = ',')]
-    pub devices: Vec<usize>,
-    #[arg(long, value_enum, default_value_t = Precision::F32)]
-    pub precision: Precision,
-    /// Continue the run in --output from its last checkpoint (same schedule position).
-    #[arg(long)]
-    pub resume: bool,
-}
-
-impl TrainArgs {
-    /// Options from command-line flags (`["--data", "DIR", "--epochs", "3"]`), the binary's
-    /// defaults for the rest: how programs and tests set up a run.
-    pub fn from_flags<I, T>(flags: I) -> Result<Self, clap::Error>
-    where
-        I: IntoIterator<Item = T>,
-        T: Into<std::ffi::OsString> + Clone,
-    {
-        #[derive(clap::Parser)]
-        struct Flags {
-            #[command(flatten)]
-            train: TrainArgs,
-        }
-        let program = std::iter::once(std::ffi::OsString::from("repvgg-train"));
-        let flags = program.chain(flags.into_iter().map(Into::into));
-        <Flags as clap::Parser>::try_parse_from(flags).map(|parsed| parsed.train)
-    }
-}
-
-/// What a finished run measured.
-#[derive(Clone, Debug)]
-pub struct TrainReport {
-    pub classes: Vec<String>,
-    pub config: RepVggConfig,
-    /// The training-time model on the validation set (running BN statistics).
-    pub validation: Evaluation,
-    /// The re-parameterized model on the validation set.
-    pub deploy_validation: Evaluation,
-    /// The weight average (`--ema`) on the validation set, re-parameterized.
-    pub average_validation: Option<Evaluation>,
-    /// Largest |logit difference| between the two models over the validation set, relative to
-    /// the largest |logit|.
-    pub max_relative_logit_difference: f64,
-    pub model_path: PathBuf,
-    pub deploy_path: PathBuf,
-    pub skipped_images: Vec<(PathBuf, String)>,
-}
 
 /// Trains as `args` says, then writes `model.bpk` (training time) and `model-deploy.bpk`
 /// (re-parameterized, agreement verified) to the output directory.
 pub fn train(args: &TrainArgs) -> Result<TrainReport> {
-    validate(args)?;
+    args.validate()?;
     let train_set = ImageFolder::open(&args.data.join("train")).context("training set")?;
     let val_set = ImageFolder::open(&args.data.join("val")).context("validation set")?;
     ensure!(
@@ -399,189 +212,6 @@ pub fn train(args: &TrainArgs) -> Result<TrainReport> {
     )
 }
 
-/// Writes the final training-time and deploy-time models and checks that they agree on the
-/// validation set.
-fn finish(
-    args: &TrainArgs,
-    model: Classifier,
-    config: RepVggConfig,
-    classes: Vec<String>,
-    val_loader: &dyn DataLoader<crate::data::ImageBatch>,
-    skipped_images: Vec<(PathBuf, String)>,
-) -> Result<TrainReport> {
-    let net = model.net.clone().valid();
-    let device = net.devices()[0].clone();
-    let weights = Weights::from_module(&net)?;
-    let model_path = args.output.join("model.bpk");
-    write_checkpoint(&weights, &config, Some(&classes), &model_path)?;
-
-    let fusing = Instant::now();
-    let deploy_weights = reparameterize(&weights, &config, &device)?;
-    let deploy = deploy_weights.load_into(config.init_deploy(&device), "the deploy model")?;
-    let fused_in = fusing.elapsed();
-    let deploy_path = args.output.join("model-deploy.bpk");
-    write_checkpoint(&deploy_weights, &config, Some(&classes), &deploy_path)?;
-
-    let validation = evaluate(val_loader, |images| net.forward(images), |_, _| {})?;
-    let mut max_relative_logit_difference = 0f64;
-    let deploy_validation = evaluate(
-        val_loader,
-        |images| {
-            let expected = net.forward(images.clone()).into_data();
-            let logits = deploy.forward(images);
-            let difference = logit_difference(&logits.clone().into_data(), &expected);
-            max_relative_logit_difference =
-                max_relative_logit_difference.max(f64::from(difference.relative));
-            logits
-        },
-        |_, _| {},
-    )?;
-    let average_validation = match &model.average {
-        Some(average) => Some(finish_average(
-            args, average, &net, &config, &classes, val_loader,
-        )?),
-        None => None,
-    };
-    let disagreements = validation
-        .predictions
-        .iter()
-        .zip(&deploy_validation.predictions)
-        .filter(|(a, b)| a != b)
-        .count();
-    println!(
-        "validation ({} images): top-1 {:.2}%, top-5 {:.2}% (training-time model)",
-        validation.images,
-        100.0 * validation.top1(),
-        100.0 * validation.top5()
-    );
-    println!(
-        "re-parameterized in {fused_in:.2?}: deploy top-1 {:.2}%, top-5 {:.2}%, {} of {} top-1 \
-         predictions differ, max logit difference {:.1e} of the largest logit",
-        100.0 * deploy_validation.top1(),
-        100.0 * deploy_validation.top5(),
-        disagreements,
-        validation.images,
-        max_relative_logit_difference
-    );
-    println!(
-        "wrote {} (training time) and {} (deploy), with config.json and classes.txt",
-        model_path.display(),
-        deploy_path.display()
-    );
-    if !skipped_images.is_empty() {
-        println!("skipped {} unreadable images:", skipped_images.len());
-        for (path, reason) in skipped_images.iter().take(10) {
-            println!("  {}: {reason}", path.display());
-        }
-    }
-    Ok(TrainReport {
-        classes,
-        config,
-        validation,
-        deploy_validation,
-        average_validation,
-        max_relative_logit_difference,
-        model_path,
-        deploy_path,
-        skipped_images,
-    })
-}
-
-/// Folds the final weights into the moving average, writes it in both forms and evaluates its
-/// deploy form.
-fn finish_average(
-    args: &TrainArgs,
-    average: &WeightAverage,
-    net: &RepVgg,
-    config: &RepVggConfig,
-    classes: &[String],
-    val_loader: &dyn DataLoader<crate::data::ImageBatch>,
-) -> Result<Evaluation> {
-    average.update(net);
-    let averaged = average
-        .average()
-        .context("the weight average was never updated")?;
-    let device = averaged.devices()[0].clone();
-    let weights = Weights::from_module(&averaged)?;
-    let deploy_weights = reparameterize(&weights, config, &device)?;
-    let deploy = deploy_weights.load_into(config.init_deploy(&device), "the EMA deploy model")?;
-    write_checkpoint(
-        &weights,
-        config,
-        Some(classes),
-        &args.output.join("model-ema.bpk"),
-    )?;
-    write_checkpoint(
-        &deploy_weights,
-        config,
-        Some(classes),
-        &args.output.join("model-ema-deploy.bpk"),
-    )?;
-    let evaluation = evaluate(val_loader, |images| deploy.forward(images), |_, _| {})?;
-    println!(
-        "weight average (decay {}, {} updates): deploy top-1 {:.2}%, top-5 {:.2}%; wrote \
-         model-ema.bpk and model-ema-deploy.bpk",
-        average.decay(),
-        average.updates(),
-        100.0 * evaluation.top1(),
-        100.0 * evaluation.top5()
-    );
-    Ok(evaluation)
-}
-
-fn validate(args: &TrainArgs) -> Result<()> {
-    ensure!(args.epochs > 0, "--epochs must be at least 1");
-    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    ensure!(args.accumulation > 0, "--accumulation must be at least 1");
-    ensure!(
-        args.lr > 0.0 && args.lr.is_finite(),
-        "--lr must be positive"
-    );
-    ensure!(
-        (0.0..1.0).contains(&args.momentum),
-        "--momentum must be in [0, 1)"
-    );
-    ensure!(
-        args.weight_decay >= 0.0,
-        "--weight-decay must not be negative"
-    );
-    ensure!(
-        args.warmup_epochs <= args.epochs,
-        "--warmup-epochs ({}) exceeds --epochs ({})",
-        args.warmup_epochs,
-        args.epochs
-    );
-    ensure!(
-        (0.0..1.0).contains(&args.label_smoothing),
-        "--label-smoothing must be in [0, 1)"
-    );
-    if let Some(decay) = args.ema {
-        ensure!((0.0..1.0).contains(&decay), "--ema DECAY must be in [0, 1)");
-    }
-    if let Some(alpha) = args.mixup {
-        ensure!(
-            alpha > 0.0 && alpha.is_finite(),
-            "--mixup ALPHA must be positive"
-        );
-    }
-    ensure!(
-        args.image_size >= 32,
-        "--image-size must be at least 32 (RepVGG downsamples by 32)"
-    );
-    ensure!(
-        args.min_crop_scale > 0.0 && args.min_crop_scale <= 1.0,
-        "--min-crop-scale must be in (0, 1]"
-    );
-    ensure!(args.workers != Some(0), "--workers must be at least 1");
-    let devices = args.devices.len().max(1);
-    ensure!(
-        args.batch_size.is_multiple_of(devices),
-        "--batch-size {} does not split evenly over {devices} devices",
-        args.batch_size
-    );
-    Ok(())
-}
-
 fn model_config(args: &TrainArgs, found_classes: usize) -> Result<RepVggConfig> {
     let config = match &args.config {
         Some(path) => RepVggConfig::load(path).map_err(|err| {
@@ -627,59 +257,4 @@ fn training_devices(args: &TrainArgs) -> Result<Vec<Device>> {
         }
     }
     Ok(devices)
-}
-
-/// Creates the output directory; returns the epoch to resume after with `--resume`. Refuses to
-/// start a new run over the checkpoints of another.
-fn prepare_output(args: &TrainArgs) -> Result<Option<usize>> {
-    fs::create_dir_all(&args.output)
-        .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let last = last_checkpoint(&args.output.join("checkpoint"))?;
-    match (args.resume, last) {
-        (true, Some(epoch)) => {
-            ensure!(
-                epoch <= args.epochs,
-                "{} holds a checkpoint of epoch {epoch}, beyond --epochs {}",
-                args.output.display(),
-                args.epochs
-            );
-            Ok(Some(epoch))
-        }
-        (true, None) => bail!(
-            "--resume: {} holds no checkpoint to resume from",
-            args.output.display()
-        ),
-        (false, Some(epoch)) => bail!(
-            "{} already holds checkpoints (up to epoch {epoch}): pass --resume to continue that \
-             run, or choose another --output",
-            args.output.display()
-        ),
-        (false, None) => Ok(None),
-    }
-}
-
-/// The last epoch with a complete checkpoint (model, optimizer and scheduler) in `dir`.
-pub fn last_checkpoint(dir: &Path) -> Result<Option<usize>> {
-    if !dir.is_dir() {
-        return Ok(None);
-    }
-    let epoch_of = |name: &str| {
-        name.strip_prefix("model-")?
-            .strip_suffix(".bpk")?
-            .parse::<usize>()
-            .ok()
-    };
-    let mut last = None;
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name();
-        if let Some(epoch) = name.to_str().and_then(epoch_of) {
-            let complete = ["optim", "scheduler"]
-                .iter()
-                .all(|part| dir.join(format!("{part}-{epoch}.bpk")).is_file());
-            if complete && last < Some(epoch) {
-                last = Some(epoch);
-            }
-        }
-    }
-    Ok(last)
 }
