@@ -241,7 +241,7 @@ pub struct MemoryArgs {
     size: usize,
 }
 
-/// Builds one model on the CPU, runs it twice and prints "<peak MB> <inference MB>": the
+/// Builds one model on the CPU, runs it twice and prints `PEAK_MB INFERENCE_MB`: the
 /// process's peak resident memory, and how far it rose above the loaded model and input.
 pub fn run_memory(args: MemoryArgs) -> Result<()> {
     let device = Device::flex();
