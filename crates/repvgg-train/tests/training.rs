@@ -252,3 +252,43 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn every_recipe_option_trains_together() {
+    let root = workspace("options", 4);
+    let args = args(
+        &root,
+        "run",
+        &[
+            "--epochs=2",
+            "--accumulation=2",
+            "--mixup=0.2",
+            "--label-smoothing=0.1",
+            "--custom-l2",
+            "--nesterov",
+            "--ema=0.99",
+            "--warmup-epochs=1",
+        ],
+    );
+    let report = train(&args).unwrap();
+    for epoch in 1..=2 {
+        let losses = logged(&args.output, "train", epoch, "Loss");
+        // 40 images in batches of 16: three batches per epoch, every one logged.
+        assert_eq!(losses.len(), 3, "epoch {epoch}");
+        assert!(losses.iter().all(|loss| loss.is_finite()), "{losses:?}");
+    }
+    // Two optimizer steps per epoch (batches 1+2, then 3), four over the run: the schedule's
+    // warmup (two steps) then the cosine reaches 0.5 * peak * (1 + cos(pi / 2)) at its 4th step.
+    let rates = logged(&args.output, "train", 2, "Learning_Rate");
+    let peak = 0.4 * 16.0 * 2.0 / 256.0;
+    let last = *rates.last().unwrap();
+    assert!(
+        (last - 0.5 * peak * (1.0 + (PI / 2.0).cos())).abs() < 1e-9,
+        "{rates:?}"
+    );
+    assert!(report.average_validation.is_some());
+    assert_eq!(
+        report.validation.predictions,
+        report.deploy_validation.predictions
+    );
+}
