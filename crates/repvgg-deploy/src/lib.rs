@@ -17,6 +17,7 @@
 
 mod checkpoint;
 mod compare;
+mod cpu;
 mod error;
 mod fuse;
 mod infer;
@@ -26,6 +27,7 @@ mod weights;
 
 pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint};
 pub use compare::{LogitDifference, logit_difference};
+pub use cpu::CpuDeploy;
 pub use error::DeployError;
 pub use fuse::{reparameterize, reparameterize_model};
 pub use infer::{InferredLayout, infer_arch};

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
-use repvgg_deploy::{Weights, reparameterize};
+use repvgg_deploy::{CpuDeploy, Weights, reparameterize};
 use repvgg_model::RepVggArch;
 use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
 
@@ -110,6 +110,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rows.push(measure(&args, &model, "deploy", batch, || {
                 deploy.forward(images.clone())
             }));
+            if args.device == Backend::Cpu {
+                let fast = CpuDeploy::new(&deploy);
+                rows.push(measure(&args, &model, "deploy-cpu", batch, || {
+                    fast.forward(images.clone())
+                }));
+            }
         }
     }
     for (name, resnet) in [
@@ -141,7 +147,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     };
     if let Some(torch) = &torch {
         for row in &mut rows {
-            let key = format!("{}/{}/{}", row.model, row.form, row.batch);
+            // PyTorch has one deploy model: both of ours are compared with it.
+            let form = row.form.trim_end_matches("-cpu");
+            let key = format!("{}/{}/{}", row.model, form, row.batch);
             row.torch_ms = torch.models.get(&key).copied();
         }
     }
@@ -263,6 +271,11 @@ pub fn run_memory(args: MemoryArgs) -> Result<()> {
         (name, "training") => {
             let config = parse_arch(name).map_err(anyhow::Error::msg)?.config();
             let net = loaded(config.init(&device));
+            Box::new(move || net.forward(images.clone()))
+        }
+        (name, "deploy-cpu") => {
+            let config = parse_arch(name).map_err(anyhow::Error::msg)?.config();
+            let net = CpuDeploy::new(&config.init_deploy(&device));
             Box::new(move || net.forward(images.clone()))
         }
         (name, _) => {
@@ -422,7 +435,9 @@ fn report(
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let torch_ips = row.torch_ms.map(|ms| row.batch as f64 * 1000.0 / ms);
-        let speedup = (row.form == "deploy")
+        let speedup = row
+            .form
+            .starts_with("deploy")
             .then(|| {
                 rows.iter()
                     .find(|r| r.model == row.model && r.batch == row.batch && r.form == "training")
@@ -451,7 +466,9 @@ fn report(
     }
     let _ = writeln!(
         out,
-        "\n\"peak MB\": the peak resident memory of a fresh process that builds the model (random \
+        "\n\"deploy-cpu\": the deploy model through `repvgg_deploy::CpuDeploy` (channels-last \
+         im2col + gemm with the bias in the output, ReLU in place); \"deploy\": the same model \
+         through Burn's generic ops.\n\n\"peak MB\": the peak resident memory of a fresh process that builds the model (random \
          weights), makes one input batch and runs it twice on the CPU; \"inference MB\": how far \
          that peak rose above the memory held once model and input existed.\n"
     );
