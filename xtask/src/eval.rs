@@ -7,7 +7,7 @@ use burn::data::dataloader::DataLoader;
 use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use repvgg_deploy::{Form, read_checkpoint};
+use repvgg_deploy::{DeployModel, Form, read_checkpoint};
 use repvgg_model::RepVggArch;
 use repvgg_train::data::{Augmentation, EvalTransform, ImageFolder, ImageLoader, LoaderOptions};
 use repvgg_train::evaluate::{Evaluation, evaluate};
@@ -111,9 +111,12 @@ pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
             evaluate(&loader, |images| net.forward(images), on_batch)?
         }
         Form::Deploy => {
-            let net = weights
-                .load_into(config.init_deploy(&device), &what)
-                .map_err(|err| explain_mismatch(err, weights))?;
+            // On the CPU backend this runs the CPU deploy path.
+            let net = DeployModel::new(
+                weights
+                    .load_into(config.init_deploy(&device), &what)
+                    .map_err(|err| explain_mismatch(err, weights))?,
+            );
             evaluate(&loader, |images| net.forward(images), on_batch)?
         }
     };

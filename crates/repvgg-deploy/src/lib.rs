@@ -18,6 +18,7 @@
 mod checkpoint;
 mod compare;
 mod cpu;
+mod deploy_model;
 mod error;
 mod fuse;
 mod infer;
@@ -28,6 +29,7 @@ mod weights;
 pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint};
 pub use compare::{LogitDifference, logit_difference};
 pub use cpu::CpuDeploy;
+pub use deploy_model::DeployModel;
 pub use error::DeployError;
 pub use fuse::{reparameterize, reparameterize_model};
 pub use infer::{InferredLayout, infer_arch};

@@ -1,10 +1,11 @@
 //! The CPU deploy path computes what the generic deploy model computes: presets, grouped
-//! layers, squeeze-excitation, odd input sizes, one image and several.
+//! layers, squeeze-excitation, odd input sizes (partial Winograd tiles), one image and several;
+//! and `DeployModel` takes it on the CPU backend.
 
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use repvgg_deploy::{CpuDeploy, logit_difference};
+use repvgg_deploy::{CpuDeploy, DeployModel, logit_difference};
 use repvgg_model::{RepVggArch, RepVggConfig};
 
 fn assert_agrees(config: &RepVggConfig, batch: usize, height: usize, width: usize) {
@@ -31,6 +32,48 @@ fn a0_agrees_at_batch_one_and_several() {
     let config = RepVggArch::A0.config();
     assert_agrees(&config, 1, 64, 64);
     assert_agrees(&config, 3, 64, 96);
+    // Sizes whose stride-1 layers end in partial 4x4 tiles (and a 1x1 last stage).
+    assert_agrees(&config, 2, 57, 71);
+    assert_agrees(&config, 1, 18, 30);
+}
+
+#[test]
+fn presets_agree() {
+    for arch in [RepVggArch::A1, RepVggArch::B0, RepVggArch::B1g2] {
+        let config = arch.config();
+        let device = Device::flex();
+        let model = config.init_deploy(&device);
+        let fast = CpuDeploy::new(&model);
+        let images = Tensor::<4>::random([2, 3, 48, 40], Distribution::Normal(0.0, 1.0), &device);
+        let difference = logit_difference(
+            &fast.forward(images.clone()).into_data(),
+            &model.forward(images).into_data(),
+        );
+        assert!(difference.relative <= 1e-4, "{arch}: {difference:?}");
+    }
+}
+
+#[test]
+fn deploy_model_takes_the_cpu_path_on_flex() {
+    let device = Device::flex();
+    let config = RepVggConfig::new(vec![1, 2, 1], vec![0.25, 0.25, 0.25]).with_num_classes(4);
+    let generic = config.init_deploy(&device);
+    let model = DeployModel::new(generic.clone());
+    assert!(model.uses_cpu_path());
+    let images = Tensor::<4>::random([2, 3, 37, 29], Distribution::Normal(0.0, 1.0), &device);
+    let expected = generic.forward(images.clone()).into_data();
+    let difference = logit_difference(&model.forward(images.clone()).into_data(), &expected);
+    assert!(difference.relative <= 1e-4, "{difference:?}");
+    // A model on an autodiff device keeps the generic operations (they record gradients).
+    let autodiff = device.autodiff();
+    let trainable = config.init_deploy(&autodiff);
+    let model = DeployModel::new(trainable.clone());
+    assert!(!model.uses_cpu_path());
+    let images = Tensor::<4>::random([1, 3, 20, 20], Distribution::Normal(0.0, 1.0), &autodiff);
+    assert_eq!(
+        model.forward(images.clone()).into_data(),
+        trainable.forward(images).into_data()
+    );
 }
 
 #[test]

@@ -7,9 +7,10 @@ mod wgpu_device;
 
 use std::collections::BTreeMap;
 
+use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{random_training_model, relative_difference};
-use repvgg_deploy::{Weights, reparameterize};
+use repvgg_deploy::{DeployModel, Weights, reparameterize};
 use repvgg_model::RepVggConfig;
 
 #[test]
@@ -42,4 +43,23 @@ fn fusion_on_wgpu_agrees_with_the_training_network() {
         &model.forward(images).into_data(),
     );
     assert!(diff <= 1e-5, "{diff:e}");
+}
+
+#[test]
+fn deploy_model_on_wgpu_runs_the_generic_path() {
+    let Some(gpu) = wgpu_device::wgpu_device() else {
+        return;
+    };
+    let cpu = Device::flex();
+    let config = RepVggConfig::new(vec![1, 2, 1], vec![0.25, 0.25, 0.5]).with_num_classes(6);
+    let on_cpu = DeployModel::new(config.init_deploy(&cpu));
+    let on_gpu = DeployModel::new(on_cpu.model().clone().fork(&gpu));
+    assert!(on_cpu.uses_cpu_path());
+    assert!(!on_gpu.uses_cpu_path());
+    let images = Tensor::<4>::random([2, 3, 33, 41], Distribution::Normal(0.0, 1.0), &cpu);
+    let diff = relative_difference(
+        &on_gpu.forward(images.clone().to_device(&gpu)).into_data(),
+        &on_cpu.forward(images).into_data(),
+    );
+    assert!(diff <= 1e-4, "{diff:e}");
 }

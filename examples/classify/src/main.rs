@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, DeviceKind, Tensor, TensorData};
 use clap::{Parser, ValueEnum};
-use repvgg_deploy::{Form, infer_arch, pretrained, read_checkpoint};
+use repvgg_deploy::{DeployModel, Form, infer_arch, pretrained, read_checkpoint};
 use repvgg_model::RepVggArch;
 use repvgg_train::data::{EvalTransform, decode_rgb, normalize};
 
@@ -69,7 +69,10 @@ fn run(args: Args) -> Result<()> {
     let (logits, classes) = match (&args.weights, args.pretrained) {
         (Some(path), _) => classify_with_file(path, args.arch, images, &device)?,
         (None, Some(arch)) => {
-            let model = pretrained(arch, Form::Deploy, &device)?;
+            let model = pretrained(arch, Form::Deploy, &device)?
+                .into_deploy()
+                .map(DeployModel::new)
+                .context("asked for the deploy form")?;
             (model.forward(images), None)
         }
         (None, None) => bail!("give --pretrained NAME or --weights FILE"),
@@ -121,10 +124,12 @@ fn classify_with_file(
             .weights
             .load_into(config.init(device), &what)?
             .forward(images),
-        Form::Deploy => checkpoint
-            .weights
-            .load_into(config.init_deploy(device), &what)?
-            .forward(images),
+        Form::Deploy => DeployModel::new(
+            checkpoint
+                .weights
+                .load_into(config.init_deploy(device), &what)?,
+        )
+        .forward(images),
     };
     Ok((logits, checkpoint.classes))
 }

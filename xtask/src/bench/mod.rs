@@ -14,7 +14,7 @@ use anyhow::{Context, Result, ensure};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
-use repvgg_deploy::{CpuDeploy, Weights, reparameterize};
+use repvgg_deploy::{DeployModel, Weights, reparameterize};
 use repvgg_model::RepVggArch;
 use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
 
@@ -111,7 +111,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 deploy.forward(images.clone())
             }));
             if args.device == Backend::Cpu {
-                let fast = CpuDeploy::new(&deploy);
+                let fast = DeployModel::new(deploy.clone());
                 rows.push(measure(&args, &model, "deploy-cpu", batch, || {
                     fast.forward(images.clone())
                 }));
@@ -275,7 +275,7 @@ pub fn run_memory(args: MemoryArgs) -> Result<()> {
         }
         (name, "deploy-cpu") => {
             let config = parse_arch(name).map_err(anyhow::Error::msg)?.config();
-            let net = CpuDeploy::new(&config.init_deploy(&device));
+            let net = DeployModel::new(config.init_deploy(&device));
             Box::new(move || net.forward(images.clone()))
         }
         (name, _) => {
@@ -466,9 +466,10 @@ fn report(
     }
     let _ = writeln!(
         out,
-        "\n\"deploy-cpu\": the deploy model through `repvgg_deploy::CpuDeploy` (channels-last \
-         im2col + gemm with the bias in the output, ReLU in place); \"deploy\": the same model \
-         through Burn's generic ops.\n\n\"peak MB\": the peak resident memory of a fresh process that builds the model (random \
+        "\n\"deploy-cpu\": the deploy model through `repvgg_deploy::DeployModel`, which on the CPU \
+         backend runs `CpuDeploy` (channels-last throughout, Winograd F(4x4, 3x3) for the stride-1 \
+         layers, blocked im2col + gemm for the strided ones, bias and ReLU on the output pass); \
+         \"deploy\": the same model through Burn's generic ops.\n\n\"peak MB\": the peak resident memory of a fresh process that builds the model (random \
          weights), makes one input batch and runs it twice on the CPU; \"inference MB\": how far \
          that peak rose above the memory held once model and input existed.\n"
     );

@@ -1,0 +1,208 @@
+//! A CPU inference path for the deploy model. The plain stack of 3x3 convolutions runs with
+//! channels-last activations kept from layer to layer (none of the per-layer layout conversions
+//! of a general-purpose backend): stride-1 layers by Winograd F(4x4, 3x3) ([`winograd`]), the
+//! strided ones as blocked im2col + matrix product ([`direct`]), bias and ReLU applied as each
+//! layer's output is written. Weights are rearranged (and Winograd-transformed) once, when the
+//! path is built.
+
+mod direct;
+mod ops;
+mod winograd;
+
+use std::sync::Mutex;
+
+use burn::tensor::{Tensor, TensorData};
+use repvgg_model::{RepVggDeploy, RepVggDeployBlock};
+
+use direct::DirectConv;
+use ops::{Excitation, Simd, average_pool, matmul_add, relu, to_channels_last, values};
+use winograd::{WinogradConv, WinogradScratch};
+
+/// The deploy model prepared for the CPU path; computes what
+/// [`RepVggDeploy::forward`](repvgg_model::RepVggNetwork::forward) computes.
+///
+/// ```
+/// use burn::tensor::{Device, Distribution, Tensor};
+/// use repvgg_deploy::CpuDeploy;
+/// use repvgg_model::RepVggConfig;
+///
+/// let device = Device::flex();
+/// let model = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).with_num_classes(5).init_deploy(&device);
+/// let fast = CpuDeploy::new(&model);
+/// let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Default, &device);
+/// assert_eq!(fast.forward(images).dims(), [2, 5]);
+/// ```
+#[derive(Debug)]
+pub struct CpuDeploy {
+    layers: Vec<Layer>,
+    /// Linear head, `[features, classes]` row-major, and its bias.
+    head_weight: Vec<f32>,
+    head_bias: Vec<f32>,
+    simd: Simd,
+    /// Activation and Winograd buffers kept between calls: allocating them afresh costs page
+    /// faults on every layer (tens of MB at batch 8).
+    scratch: Mutex<Scratch>,
+}
+
+#[derive(Debug, Default)]
+struct Scratch {
+    input: Vec<f32>,
+    output: Vec<f32>,
+    winograd: WinogradScratch,
+}
+
+/// One deploy block: its convolution, prepared for the algorithm that suits its stride, and its
+/// squeeze-excitation if any.
+#[derive(Clone, Debug)]
+struct Layer {
+    conv: Conv,
+    se: Option<Excitation>,
+}
+
+#[derive(Clone, Debug)]
+enum Conv {
+    Winograd(WinogradConv),
+    Direct(DirectConv),
+}
+
+impl CpuDeploy {
+    /// Reads the model's weights (from any device) and prepares them for the CPU path.
+    pub fn new(model: &RepVggDeploy) -> Self {
+        let layers = std::iter::once(&model.stage0)
+            .chain(model.stages().flatten())
+            .map(Layer::new)
+            .collect();
+        Self {
+            layers,
+            head_weight: values(model.linear.weight.val()),
+            head_bias: model
+                .linear
+                .bias
+                .as_ref()
+                .map(|bias| values(bias.val()))
+                .unwrap_or_default(),
+            simd: Simd::detect(),
+            scratch: Mutex::default(),
+        }
+    }
+
+    /// Class logits, `[N, 3, H, W]` to `[N, classes]`, on the images' device.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        let device = images.device();
+        let [batch, channels, mut height, mut width] = images.dims();
+        // A concurrent call on the same model works in fresh buffers instead of waiting.
+        let mut fresh = Scratch::default();
+        let mut guard = self.scratch.try_lock().ok();
+        let Scratch {
+            input,
+            output,
+            winograd,
+        } = guard.as_deref_mut().unwrap_or(&mut fresh);
+        to_channels_last(&values(images), channels, height, width, input);
+        for layer in &self.layers {
+            (height, width) =
+                layer.forward(input, batch, height, width, self.simd, winograd, output);
+            std::mem::swap(input, output);
+        }
+        let features = self.layers.last().map_or(channels, Layer::out_channels);
+        let classes = self.head_bias.len();
+        let pooled = average_pool(input, batch, height * width, features);
+        let mut logits: Vec<f32> = (0..batch).flat_map(|_| self.head_bias.clone()).collect();
+        // SAFETY: the slices hold exactly the shapes passed: pooled [batch, features], head
+        // [features, classes], logits [batch, classes], all row-major.
+        unsafe {
+            matmul_add(
+                &mut logits,
+                classes,
+                &pooled,
+                features,
+                &self.head_weight,
+                classes,
+                batch,
+                classes,
+                features,
+                true,
+                rayon::current_num_threads(),
+            );
+        }
+        Tensor::from_data(TensorData::new(logits, [batch, classes]), &device)
+    }
+}
+
+impl Layer {
+    fn new(block: &RepVggDeployBlock) -> Self {
+        let conv = &block.rbr_reparam;
+        let weight = conv.weight.val();
+        let [out_channels, in_per_group, kh, kw] = weight.dims();
+        assert_eq!([kh, kw], [3, 3], "deploy blocks hold 3x3 convolutions");
+        let weight = values(weight);
+        let bias = conv
+            .bias
+            .as_ref()
+            .map_or(vec![0.0; out_channels], |bias| values(bias.val()));
+        let (groups, stride) = (conv.groups, conv.stride[0]);
+        let conv = if stride == 1 {
+            Conv::Winograd(WinogradConv::new(
+                &weight,
+                bias,
+                out_channels,
+                in_per_group,
+                groups,
+            ))
+        } else {
+            Conv::Direct(DirectConv::new(
+                &weight,
+                bias,
+                out_channels,
+                in_per_group,
+                groups,
+                stride,
+            ))
+        };
+        Self {
+            conv,
+            se: block.se.as_ref().map(Excitation::new),
+        }
+    }
+
+    fn out_channels(&self) -> usize {
+        match &self.conv {
+            Conv::Winograd(conv) => conv.out_channels,
+            Conv::Direct(conv) => conv.out_channels,
+        }
+    }
+
+    /// Convolution + bias (+ SE) + ReLU of channels-last `input` `[batch, height, width, in]`
+    /// into `output`; returns the output's height and width.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &self,
+        input: &[f32],
+        batch: usize,
+        height: usize,
+        width: usize,
+        simd: Simd,
+        winograd: &mut WinogradScratch,
+        output: &mut Vec<f32>,
+    ) -> (usize, usize) {
+        // Without SE, ReLU is applied as the convolution writes its output.
+        let relu_after = self.se.is_none();
+        let (out_height, out_width) = match &self.conv {
+            Conv::Winograd(conv) => {
+                conv.forward(
+                    input, batch, height, width, relu_after, simd, winograd, output,
+                );
+                (height, width)
+            }
+            Conv::Direct(conv) => {
+                conv.forward(input, batch, height, width, relu_after, simd, output);
+                conv.output_size(height, width)
+            }
+        };
+        if let Some(se) = &self.se {
+            se.apply(output, batch, out_height * out_width, self.out_channels());
+            simd.run(|| relu(output));
+        }
+        (out_height, out_width)
+    }
+}
