@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::ops::{Simd, matmul_add, relu};
+use super::ops::{matmul_add, relu};
 
 /// Target size of one block's columns, in floats (128 KiB: well inside a core's L2).
 const BLOCK_FLOATS: usize = 32 * 1024;
@@ -91,7 +91,6 @@ impl DirectConv {
         height: usize,
         width: usize,
         relu_after: bool,
-        simd: Simd,
         output: &mut Vec<f32>,
     ) {
         let (out_height, out_width) = self.output_size(height, width);
@@ -113,12 +112,12 @@ impl DirectConv {
                 .par_chunks_mut(block * self.out_channels)
                 .enumerate()
                 .for_each(|(b, out)| {
-                    self.block(input, shape, b * block, out, 1, relu_after, simd);
+                    self.block(input, shape, b * block, out, 1, relu_after);
                 });
         } else {
             // Few output pixels (late layers at batch 1): one block, the product split over
             // the threads.
-            self.block(input, shape, 0, output, threads, relu_after, simd);
+            self.block(input, shape, 0, output, threads, relu_after);
         }
     }
 
@@ -132,7 +131,6 @@ impl DirectConv {
         out: &mut [f32],
         threads: usize,
         relu_after: bool,
-        simd: Simd,
     ) {
         let cout = self.out_channels;
         let rows = out.len() / cout;
@@ -145,9 +143,7 @@ impl DirectConv {
         COLUMNS.with_borrow_mut(|columns| {
             columns.resize(rows * depth, 0.0);
             for (g, weights) in self.weights.iter().enumerate() {
-                simd.run(|| {
-                    self.im2col(input, shape, first, g * in_per_group, in_per_group, columns)
-                });
+                self.im2col(input, shape, first, g * in_per_group, in_per_group, columns);
                 // SAFETY: columns [rows, depth], weights [depth, out_per_group] and the group's
                 // column block of out [rows, cout] (offset g * out_per_group) are in bounds.
                 unsafe {
@@ -168,13 +164,12 @@ impl DirectConv {
             }
         });
         if relu_after {
-            simd.run(|| relu(out));
+            relu(out);
         }
     }
 
     /// The columns of output rows `first..first + columns.len() / depth` for the channels
     /// `channel..channel + count`: per row, the 3x3 neighbourhood (ky, kx, ci), zero outside.
-    #[inline(always)]
     fn im2col(
         &self,
         input: &[f32],

@@ -15,7 +15,7 @@ use burn::tensor::{Tensor, TensorData};
 use repvgg_model::{RepVggDeploy, RepVggDeployBlock};
 
 use direct::DirectConv;
-use ops::{Excitation, Simd, average_pool, matmul_add, relu, to_channels_last, values};
+use ops::{Excitation, average_pool, matmul_add, relu, to_channels_last, values};
 use winograd::{WinogradConv, WinogradScratch};
 
 /// The deploy model prepared for the CPU path; computes what
@@ -38,7 +38,6 @@ pub struct CpuDeploy {
     /// Linear head, `[features, classes]` row-major, and its bias.
     head_weight: Vec<f32>,
     head_bias: Vec<f32>,
-    simd: Simd,
     /// Activation and Winograd buffers kept between calls: allocating them afresh costs page
     /// faults on every layer (tens of MB at batch 8).
     scratch: Mutex<Scratch>,
@@ -81,7 +80,6 @@ impl CpuDeploy {
                 .as_ref()
                 .map(|bias| values(bias.val()))
                 .unwrap_or_default(),
-            simd: Simd::detect(),
             scratch: Mutex::default(),
         }
     }
@@ -100,8 +98,7 @@ impl CpuDeploy {
         } = guard.as_deref_mut().unwrap_or(&mut fresh);
         to_channels_last(&values(images), channels, height, width, input);
         for layer in &self.layers {
-            (height, width) =
-                layer.forward(input, batch, height, width, self.simd, winograd, output);
+            (height, width) = layer.forward(input, batch, height, width, winograd, output);
             std::mem::swap(input, output);
         }
         let features = self.layers.last().map_or(channels, Layer::out_channels);
@@ -181,7 +178,6 @@ impl Layer {
         batch: usize,
         height: usize,
         width: usize,
-        simd: Simd,
         winograd: &mut WinogradScratch,
         output: &mut Vec<f32>,
     ) -> (usize, usize) {
@@ -189,19 +185,17 @@ impl Layer {
         let relu_after = self.se.is_none();
         let (out_height, out_width) = match &self.conv {
             Conv::Winograd(conv) => {
-                conv.forward(
-                    input, batch, height, width, relu_after, simd, winograd, output,
-                );
+                conv.forward(input, batch, height, width, relu_after, winograd, output);
                 (height, width)
             }
             Conv::Direct(conv) => {
-                conv.forward(input, batch, height, width, relu_after, simd, output);
+                conv.forward(input, batch, height, width, relu_after, output);
                 conv.output_size(height, width)
             }
         };
         if let Some(se) = &self.se {
             se.apply(output, batch, out_height * out_width, self.out_channels());
-            simd.run(|| relu(output));
+            relu(output);
         }
         (out_height, out_width)
     }

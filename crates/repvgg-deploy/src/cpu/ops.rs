@@ -15,45 +15,6 @@ pub(super) fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         .expect("f32 after conversion")
 }
 
-/// The vector instructions our own loops (layout copies, Winograd transforms) are compiled for,
-/// detected once: the matrix products choose theirs inside `gemm`.
-#[derive(Clone, Copy, Debug)]
-pub(super) enum Simd {
-    /// AVX2 + FMA (x86-64 since Haswell / Zen).
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    /// Whatever the build targets (SSE2 on x86-64, NEON on aarch64).
-    Baseline,
-}
-
-impl Simd {
-    pub fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            return Self::Avx2;
-        }
-        Self::Baseline
-    }
-
-    /// Runs `work` compiled for these instructions (`work` must be inlined: its loops are
-    /// vectorised where they land).
-    #[inline(always)]
-    pub fn run<R>(self, work: impl FnOnce() -> R) -> R {
-        match self {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `detect` saw AVX2 and FMA on this CPU.
-            Self::Avx2 => unsafe { with_avx2(work) },
-            Self::Baseline => work(),
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn with_avx2<R>(work: impl FnOnce() -> R) -> R {
-    work()
-}
-
 /// A pointer that rayon jobs writing disjoint parts of one buffer may share.
 #[derive(Clone, Copy)]
 pub(super) struct SendPtr(pub *mut f32);
@@ -125,7 +86,6 @@ pub(super) unsafe fn matmul_add(
 }
 
 /// `max(x, 0)` in place.
-#[inline(always)]
 pub(super) fn relu(values: &mut [f32]) {
     for value in values {
         *value = value.max(0.0);

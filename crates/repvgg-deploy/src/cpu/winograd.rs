@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{SendPtr, Simd, matmul_add, relu};
+use super::ops::{SendPtr, matmul_add};
 
 /// Output tile side, input tile side, and the number of transformed-domain positions.
 const TILE: usize = 4;
@@ -104,7 +104,6 @@ impl WinogradConv {
         height: usize,
         width: usize,
         relu_after: bool,
-        simd: Simd,
         scratch: &mut WinogradScratch,
         output: &mut Vec<f32>,
     ) {
@@ -131,7 +130,7 @@ impl WinogradConv {
                         height,
                         width,
                     };
-                    simd.run(|| transform_input(input, cin, at, work, transformed));
+                    transform_input(input, cin, at, work, transformed);
                 },
             );
 
@@ -152,18 +151,16 @@ impl WinogradConv {
                     for tx in 0..tile_cols {
                         let t = (image * tile_rows + ty) * tile_cols + tx;
                         let tile = &products[t * POSITIONS * cout..][..POSITIONS * cout];
-                        simd.run(|| {
-                            transform_output(
-                                tile,
-                                &self.bias,
-                                cout,
-                                tx * TILE,
-                                width,
-                                relu_after,
-                                work,
-                                rows,
-                            )
-                        });
+                        transform_output(
+                            tile,
+                            &self.bias,
+                            cout,
+                            tx * TILE,
+                            width,
+                            relu_after,
+                            work,
+                            rows,
+                        );
                     }
                 },
             );
@@ -228,7 +225,6 @@ struct TileAt {
 
 /// `Bᵀ d B` of the 6x6 input tile at `at` (zero outside the image), into `transformed`
 /// `[position][channel]`. `work` holds 72 channel vectors.
-#[inline(always)]
 fn transform_input(
     input: &[f32],
     channels: usize,
@@ -292,7 +288,6 @@ fn vectors<const N: usize>(
 /// the tile's pixels of `rows` (the tile row's up to 4 image rows, channels-last), clipped at
 /// the image's right and bottom edges. `work` holds 40 channel vectors.
 #[allow(clippy::too_many_arguments)]
-#[inline(always)]
 fn transform_output(
     products: &[f32],
     bias: &[f32],
@@ -319,11 +314,9 @@ fn transform_output(
         for c in 0..TILE.min(width - x) {
             let dst = &mut rows[(r * width + x + c) * channels..][..channels];
             let src = &tile[(r * TILE + c) * channels..][..channels];
+            let floor = if relu_after { 0.0 } else { f32::NEG_INFINITY };
             for ((out, value), b) in dst.iter_mut().zip(src).zip(bias) {
-                *out = value + b;
-            }
-            if relu_after {
-                relu(dst);
+                *out = (value + b).max(floor);
             }
         }
     }
