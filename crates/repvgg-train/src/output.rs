@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use burn::data::dataloader::DataLoader;
 use burn::module::Module;
-use repvgg_deploy::{Weights, logit_difference, reparameterize, write_checkpoint};
-use repvgg_model::{RepVgg, RepVggConfig, RepVggDeploy};
+use repvgg_deploy::{DeployModel, Weights, logit_difference, reparameterize, write_checkpoint};
+use repvgg_model::{RepVgg, RepVggConfig};
 
 use crate::classifier::Classifier;
 use crate::data::ImageBatch;
@@ -55,7 +55,10 @@ pub(crate) fn finish(
 
     let fusing = Instant::now();
     let deploy_weights = reparameterize(&weights, &config, &device)?;
-    let deploy = deploy_weights.load_into(config.init_deploy(&device), "the deploy model")?;
+    // The deploy model as applications run it (on the CPU backend: the CPU deploy path).
+    let deploy = DeployModel::new(
+        deploy_weights.load_into(config.init_deploy(&device), "the deploy model")?,
+    );
     let fused_in = fusing.elapsed();
     let deploy_path = args.output.join("model-deploy.bpk");
     write_checkpoint(&deploy_weights, &config, Some(&classes), &deploy_path)?;
@@ -118,7 +121,7 @@ pub(crate) fn finish(
 fn compare_forms(
     val_loader: &dyn DataLoader<ImageBatch>,
     net: &RepVgg,
-    deploy: &RepVggDeploy,
+    deploy: &DeployModel,
 ) -> Result<(Evaluation, Evaluation, f64)> {
     let started = Instant::now();
     let (mut training, mut deployed) = (Evaluation::default(), Evaluation::default());
@@ -155,7 +158,9 @@ fn finish_average(
     let device = averaged.devices()[0].clone();
     let weights = Weights::from_module(&averaged)?;
     let deploy_weights = reparameterize(&weights, config, &device)?;
-    let deploy = deploy_weights.load_into(config.init_deploy(&device), "the EMA deploy model")?;
+    let deploy = DeployModel::new(
+        deploy_weights.load_into(config.init_deploy(&device), "the EMA deploy model")?,
+    );
     write_checkpoint(
         &weights,
         config,
