@@ -18,7 +18,7 @@ const POSITIONS: usize = INPUT_TILE * INPUT_TILE;
 
 /// Tiles multiplied per matrix product: enough rows for the kernels to run at full rate, few
 /// enough that the products of one layer spread over every core at batch 1.
-const TILES_PER_PRODUCT: usize = 64;
+const TILES_PER_PRODUCT: usize = 128;
 
 /// `G`, the 6x3 weight transform: `G g Gᵀ` turns a 3x3 kernel into its 6x6 transformed form.
 const G: [[f64; 3]; INPUT_TILE] = [
