@@ -8,6 +8,7 @@ use burn::config::Config;
 use burn::tensor::Device;
 use repvgg_deploy::{Weights, read_checkpoint, write_checkpoint};
 use repvgg_model::{RepVggArch, RepVggConfig};
+use tempfile::TempDir;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -15,12 +16,12 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A fresh directory for one test.
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("repvgg-xtask-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test, removed when the returned guard is dropped.
+fn scratch(test: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("repvgg-xtask-{test}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn convert(args: &[&str]) -> Output {
@@ -63,7 +64,8 @@ fn assert_succeeds(output: &Output) -> String {
 
 #[test]
 fn converts_a_reference_checkpoint_and_verifies_it() {
-    let dir = scratch("reference");
+    let scratch = scratch("reference");
+    let dir = scratch.path();
     for output in ["narrow.safetensors", "narrow.bpk"] {
         let out = dir.join(output);
         let stdout = assert_succeeds(&convert(&[
@@ -96,7 +98,8 @@ fn converts_a_reference_checkpoint_and_verifies_it() {
 
 #[test]
 fn infers_a_reference_architecture() {
-    let dir = scratch("infer");
+    let scratch = scratch("infer");
+    let dir = scratch.path();
     let device = Device::flex();
     let config = RepVggArch::A0.config().with_num_classes(5);
     let weights = Weights::from_module(&config.init(&device)).unwrap();
@@ -117,7 +120,8 @@ fn infers_a_reference_architecture() {
 
 #[test]
 fn missing_input_files_are_reported() {
-    let dir = scratch("missing");
+    let scratch = scratch("missing");
+    let dir = scratch.path();
     let out = dir.join("out.bpk");
     assert_fails(
         &convert(&["--input", "/no/such/file.pth", "--output", path(&out)]),
@@ -146,7 +150,8 @@ fn missing_input_files_are_reported() {
 
 #[test]
 fn corrupt_files_are_reported() {
-    let dir = scratch("corrupt");
+    let scratch = scratch("corrupt");
+    let dir = scratch.path();
     let out = dir.join("out.bpk");
     let bytes = std::fs::read(fixture("narrow_train.pth")).unwrap();
     let truncated = dir.join("truncated.pth");
@@ -180,7 +185,8 @@ fn corrupt_files_are_reported() {
 
 #[test]
 fn a_checkpoint_of_another_architecture_is_rejected() {
-    let dir = scratch("other-arch");
+    let scratch = scratch("other-arch");
+    let dir = scratch.path();
     assert_fails(
         &convert(&[
             "--input",
@@ -219,7 +225,8 @@ fn a_checkpoint_of_another_architecture_is_rejected() {
 
 #[test]
 fn missing_and_extra_tensors_are_named() {
-    let dir = scratch("tensors");
+    let scratch = scratch("tensors");
+    let dir = scratch.path();
     let config = RepVggConfig::load(fixture("narrow.json")).unwrap();
     let weights = read_checkpoint(&fixture("narrow_train.pth"))
         .unwrap()
@@ -264,7 +271,8 @@ fn missing_and_extra_tensors_are_named() {
 
 #[test]
 fn bad_output_paths_are_refused() {
-    let dir = scratch("outputs");
+    let scratch = scratch("outputs");
+    let dir = scratch.path();
     let input = dir.join("narrow_train.pth");
     std::fs::copy(fixture("narrow_train.pth"), &input).unwrap();
     let args = |output: &str| {
@@ -293,6 +301,6 @@ fn bad_output_paths_are_refused() {
         std::fs::read(fixture("narrow_train.pth")).unwrap()
     );
     // Nothing was left behind by the failed writes.
-    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
     assert_eq!(left.len(), 1);
 }

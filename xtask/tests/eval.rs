@@ -1,19 +1,20 @@
 //! `cargo xtask eval` end to end on a tiny labelled set: the accuracy line, the same top-1 for
 //! the training-time and deploy-time files of one model, and clear errors.
 
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
 use burn::tensor::{Device, TensorData};
 use repvgg_deploy::{Weights, reparameterize, write_checkpoint};
 use repvgg_train::data::write_synthetic_set;
 use repvgg_train::demo::demo_config;
+use tempfile::TempDir;
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("repvgg-xtask-eval-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test, removed when the returned guard is dropped.
+fn scratch(test: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("repvgg-xtask-eval-{test}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn eval(args: &[&str]) -> Output {
@@ -40,7 +41,8 @@ fn accuracy_line(output: &Output) -> String {
 
 #[test]
 fn both_forms_of_a_model_score_the_same() {
-    let dir = scratch("forms");
+    let scratch = scratch("forms");
+    let dir = scratch.path();
     write_synthetic_set(&dir.join("data"), 0, 4, 9).unwrap();
     let device = Device::flex();
     let config = demo_config();
@@ -101,7 +103,8 @@ fn both_forms_of_a_model_score_the_same() {
 
 #[test]
 fn bad_input_is_refused_with_a_reason() {
-    let dir = scratch("bad");
+    let scratch = scratch("bad");
+    let dir = scratch.path();
     write_synthetic_set(&dir.join("data"), 0, 1, 9).unwrap();
     let device = Device::flex();
     // Three outputs for ten class folders.

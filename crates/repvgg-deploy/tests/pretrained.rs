@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
@@ -16,6 +16,7 @@ use repvgg_deploy::{
     read_checkpoint, write_checkpoint,
 };
 use repvgg_model::RepVggArch;
+use tempfile::TempDir;
 
 const A0_PATH: &str = "/timm/repvgg_a0.rvgg_in1k/resolve/main/model.safetensors";
 
@@ -29,24 +30,20 @@ fn a0_checkpoint() -> Arc<Vec<u8>> {
             let model = common::random_training_model(&config, &Device::flex());
             let weights = Weights::from_module(&model).unwrap();
             let dir = scratch_dir("fixture");
-            let path = dir.join("a0.safetensors");
+            let path = dir.path().join("a0.safetensors");
             write_checkpoint(&weights, &config, None, &path).unwrap();
-            let bytes = std::fs::read(&path).unwrap();
-            let _ = std::fs::remove_dir_all(&dir);
-            Arc::new(bytes)
+            Arc::new(std::fs::read(&path).unwrap())
         })
         .clone()
 }
 
-/// A fresh, empty directory under the system's temporary directory.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "repvgg-pretrained-test-{}-{name}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh, empty directory under the system's temporary directory, removed when the returned
+/// guard is dropped.
+fn scratch_dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("repvgg-pretrained-test-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// What the server answers every request with.
@@ -147,8 +144,9 @@ fn files_in(dir: &Path) -> Vec<String> {
 fn downloads_once_then_uses_the_cache() {
     let bytes = a0_checkpoint();
     let server = Server::start(Reply::File(bytes.clone()));
-    let cache = scratch_dir("success");
-    let options = server.options(&cache);
+    let scratch = scratch_dir("success");
+    let cache = scratch.path();
+    let options = server.options(cache);
 
     let path = download_pretrained(RepVggArch::A0, &options).unwrap();
     assert_eq!(path, cache.join("repvgg_a0.rvgg_in1k.safetensors"));
@@ -157,7 +155,7 @@ fn downloads_once_then_uses_the_cache() {
     assert_eq!(server.requests(), 1);
     assert_eq!(*server.paths.lock().unwrap(), vec![A0_PATH.to_string()]);
     assert_eq!(
-        files_in(&cache),
+        files_in(cache),
         vec!["repvgg_a0.rvgg_in1k.safetensors".to_string()]
     );
     let checkpoint = read_checkpoint(&path).unwrap();
@@ -166,14 +164,14 @@ fn downloads_once_then_uses_the_cache() {
     let again = download_pretrained(RepVggArch::A0, &options).unwrap();
     assert_eq!(again, path);
     assert_eq!(server.requests(), 1, "the cached file is used");
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]
 fn a_missing_file_is_an_error_naming_the_status_and_url() {
     let server = Server::start(Reply::NotFound);
-    let cache = scratch_dir("not-found");
-    let options = server.options(&cache);
+    let scratch = scratch_dir("not-found");
+    let cache = scratch.path();
+    let options = server.options(cache);
     let err = download_pretrained(RepVggArch::B1g4, &options).unwrap_err();
     let message = err.to_string();
     let url = format!(
@@ -183,8 +181,7 @@ fn a_missing_file_is_an_error_naming_the_status_and_url() {
     assert!(matches!(err, DeployError::Download { .. }), "{message}");
     assert!(message.contains("404"), "{message}");
     assert!(message.contains(&url), "{message}");
-    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
-    let _ = std::fs::remove_dir_all(&cache);
+    assert!(files_in(cache).is_empty(), "{:?}", files_in(cache));
 }
 
 #[test]
@@ -195,8 +192,9 @@ fn an_interrupted_download_is_an_error_and_leaves_nothing() {
         body: body.clone(),
         sent,
     });
-    let cache = scratch_dir("interrupted");
-    let err = download_pretrained(RepVggArch::A0, &server.options(&cache)).unwrap_err();
+    let scratch = scratch_dir("interrupted");
+    let cache = scratch.path();
+    let err = download_pretrained(RepVggArch::A0, &server.options(cache)).unwrap_err();
     let message = err.to_string();
     assert!(message.contains("interrupted"), "{message}");
     assert!(
@@ -204,8 +202,7 @@ fn an_interrupted_download_is_an_error_and_leaves_nothing() {
         "{message}"
     );
     assert!(message.contains(A0_PATH), "{message}");
-    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
-    let _ = std::fs::remove_dir_all(&cache);
+    assert!(files_in(cache).is_empty(), "{:?}", files_in(cache));
 }
 
 /// Deterministic bytes that are no safetensors file.
@@ -224,38 +221,39 @@ fn garbage(len: usize) -> Vec<u8> {
 #[test]
 fn a_corrupt_download_is_an_error_and_is_not_cached() {
     let server = Server::start(Reply::File(Arc::new(garbage(1 << 20))));
-    let cache = scratch_dir("corrupt");
-    let err = download_pretrained(RepVggArch::A0, &server.options(&cache)).unwrap_err();
+    let scratch = scratch_dir("corrupt");
+    let cache = scratch.path();
+    let err = download_pretrained(RepVggArch::A0, &server.options(cache)).unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("not a valid RepVGG-A0 checkpoint"),
         "{message}"
     );
-    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
-    let _ = std::fs::remove_dir_all(&cache);
+    assert!(files_in(cache).is_empty(), "{:?}", files_in(cache));
 }
 
 #[test]
 fn weights_of_another_architecture_are_rejected() {
     let server = Server::start(Reply::File(a0_checkpoint()));
-    let cache = scratch_dir("wrong-arch");
-    let err = download_pretrained(RepVggArch::A1, &server.options(&cache)).unwrap_err();
+    let scratch = scratch_dir("wrong-arch");
+    let cache = scratch.path();
+    let err = download_pretrained(RepVggArch::A1, &server.options(cache)).unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("not a valid RepVGG-A1 checkpoint"),
         "{message}"
     );
     assert!(message.contains("wrong shape"), "{message}");
-    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
-    let _ = std::fs::remove_dir_all(&cache);
+    assert!(files_in(cache).is_empty(), "{:?}", files_in(cache));
 }
 
 #[test]
 fn a_corrupt_cached_file_is_downloaded_again() {
     let bytes = a0_checkpoint();
     let server = Server::start(Reply::File(bytes.clone()));
-    let cache = scratch_dir("corrupt-cache");
-    let options = server.options(&cache);
+    let scratch = scratch_dir("corrupt-cache");
+    let cache = scratch.path();
+    let options = server.options(cache);
     let cached = options.cache_path(RepVggArch::A0).unwrap();
     std::fs::write(&cached, &bytes[..bytes.len() / 2]).unwrap();
 
@@ -263,8 +261,7 @@ fn a_corrupt_cached_file_is_downloaded_again() {
     assert_eq!(path, cached);
     assert_eq!(server.requests(), 1);
     assert_eq!(std::fs::read(&path).unwrap(), *bytes);
-    assert_eq!(files_in(&cache).len(), 1, "{:?}", files_in(&cache));
-    let _ = std::fs::remove_dir_all(&cache);
+    assert_eq!(files_in(cache).len(), 1, "{:?}", files_in(cache));
 }
 
 #[test]
@@ -275,10 +272,11 @@ fn an_unreachable_server_is_an_error_naming_the_url() {
         .local_addr()
         .unwrap()
         .port();
-    let cache = scratch_dir("unreachable");
+    let scratch = scratch_dir("unreachable");
+    let cache = scratch.path();
     let options = PretrainedOptions {
         base_url: format!("http://127.0.0.1:{port}/"),
-        cache_dir: cache.clone(),
+        cache_dir: cache.to_path_buf(),
     };
     let err = download_pretrained(RepVggArch::A0, &options).unwrap_err();
     let message = err.to_string();
@@ -286,16 +284,16 @@ fn an_unreachable_server_is_an_error_naming_the_url() {
         message.contains(&format!("http://127.0.0.1:{port}{A0_PATH}")),
         "{message}"
     );
-    assert!(files_in(&cache).is_empty(), "{:?}", files_in(&cache));
-    let _ = std::fs::remove_dir_all(&cache);
+    assert!(files_in(cache).is_empty(), "{:?}", files_in(cache));
 }
 
 #[test]
 fn g2_variants_have_no_pretrained_weights() {
     let server = Server::start(Reply::NotFound);
-    let cache = scratch_dir("g2");
+    let scratch = scratch_dir("g2");
+    let cache = scratch.path();
     for arch in [RepVggArch::B1g2, RepVggArch::B2g2, RepVggArch::B3g2] {
-        let err = download_pretrained(arch, &server.options(&cache)).unwrap_err();
+        let err = download_pretrained(arch, &server.options(cache)).unwrap_err();
         let message = err.to_string();
         assert!(matches!(err, DeployError::NoPretrained { .. }), "{message}");
         assert!(message.contains(&arch.to_string()), "{message}");
@@ -304,7 +302,7 @@ fn g2_variants_have_no_pretrained_weights() {
         }
     }
     assert_eq!(server.requests(), 0);
-    let options = server.options(&cache);
+    let options = server.options(cache);
     assert_eq!(
         options.url(RepVggArch::D2se).unwrap(),
         format!(
@@ -312,14 +310,14 @@ fn g2_variants_have_no_pretrained_weights() {
             server.base_url
         )
     );
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]
 fn the_deploy_form_computes_what_the_training_form_does() {
     let server = Server::start(Reply::File(a0_checkpoint()));
-    let cache = scratch_dir("forms");
-    let options = server.options(&cache);
+    let scratch = scratch_dir("forms");
+    let cache = scratch.path();
+    let options = server.options(cache);
     let device = Device::flex();
 
     let training = pretrained_with(RepVggArch::A0, Form::Training, &device, &options).unwrap();
@@ -341,5 +339,4 @@ fn the_deploy_form_computes_what_the_training_form_does() {
     assert!(relative < 1e-4, "relative logit difference {relative}");
     assert!(training.into_training().is_some());
     assert!(deploy.into_deploy().is_some());
-    let _ = std::fs::remove_dir_all(&cache);
 }

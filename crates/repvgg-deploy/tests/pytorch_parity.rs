@@ -8,6 +8,7 @@ use burn::config::Config;
 use burn::tensor::{Device, Tensor, TensorData};
 use repvgg_deploy::{Form, Weights, infer_arch, read_checkpoint, reparameterize, write_checkpoint};
 use repvgg_model::{RepVggConfig, RepVggDeploy};
+use tempfile::TempDir;
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -15,6 +16,14 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// A fresh directory for one test, removed when the returned guard is dropped.
+fn scratch(test: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("repvgg-{test}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// The fixture's input and PyTorch's training-time and deploy-time logits.
@@ -127,8 +136,8 @@ fn reference_deploy_checkpoints_load_and_match_our_conversion() {
 
 #[test]
 fn exports_round_trip_in_both_formats() {
-    let dir = std::env::temp_dir().join(format!("repvgg-export-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("export");
+    let dir = scratch.path();
     let device = Device::flex();
     let config = config("se");
     let checkpoint = read_checkpoint(&fixture("se_train.pth")).unwrap();
@@ -142,13 +151,12 @@ fn exports_round_trip_in_both_formats() {
         let expected_config = file.ends_with(".bpk").then(|| config.clone());
         assert_eq!(read.config, expected_config, "{file}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn safetensors_export_uses_reference_names_and_pytorch_layout() {
-    let dir = std::env::temp_dir().join(format!("repvgg-names-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("names");
+    let dir = scratch.path();
     let device = Device::flex();
     let config = config("narrow");
     let checkpoint = read_checkpoint(&fixture("narrow_train.pth")).unwrap();
@@ -176,7 +184,6 @@ fn safetensors_export_uses_reference_names_and_pytorch_layout() {
     assert_eq!(names, expected);
     // PyTorch's Linear keeps [out, in].
     assert_eq!(file.tensor("linear.weight").unwrap().shape(), [10, 64]);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -204,8 +211,8 @@ fn architecture_is_inferred_from_shapes() {
 #[test]
 fn burn_module_records_read_as_checkpoints() {
     use burn::module::Module;
-    let dir = std::env::temp_dir().join(format!("repvgg-record-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = scratch("record");
+    let dir = scratch.path();
     let device = Device::flex();
     let config = config("grouped");
     let model = config.init(&device);
@@ -216,5 +223,4 @@ fn burn_module_records_read_as_checkpoints() {
     assert_eq!(checkpoint.form, Form::Training);
     assert_eq!(checkpoint.config, None);
     assert_eq!(checkpoint.weights, expected);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -228,15 +228,16 @@ fn squeeze_excitation_only_in_d2se() {
 
 #[test]
 fn config_round_trips_through_json() {
-    let dir = std::env::temp_dir().join(format!("repvgg-config-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("repvgg-config-")
+        .tempdir()
+        .unwrap();
     for arch in [RepVggArch::B1g4, RepVggArch::D2se] {
         let config = arch.config().with_num_classes(37);
-        let path = dir.join(format!("{}.json", arch.name()));
+        let path = dir.path().join(format!("{}.json", arch.name()));
         config.save(&path).unwrap();
         assert_eq!(RepVggConfig::load(&path).unwrap(), config);
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -9,6 +9,7 @@ use repvgg_train::data::{
     DataError, EvalTransform, IMAGENET_MEAN, IMAGENET_STD, ImageFolder, RandomResizedCrop,
     TrainTransform, decode_rgb, normalize,
 };
+use tempfile::TempDir;
 
 fn image_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -16,11 +17,12 @@ fn image_file(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("repvgg-data-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh directory for one test, removed when the returned guard is dropped.
+fn scratch(test: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("repvgg-data-{test}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// A `width x height` image whose pixel `(x, y)` is `(x, y, 7)`.
@@ -30,7 +32,8 @@ fn coordinates(width: u32, height: u32) -> RgbImage {
 
 #[test]
 fn classes_are_numbered_in_sorted_order() {
-    let root = scratch("classes");
+    let scratch = scratch("classes");
+    let root = scratch.path();
     for (class, files) in [
         ("zebra", &["b.jpg", "a.JPEG"][..]),
         ("apple", &["x.png", "notes.txt"][..]),
@@ -42,7 +45,7 @@ fn classes_are_numbered_in_sorted_order() {
         }
     }
     std::fs::write(root.join("stray.jpg"), b"").unwrap();
-    let folder = ImageFolder::open(&root).unwrap();
+    let folder = ImageFolder::open(root).unwrap();
     assert_eq!(folder.classes, ["Mango", "apple", "zebra"]);
     let samples: Vec<(String, usize)> = folder
         .samples
@@ -67,14 +70,15 @@ fn classes_are_numbered_in_sorted_order() {
 
 #[test]
 fn unusable_folders_are_explained() {
-    let root = scratch("unusable");
+    let scratch = scratch("unusable");
+    let root = scratch.path();
     let err = ImageFolder::open(&root.join("missing")).unwrap_err();
     assert!(matches!(err, DataError::NotAFolder(_)), "{err}");
-    let err = ImageFolder::open(&root).unwrap_err();
+    let err = ImageFolder::open(root).unwrap_err();
     assert!(err.to_string().contains("no class subdirectories"), "{err}");
     std::fs::create_dir(root.join("cat")).unwrap();
     std::fs::write(root.join("cat").join("readme.md"), b"").unwrap();
-    let err = ImageFolder::open(&root).unwrap_err();
+    let err = ImageFolder::open(root).unwrap_err();
     assert!(err.to_string().contains("hold no images"), "{err}");
 }
 
@@ -111,7 +115,8 @@ fn corrupt_and_missing_files_are_errors_naming_the_file() {
         assert!(matches!(err, DataError::Decode { .. }), "{err}");
         assert!(err.to_string().contains(name), "{err}");
     }
-    let dir = scratch("corrupt");
+    let scratch = scratch("corrupt");
+    let dir = scratch.path();
     let noise = dir.join("noise.png");
     std::fs::write(&noise, [0x89, b'P', b'N', b'G', 1, 2, 3, 4, 5]).unwrap();
     assert!(decode_rgb(&noise).is_err());

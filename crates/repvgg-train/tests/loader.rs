@@ -10,12 +10,18 @@ use repvgg_train::data::{
     Augmentation, EvalTransform, ImageBatch, ImageFolder, ImageLoader, LoaderOptions, Sample,
     TrainTransform, write_synthetic_set,
 };
+use tempfile::TempDir;
 
-fn synthetic_samples(name: &str, per_class: usize) -> (PathBuf, Vec<Sample>) {
-    let root = std::env::temp_dir().join(format!("repvgg-loader-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&root);
-    write_synthetic_set(&root, per_class, 1, 3).unwrap();
-    let samples = ImageFolder::open(&root.join("train")).unwrap().samples;
+/// A synthetic set in a fresh directory, removed when the returned guard is dropped.
+fn synthetic_samples(name: &str, per_class: usize) -> (TempDir, Vec<Sample>) {
+    let root = tempfile::Builder::new()
+        .prefix(&format!("repvgg-loader-{name}-"))
+        .tempdir()
+        .unwrap();
+    write_synthetic_set(root.path(), per_class, 1, 3).unwrap();
+    let samples = ImageFolder::open(&root.path().join("train"))
+        .unwrap()
+        .samples;
     (root, samples)
 }
 
@@ -111,7 +117,8 @@ fn batches_do_not_depend_on_the_number_of_workers() {
 
 #[test]
 fn unreadable_images_are_skipped_counted_and_reported_once() {
-    let (root, mut samples) = synthetic_samples("corrupt", 1);
+    let (scratch, mut samples) = synthetic_samples("corrupt", 1);
+    let root = scratch.path();
     let broken = root.join("broken.jpg");
     std::fs::write(&broken, b"\xff\xd8\xff\xe0 not really a jpeg").unwrap();
     samples.push(Sample {

@@ -3,7 +3,7 @@
 
 use std::f64::consts::PI;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use burn::config::Config;
 use clap::Parser;
@@ -12,6 +12,7 @@ use repvgg_model::RepVggConfig;
 use repvgg_train::data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_train::demo::demo_config;
 use repvgg_train::run::{TrainArgs, last_checkpoint, train};
+use tempfile::TempDir;
 
 /// The command line, with later flags overriding earlier ones (the defaults below).
 #[derive(Parser)]
@@ -22,13 +23,15 @@ struct Flags {
 }
 
 /// A fresh directory with a synthetic data set (`data/`) and the demo's small architecture
-/// (`config.json`).
-fn workspace(name: &str, train_per_class: usize) -> PathBuf {
+/// (`config.json`), removed when the returned guard is dropped.
+fn workspace(name: &str, train_per_class: usize) -> TempDir {
     let val_per_class = 6;
-    let root = std::env::temp_dir().join(format!("repvgg-training-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&root);
-    write_synthetic_set(&root.join("data"), train_per_class, val_per_class, 5).unwrap();
-    demo_config().save(root.join("config.json")).unwrap();
+    let root = tempfile::Builder::new()
+        .prefix(&format!("repvgg-training-{name}-"))
+        .tempdir()
+        .unwrap();
+    write_synthetic_set(&root.path().join("data"), train_per_class, val_per_class, 5).unwrap();
+    demo_config().save(root.path().join("config.json")).unwrap();
     root
 }
 
@@ -74,9 +77,10 @@ fn mean(values: &[f64]) -> f64 {
 
 #[test]
 fn a_short_run_learns_and_converts() {
-    let root = workspace("learns", 80);
+    let workspace = workspace("learns", 80);
+    let root = workspace.path();
     let args = args(
-        &root,
+        root,
         "run",
         &["--epochs=10", "--warmup-epochs=1", "--batch-size=64"],
     );
@@ -114,9 +118,10 @@ fn a_short_run_learns_and_converts() {
 
 #[test]
 fn resuming_continues_the_same_schedule_and_counters() {
-    let root = workspace("resume", 4);
+    let workspace = workspace("resume", 4);
+    let root = workspace.path();
     let straight = args(
-        &root,
+        root,
         "straight",
         &["--epochs=3", "--warmup-epochs=1", "--ema=0.9"],
     );
@@ -125,7 +130,7 @@ fn resuming_continues_the_same_schedule_and_counters() {
     // A run killed during its third epoch: a copy of the finished run without anything the
     // third epoch wrote (checkpoints are written at the end of an epoch).
     let killed = args(
-        &root,
+        root,
         "killed",
         &["--epochs=3", "--warmup-epochs=1", "--ema=0.9", "--resume"],
     );
@@ -209,32 +214,33 @@ fn resuming_continues_the_same_schedule_and_counters() {
 
 #[test]
 fn bad_runs_are_refused_with_a_reason() {
-    let root = workspace("refused", 1);
+    let workspace = workspace("refused", 1);
+    let root = workspace.path();
     let message = |args: TrainArgs| format!("{:#}", train(&args).unwrap_err());
 
-    let mut missing = args(&root, "missing", &["--epochs=1"]);
+    let mut missing = args(root, "missing", &["--epochs=1"]);
     missing.data = root.join("no-such-dir");
     let error = message(missing);
     assert!(error.contains("no-such-dir"), "{error}");
 
-    let error = message(args(&root, "resume", &["--epochs=1", "--resume"]));
+    let error = message(args(root, "resume", &["--epochs=1", "--resume"]));
     assert!(error.contains("no checkpoint to resume"), "{error}");
 
-    let error = message(args(&root, "zero", &["--epochs=0"]));
+    let error = message(args(root, "zero", &["--epochs=0"]));
     assert!(error.contains("--epochs"), "{error}");
 
-    let error = message(args(&root, "classes", &["--epochs=1", "--num-classes=3"]));
+    let error = message(args(root, "classes", &["--epochs=1", "--num-classes=3"]));
     assert!(
         error.contains("smaller than the 10 class folders"),
         "{error}"
     );
 
     fs::create_dir_all(root.join("data/val/extra-class")).unwrap();
-    let error = message(args(&root, "mismatch", &["--epochs=1"]));
+    let error = message(args(root, "mismatch", &["--epochs=1"]));
     assert!(error.contains("different class folders"), "{error}");
     fs::remove_dir_all(root.join("data/val/extra-class")).unwrap();
 
-    let existing = args(&root, "existing", &["--epochs=1"]);
+    let existing = args(root, "existing", &["--epochs=1"]);
     train(&existing).unwrap();
     let error = message(existing);
     assert!(error.contains("pass --resume"), "{error}");
@@ -255,9 +261,10 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn every_recipe_option_trains_together() {
-    let root = workspace("options", 4);
+    let workspace = workspace("options", 4);
+    let root = workspace.path();
     let args = args(
-        &root,
+        root,
         "run",
         &[
             "--epochs=2",

@@ -9,9 +9,12 @@ use repvgg_train::demo::demo_config;
 
 #[test]
 fn prints_the_top_five_recorded_classes() {
-    let dir = std::env::temp_dir().join(format!("repvgg-classify-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    write_synthetic_set(&dir, 0, 1, 3).unwrap();
+    let scratch = tempfile::Builder::new()
+        .prefix("repvgg-classify-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
+    write_synthetic_set(dir, 0, 1, 3).unwrap();
     let config = demo_config();
     let weights = Weights::from_module(&config.init(&Device::flex())).unwrap();
     let classes: Vec<String> = SYNTHETIC_CLASSES.iter().map(|c| c.to_string()).collect();
