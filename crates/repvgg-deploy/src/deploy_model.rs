@@ -46,12 +46,22 @@ impl DeployModel {
         }
     }
 
+    /// The output of the stem and of every stage (strides 2 to 32), as
+    /// [`RepVggDeploy::forward_features`](repvgg_model::RepVggNetwork::forward_features) gives
+    /// them, through the CPU path where [`forward`](Self::forward) takes it.
+    pub fn forward_features(&self, images: Tensor<4>) -> Vec<Tensor<4>> {
+        match &self.cpu {
+            Some(cpu) if is_cpu_path_device(&images.device()) => cpu.forward_features(images),
+            _ => self.model.forward_features(images),
+        }
+    }
+
     /// Whether [`forward`](Self::forward) takes the CPU path for images on the model's device.
     pub fn uses_cpu_path(&self) -> bool {
         self.cpu.is_some()
     }
 
-    /// The Burn module, for everything besides classification (features, records, devices).
+    /// The Burn module, for everything else (records, devices, parameter counts).
     pub fn model(&self) -> &RepVggDeploy {
         &self.model
     }

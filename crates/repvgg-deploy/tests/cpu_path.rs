@@ -38,6 +38,32 @@ fn a0_agrees_at_batch_one_and_several() {
 }
 
 #[test]
+fn features_agree() {
+    // A three-stage custom network and A0: every stage's map, shape and values.
+    let device = Device::flex();
+    let custom = RepVggConfig::new(vec![2, 1, 2], vec![0.25, 0.5, 0.25]).with_num_classes(3);
+    for (config, batch, height, width) in
+        [(custom, 2, 37, 50), (RepVggArch::A0.config(), 1, 64, 48)]
+    {
+        let generic = config.init_deploy(&device);
+        let model = DeployModel::new(generic.clone());
+        let images = Tensor::<4>::random(
+            [batch, 3, height, width],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
+        let expected = generic.forward_features(images.clone());
+        let actual = model.forward_features(images);
+        assert_eq!(actual.len(), expected.len());
+        for (stage, (actual, expected)) in actual.into_iter().zip(expected).enumerate() {
+            assert_eq!(actual.dims(), expected.dims(), "stage {stage}");
+            let difference = logit_difference(&actual.into_data(), &expected.into_data());
+            assert!(difference.relative <= 1e-4, "stage {stage}: {difference:?}");
+        }
+    }
+}
+
+#[test]
 fn presets_agree() {
     for arch in [RepVggArch::A1, RepVggArch::B0, RepVggArch::B1g2] {
         let config = arch.config();

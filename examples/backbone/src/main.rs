@@ -15,7 +15,7 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
-use repvgg_deploy::{Weights, reparameterize};
+use repvgg_deploy::{DeployModel, Weights, reparameterize};
 use repvgg_model::{RepVggArch, RepVggDeploy};
 
 #[derive(Parser)]
@@ -84,11 +84,13 @@ fn main() -> Result<()> {
     let device = Device::flex();
     let config = args.arch.config();
     // A trained backbone would come from `read_checkpoint` or `pretrained`; random weights show
-    // the shapes. The deploy form is what a detector runs.
+    // the shapes. The deploy form is what a detector runs; `DeployModel` runs it through the CPU
+    // path here (and through Burn's generic ops on a GPU).
     let training = config.init(&device);
     let weights = Weights::from_module(&training)?;
     let backbone: RepVggDeploy = reparameterize(&weights, &config, &device)?
         .load_into(config.init_deploy(&device), "backbone")?;
+    let backbone = DeployModel::new(backbone);
 
     let images = Tensor::<4>::random([1, 3, height, width], Distribution::Default, &device);
     let features = backbone.forward_features(images);

@@ -15,11 +15,14 @@ use burn::tensor::{Tensor, TensorData};
 use repvgg_model::{RepVggDeploy, RepVggDeployBlock};
 
 use direct::DirectConv;
-use ops::{Excitation, average_pool, matmul_add, relu, to_channels_last, values};
+use ops::{
+    Excitation, average_pool, matmul_add, relu, to_channels_first, to_channels_last, values,
+};
 use winograd::{WinogradConv, WinogradScratch};
 
 /// The deploy model prepared for the CPU path; computes what
-/// [`RepVggDeploy::forward`](repvgg_model::RepVggNetwork::forward) computes.
+/// [`RepVggDeploy::forward`](repvgg_model::RepVggNetwork::forward) and
+/// [`forward_features`](repvgg_model::RepVggNetwork::forward_features) compute.
 ///
 /// ```
 /// use burn::tensor::{Device, Distribution, Tensor};
@@ -35,6 +38,9 @@ use winograd::{WinogradConv, WinogradScratch};
 #[derive(Debug)]
 pub struct CpuDeploy {
     layers: Vec<Layer>,
+    /// How many layers each stage has, the stem first (empty stages left out, as
+    /// `RepVggNetwork::stages` does).
+    stage_lengths: Vec<usize>,
     /// Linear head, `[features, classes]` row-major, and its bias.
     head_weight: Vec<f32>,
     head_bias: Vec<f32>,
@@ -71,8 +77,12 @@ impl CpuDeploy {
             .chain(model.stages().flatten())
             .map(Layer::new)
             .collect();
+        let stage_lengths = std::iter::once(1)
+            .chain(model.stages().map(<[_]>::len))
+            .collect();
         Self {
             layers,
+            stage_lengths,
             head_weight: values(model.linear.weight.val()),
             head_bias: model
                 .linear
@@ -87,6 +97,57 @@ impl CpuDeploy {
     /// Class logits, `[N, 3, H, W]` to `[N, classes]`, on the images' device.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let device = images.device();
+        let batch = images.dims()[0];
+        let classes = self.head_bias.len();
+        let mut logits: Vec<f32> = (0..batch).flat_map(|_| self.head_bias.clone()).collect();
+        self.run(
+            images,
+            |_, _| {},
+            |last, [_, height, width, features]| {
+                let pooled = average_pool(last, batch, height * width, features);
+                // SAFETY: the slices hold exactly the shapes passed: pooled [batch, features], head
+                // [features, classes], logits [batch, classes], all row-major.
+                unsafe {
+                    matmul_add(
+                        &mut logits,
+                        classes,
+                        &pooled,
+                        features,
+                        &self.head_weight,
+                        classes,
+                        batch,
+                        classes,
+                        features,
+                        true,
+                        rayon::current_num_threads(),
+                    );
+                }
+            },
+        );
+        Tensor::from_data(TensorData::new(logits, [batch, classes]), &device)
+    }
+
+    /// The output of the stem and of every stage, `[N, C, H, W]` each, on the images' device.
+    pub fn forward_features(&self, images: Tensor<4>) -> Vec<Tensor<4>> {
+        let device = images.device();
+        let mut features = Vec::with_capacity(self.stage_lengths.len());
+        let mut keep = |map: &[f32], [batch, height, width, channels]: [usize; 4]| {
+            let data = to_channels_first(map, channels, height, width);
+            let shape = [batch, channels, height, width];
+            features.push(Tensor::from_data(TensorData::new(data, shape), &device));
+        };
+        self.run(images, &mut keep, |_, _| {});
+        features
+    }
+
+    /// Runs every layer on `images`, handing each stage's channels-last output and its
+    /// `[batch, height, width, channels]` to `stage_end` and the last one also to `last`.
+    fn run(
+        &self,
+        images: Tensor<4>,
+        mut stage_end: impl FnMut(&[f32], [usize; 4]),
+        last: impl FnOnce(&[f32], [usize; 4]),
+    ) {
         let [batch, channels, mut height, mut width] = images.dims();
         // A concurrent call on the same model works in fresh buffers instead of waiting.
         let mut fresh = Scratch::default();
@@ -97,32 +158,17 @@ impl CpuDeploy {
             winograd,
         } = guard.as_deref_mut().unwrap_or(&mut fresh);
         to_channels_last(&values(images), channels, height, width, input);
-        for layer in &self.layers {
-            (height, width) = layer.forward(input, batch, height, width, winograd, output);
-            std::mem::swap(input, output);
+        let mut layers = self.layers.iter();
+        let mut out_channels = channels;
+        for &length in &self.stage_lengths {
+            for layer in layers.by_ref().take(length) {
+                (height, width) = layer.forward(input, batch, height, width, winograd, output);
+                out_channels = layer.out_channels();
+                std::mem::swap(input, output);
+            }
+            stage_end(input, [batch, height, width, out_channels]);
         }
-        let features = self.layers.last().map_or(channels, Layer::out_channels);
-        let classes = self.head_bias.len();
-        let pooled = average_pool(input, batch, height * width, features);
-        let mut logits: Vec<f32> = (0..batch).flat_map(|_| self.head_bias.clone()).collect();
-        // SAFETY: the slices hold exactly the shapes passed: pooled [batch, features], head
-        // [features, classes], logits [batch, classes], all row-major.
-        unsafe {
-            matmul_add(
-                &mut logits,
-                classes,
-                &pooled,
-                features,
-                &self.head_weight,
-                classes,
-                batch,
-                classes,
-                features,
-                true,
-                rayon::current_num_threads(),
-            );
-        }
-        Tensor::from_data(TensorData::new(logits, [batch, classes]), &device)
+        last(input, [batch, height, width, out_channels]);
     }
 }
 

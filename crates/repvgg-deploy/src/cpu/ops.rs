@@ -114,6 +114,27 @@ pub(super) fn to_channels_last(
         });
 }
 
+/// `[N, H, W, C]` to `[N, C, H, W]`.
+pub(super) fn to_channels_first(
+    data: &[f32],
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Vec<f32> {
+    let plane = height * width;
+    let mut out = vec![0f32; data.len()];
+    out.par_chunks_mut(plane * channels)
+        .zip(data.par_chunks(plane * channels))
+        .for_each(|(image, source)| {
+            for (p, pixel) in source.chunks_exact(channels).enumerate() {
+                for (c, value) in pixel.iter().enumerate() {
+                    image[c * plane + p] = *value;
+                }
+            }
+        });
+    out
+}
+
 /// Mean over the pixels of channels-last `[batch, pixels, channels]`: `[batch, channels]`.
 pub(super) fn average_pool(data: &[f32], batch: usize, pixels: usize, channels: usize) -> Vec<f32> {
     let mut pooled = vec![0f32; batch * channels];
