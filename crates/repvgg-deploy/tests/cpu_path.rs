@@ -126,3 +126,12 @@ fn squeeze_excitation_agrees() {
 fn b1g4_agrees() {
     assert_agrees(&RepVggArch::B1g4.config(), 1, 64, 64);
 }
+
+#[test]
+#[should_panic(expected = "the model takes 3-channel images, got [N, C, H, W] = [1, 1, 32, 32]")]
+fn wrong_channel_count_is_refused() {
+    let device = Device::flex();
+    let model =
+        CpuDeploy::new(&RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).init_deploy(&device));
+    model.forward(Tensor::<4>::zeros([1, 1, 32, 32], &device));
+}

@@ -22,7 +22,7 @@ thread_local! {
 pub(super) struct DirectConv {
     pub in_channels: usize,
     pub out_channels: usize,
-    pub stride: usize,
+    stride: usize,
     groups: usize,
     /// Per group, `[9 * in_per_group, out_per_group]` row-major, rows ordered (ky, kx, ci).
     weights: Vec<Vec<f32>>,

@@ -95,6 +95,10 @@ impl CpuDeploy {
     }
 
     /// Class logits, `[N, 3, H, W]` to `[N, classes]`, on the images' device.
+    ///
+    /// # Panics
+    /// If the images do not have the channels the model takes (3 for every preset), as Burn's
+    /// convolutions do.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let device = images.device();
         let batch = images.dims()[0];
@@ -149,6 +153,13 @@ impl CpuDeploy {
         last: impl FnOnce(&[f32], [usize; 4]),
     ) {
         let [batch, channels, mut height, mut width] = images.dims();
+        let expected = self.layers.first().map_or(channels, Layer::in_channels);
+        assert_eq!(
+            channels,
+            expected,
+            "the model takes {expected}-channel images, got [N, C, H, W] = {:?}",
+            images.dims()
+        );
         // A concurrent call on the same model works in fresh buffers instead of waiting.
         let mut fresh = Scratch::default();
         let mut guard = self.scratch.try_lock().ok();
@@ -205,6 +216,13 @@ impl Layer {
         Self {
             conv,
             se: block.se.as_ref().map(Excitation::new),
+        }
+    }
+
+    fn in_channels(&self) -> usize {
+        match &self.conv {
+            Conv::Winograd(conv) => conv.in_channels,
+            Conv::Direct(conv) => conv.in_channels,
         }
     }
 

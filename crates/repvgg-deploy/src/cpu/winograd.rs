@@ -94,7 +94,7 @@ impl WinogradConv {
         }
     }
 
-    /// Convolution + bias (+ ReLU when `relu`) of channels-last `input` `[batch, height, width,
+    /// Convolution + bias (+ ReLU when `relu_after`) of channels-last `input` `[batch, height, width,
     /// in]` into `output` `[batch, height, width, out]`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
