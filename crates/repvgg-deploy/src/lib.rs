@@ -1,6 +1,7 @@
 //! RepVGG deployment: re-parameterization of training-time weights into the plain deploy-time
-//! network, as a transform on named tensors (no network needs to be built or trained), and
-//! checkpoint interop with the PyTorch reference implementation and timm.
+//! network, as a transform on named tensors (no network needs to be built or trained),
+//! checkpoint interop with the PyTorch reference implementation and timm, and [`DeployModel`],
+//! the deploy network for inference with a fast path on the CPU ([`CpuDeploy`]).
 //!
 //! ```
 //! use burn::tensor::Device;
@@ -12,6 +13,7 @@
 //! let training = Weights::from_module(&config.init(&device))?;
 //! let deploy = reparameterize(&training, &config, &device)?;
 //! let plain = deploy.load_into(config.init_deploy(&device), "the deploy network")?;
+//! let model = repvgg_deploy::DeployModel::new(plain); // `model.forward(images)`: logits
 //! # Ok::<(), repvgg_deploy::DeployError>(())
 //! ```
 

@@ -1,5 +1,5 @@
 //! The small pieces the CPU path's layers share: the matrix product, layout and pooling passes,
-//! squeeze-excitation, ReLU, and the choice of vector instructions for our own loops.
+//! squeeze-excitation and ReLU.
 
 use burn::tensor::Tensor;
 use gemm::Parallelism;
