@@ -52,14 +52,16 @@ impl DirectConv {
         let weights = (0..groups)
             .map(|g| {
                 let mut packed = vec![0f32; 9 * in_per_group * out_per_group];
-                for co in 0..out_per_group {
-                    for ci in 0..in_per_group {
-                        for k in 0..9 {
-                            let source = (((g * out_per_group + co) * in_per_group) + ci) * 9 + k;
-                            packed[(k * in_per_group + ci) * out_per_group + co] = weight[source];
+                packed
+                    .par_chunks_mut(out_per_group)
+                    .enumerate()
+                    .for_each(|(row, values)| {
+                        let (k, ci) = (row / in_per_group, row % in_per_group);
+                        for (co, value) in values.iter_mut().enumerate() {
+                            let source = ((g * out_per_group + co) * in_per_group + ci) * 9 + k;
+                            *value = weight[source];
                         }
-                    }
-                }
+                    });
                 packed
             })
             .collect();

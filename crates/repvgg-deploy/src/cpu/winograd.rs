@@ -59,32 +59,33 @@ impl WinogradConv {
         groups: usize,
     ) -> Self {
         let out_per_group = out_channels / groups;
+        // Each output channel's kernels, transformed in parallel: `[out][position][in_per_group]`.
+        let mut by_output = vec![0f32; out_channels * POSITIONS * in_per_group];
+        by_output
+            .par_chunks_mut(POSITIONS * in_per_group)
+            .enumerate()
+            .for_each(|(co, transformed)| {
+                for ci in 0..in_per_group {
+                    let kernel = &weight[(co * in_per_group + ci) * 9..][..9];
+                    for (position, value) in transform_kernel(kernel).into_iter().enumerate() {
+                        transformed[position * in_per_group + ci] = value;
+                    }
+                }
+            });
+        // Rearranged for the products: `[position][group][in_per_group][out_per_group]`.
         let mut weights = vec![0f32; POSITIONS * groups * in_per_group * out_per_group];
-        for co in 0..out_channels {
-            let (g, o) = (co / out_per_group, co % out_per_group);
-            for ci in 0..in_per_group {
-                let kernel = &weight[(co * in_per_group + ci) * 9..][..9];
-                // Rows first (G g), then columns ((G g) Gᵀ), in f64 to keep the 1/6 and 1/24 exact
-                // to f32 rounding.
-                let mut rows = [[0f64; 3]; INPUT_TILE];
-                for (i, row) in rows.iter_mut().enumerate() {
-                    for (kx, value) in row.iter_mut().enumerate() {
-                        *value = (0..3)
-                            .map(|ky| G[i][ky] * f64::from(kernel[ky * 3 + kx]))
-                            .sum();
+        weights
+            .par_chunks_mut(in_per_group * out_per_group)
+            .enumerate()
+            .for_each(|(position_group, matrix)| {
+                let (position, g) = (position_group / groups, position_group % groups);
+                for (ci, row) in matrix.chunks_exact_mut(out_per_group).enumerate() {
+                    for (o, value) in row.iter_mut().enumerate() {
+                        let co = g * out_per_group + o;
+                        *value = by_output[(co * POSITIONS + position) * in_per_group + ci];
                     }
                 }
-                for (i, row) in rows.iter().enumerate() {
-                    for (j, g_row) in G.iter().enumerate() {
-                        let value: f64 = (0..3).map(|kx| row[kx] * g_row[kx]).sum();
-                        let position = i * INPUT_TILE + j;
-                        weights
-                            [((position * groups + g) * in_per_group + ci) * out_per_group + o] =
-                            value as f32;
-                    }
-                }
-            }
-        }
+            });
         Self {
             in_channels: in_per_group * groups,
             out_channels,
@@ -211,6 +212,24 @@ impl WinogradConv {
                 }
             });
     }
+}
+
+/// `G g Gᵀ` of one 3x3 kernel (row-major), as 36 values in position order. Computed in f64 so
+/// that the 1/6 and 1/24 factors cost no more than the final rounding to f32.
+fn transform_kernel(kernel: &[f32]) -> [f32; POSITIONS] {
+    let mut rows = [[0f64; 3]; INPUT_TILE];
+    for (i, row) in rows.iter_mut().enumerate() {
+        for (kx, value) in row.iter_mut().enumerate() {
+            *value = (0..3)
+                .map(|ky| G[i][ky] * f64::from(kernel[ky * 3 + kx]))
+                .sum();
+        }
+    }
+    std::array::from_fn(|position| {
+        let (i, j) = (position / INPUT_TILE, position % INPUT_TILE);
+        let value: f64 = (0..3).map(|kx| rows[i][kx] * G[j][kx]).sum();
+        value as f32
+    })
 }
 
 /// Where a tile lies: its image and its top-left output pixel, in an image of `height x width`.
