@@ -85,7 +85,6 @@ impl DirectConv {
 
     /// Convolution + bias (+ ReLU when `relu_after`) of channels-last `input` `[batch, height,
     /// width, in]` into `output` `[batch, out_height, out_width, out]`.
-    #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
         input: &[f32],
@@ -124,7 +123,6 @@ impl DirectConv {
     }
 
     /// Output rows `first..first + out.len() / out_channels`.
-    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         input: &[f32],

@@ -235,7 +235,6 @@ impl Layer {
 
     /// Convolution + bias (+ SE) + ReLU of channels-last `input` `[batch, height, width, in]`
     /// into `output`; returns the output's height and width.
-    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         input: &[f32],
