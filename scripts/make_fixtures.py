@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes the PyTorch parity fixtures of crates/repvgg-deploy/tests/fixtures and the odd image
-files of crates/repvgg-train/tests/images.
+files of crates/repvgg-data/tests/images.
 
 Small RepVGG networks in the reference implementation's naming (training-time and deploy-time
 state dicts, plain and wrapped the way training scripts save them) and one timm network, each
@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "crates/repvgg-deploy/tests/fixtures"
-IMAGES = ROOT / "crates/repvgg-train/tests/images"
+IMAGES = ROOT / "crates/repvgg-data/tests/images"
 BASE_WIDTHS = (64, 128, 256, 512)
 EPS = 1e-5
 

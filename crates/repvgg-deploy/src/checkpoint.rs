@@ -12,10 +12,9 @@ use burn::tensor::TensorData;
 use burn_store::burn_pack;
 use burn_store::pytorch_reader::PytorchReader;
 use burn_store::{ModuleStore, SafetensorsStore, bridge};
-use repvgg_model::RepVggConfig;
+use repvgg_model::{RepVggConfig, Weights};
 
-use crate::error::DeployError;
-use crate::weights::Weights;
+use crate::error::{BoxedError, DeployError};
 
 /// Burnpack metadata key holding the architecture config as JSON.
 const CONFIG_KEY: &str = "repvgg.config";
@@ -106,10 +105,10 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, DeployError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let unreadable = |message: String| DeployError::Unreadable {
+    let unreadable = |source: BoxedError| DeployError::Unreadable {
         path: path.to_path_buf(),
         format: format.name(),
-        message,
+        source,
     };
     if !metadata.is_file() {
         return Err(unreadable("not a file".into()));
@@ -129,6 +128,14 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, DeployError> {
     if weights.is_empty() {
         return Err(unreadable("it holds no RepVGG tensors".into()));
     }
+    if let Some(name) = weights.first_non_finite() {
+        return Err(unreadable(
+            format!(
+                "tensor `{name}` holds NaN or infinite values (a diverged run?); refusing to use it"
+            )
+            .into(),
+        ));
+    }
     Ok(Checkpoint {
         form: Form::of(&weights),
         weights,
@@ -139,8 +146,8 @@ pub fn read_checkpoint(path: &Path) -> Result<Checkpoint, DeployError> {
 
 type NamedData = Vec<(String, TensorData)>;
 
-fn read_pytorch(path: &Path) -> Result<NamedData, String> {
-    let reader = PytorchReader::new(path).map_err(|err| err.to_string())?;
+fn read_pytorch(path: &Path) -> Result<NamedData, BoxedError> {
+    let reader = PytorchReader::new(path)?;
     reader
         .into_tensors()
         .into_values()
@@ -149,32 +156,38 @@ fn read_pytorch(path: &Path) -> Result<NamedData, String> {
             let name = pack.name.clone();
             bridge::into_data(pack)
                 .map(|data| (name.clone(), data))
-                .map_err(|err| format!("tensor {name}: {err}"))
+                .map_err(|err| -> BoxedError { format!("tensor {name}: {err}").into() })
         })
         .collect()
 }
 
-fn read_safetensors(path: &Path) -> Result<NamedData, String> {
+fn read_safetensors(path: &Path) -> Result<NamedData, BoxedError> {
     let mut store = SafetensorsStore::from_file(path);
-    let tensors = store.get_all_tensors().map_err(|err| err.to_string())?;
+    let tensors = store.get_all_tensors()?;
     tensors
         .iter()
         .map(|(name, tensor)| {
             bridge::to_data(tensor)
                 .map(|data| (name.clone(), data))
-                .map_err(|err| format!("tensor {name}: {err}"))
+                .map_err(|err| -> BoxedError { format!("tensor {name}: {err}").into() })
         })
         .collect()
 }
 
 type BurnpackContents = (NamedData, Option<RepVggConfig>, Option<Vec<String>>);
 
-fn read_burnpack(path: &Path) -> Result<BurnpackContents, String> {
-    let reader = burn_pack::Reader::from_file(path).map_err(|err| err.to_string())?;
+fn read_burnpack(path: &Path) -> Result<BurnpackContents, BoxedError> {
+    let reader = burn_pack::Reader::from_file(path)?;
     let config = match reader.metadata().get(CONFIG_KEY) {
         Some(json) => Some(
             RepVggConfig::load_binary(json.as_bytes())
-                .map_err(|err| format!("its {CONFIG_KEY} metadata: {err}"))?,
+                .map_err(|err| format!("its {CONFIG_KEY} metadata: {err}"))
+                .and_then(|config| {
+                    config
+                        .validate()
+                        .map(|()| config)
+                        .map_err(|err| format!("its recorded config: {err}"))
+                })?,
         ),
         None => None,
     };
@@ -183,14 +196,13 @@ fn read_burnpack(path: &Path) -> Result<BurnpackContents, String> {
         .get(CLASSES_KEY)
         .map(|lines| lines.lines().map(str::to_string).collect());
     let tensors = reader
-        .into_tensors()
-        .map_err(|err| err.to_string())?
+        .into_tensors()?
         .into_iter()
         .map(|tensor| {
             let name = tensor.name.clone();
             bridge::into_data(tensor)
                 .map(|data| (name.clone(), data))
-                .map_err(|err| format!("tensor {name}: {err}"))
+                .map_err(|err| -> BoxedError { format!("tensor {name}: {err}").into() })
         })
         .collect::<Result<_, _>>()?;
     Ok((tensors, config, classes))
@@ -286,16 +298,14 @@ fn is_batch_norm(module: &str) -> bool {
 
 fn transpose(data: TensorData) -> Result<TensorData, DeployError> {
     let [rows, cols] = data.shape().as_slice() else {
-        return Err(DeployError::Format(format!(
-            "linear.weight must be 2-D, found shape {:?}",
-            data.shape().as_slice()
-        )));
+        return Err(DeployError::TensorShape {
+            name: "linear.weight".into(),
+            shape: data.shape().to_vec(),
+            expected: "2 dimensions",
+        });
     };
     let (rows, cols) = (*rows, *cols);
-    let values = data
-        .convert::<f32>()
-        .try_to_vec::<f32>()
-        .map_err(|err| DeployError::Format(format!("linear.weight: {err:?}")))?;
+    let values: Vec<f32> = data.convert::<f32>().iter::<f32>().collect();
     let mut out = vec![0f32; values.len()];
     for r in 0..rows {
         for c in 0..cols {
@@ -335,11 +345,9 @@ pub fn write_checkpoint(
     let written = match format {
         Format::Burnpack => write_burnpack(weights, config, classes, &temporary),
         Format::Safetensors => write_safetensors(weights, &temporary),
-        Format::Pytorch => Err(DeployError::Format(format!(
-            "{}: writing .pth is not supported; write .safetensors, which PyTorch loads with \
-             safetensors.torch.load_file",
-            path.display()
-        ))),
+        Format::Pytorch => Err(DeployError::PthOutput {
+            path: path.to_path_buf(),
+        }),
     };
     match written.and_then(|()| fs::rename(&temporary, path).map_err(io_error)) {
         Ok(()) => Ok(()),
@@ -364,16 +372,14 @@ fn write_burnpack(
         burn_pack::Writer::new(tensors).with_metadata(CONFIG_KEY, &config_to_json(config));
     if let Some(classes) = classes {
         if let Some(bad) = classes.iter().find(|name| name.contains(['\n', '\r'])) {
-            return Err(DeployError::Format(format!(
-                "class name {bad:?} contains a line break and cannot be recorded"
-            )));
+            return Err(DeployError::ClassName { name: bad.clone() });
         }
         writer = writer.with_metadata(CLASSES_KEY, &classes.join("\n"));
     }
     writer
         .overwrite(true)
         .write_to_file(path)
-        .map_err(|err| DeployError::Format(format!("{}: {err}", path.display())))
+        .map_err(|err| write_error(path, err))
 }
 
 fn write_safetensors(weights: &Weights, path: &Path) -> Result<(), DeployError> {
@@ -394,7 +400,13 @@ fn write_safetensors(weights: &Weights, path: &Path) -> Result<(), DeployError> 
                 .map(|view| (name.clone(), view))
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|err| DeployError::Format(format!("{}: {err}", path.display())))?;
-    safetensors::serialize_to_file(views, None, path)
-        .map_err(|err| DeployError::Format(format!("{}: {err}", path.display())))
+        .map_err(|err| write_error(path, err))?;
+    safetensors::serialize_to_file(views, None, path).map_err(|err| write_error(path, err))
+}
+
+fn write_error(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> DeployError {
+    DeployError::Write {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    }
 }

@@ -1,10 +1,16 @@
 //! The deploy model as applications run it: one `forward` that takes the CPU path on Burn's CPU
-//! backend and Burn's generic operations on every other device.
+//! backend (with the default `cpu-path` feature) and Burn's generic operations on every other
+//! device.
+
+use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use repvgg_model::RepVggDeploy;
+use repvgg_model::{RepVgg, RepVggConfig, RepVggDeploy, Reparameterize};
 
+#[cfg(feature = "cpu-path")]
 use crate::CpuDeploy;
+use crate::error::DeployError;
+use crate::load::{ArchSource, ResolvedCheckpoint};
 
 /// A deploy-time RepVGG for inference. On a `Device::flex()` model, [`forward`](Self::forward)
 /// runs the [`CpuDeploy`] path (prepared once, here); on wgpu, CUDA or an autodiff device it is
@@ -27,38 +33,84 @@ use crate::CpuDeploy;
 #[derive(Debug)]
 pub struct DeployModel {
     model: RepVggDeploy,
+    #[cfg(feature = "cpu-path")]
     cpu: Option<CpuDeploy>,
 }
 
 impl DeployModel {
     /// Wraps `model`, preparing the CPU path when it lives on Burn's CPU backend.
     pub fn new(model: RepVggDeploy) -> Self {
-        let on_cpu = is_cpu_path_device(&model.linear.weight.val().device());
-        let cpu = on_cpu.then(|| CpuDeploy::new(&model));
-        Self { model, cpu }
+        Self {
+            #[cfg(feature = "cpu-path")]
+            cpu: model_device(&model)
+                .filter(is_cpu_path_device)
+                .map(|_| CpuDeploy::new(&model)),
+            model,
+        }
+    }
+
+    /// The deploy model of a training-time network (re-parameterized on its device).
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use repvgg_deploy::DeployModel;
+    /// use repvgg_model::RepVggConfig;
+    ///
+    /// let trained = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).init(&Device::flex());
+    /// let model = DeployModel::from_training(&trained)?;
+    /// # Ok::<(), repvgg_deploy::DeployError>(())
+    /// ```
+    pub fn from_training(model: &RepVgg) -> Result<Self, DeployError> {
+        Ok(Self::new(model.reparameterize()?))
+    }
+
+    /// Reads a checkpoint of either form and any supported format (re-parameterizing a
+    /// training-time one) into a model on `device`.
+    pub fn load(path: &Path, source: &ArchSource, device: &Device) -> Result<Self, DeployError> {
+        let resolved = ResolvedCheckpoint::read(path, source)?;
+        let config = resolved.config.clone();
+        let weights = resolved.deploy_weights(device)?;
+        let what = format!("{}, deploy form", resolved.description);
+        Ok(Self::new(
+            weights.load_into(config.init_deploy(device), &what)?,
+        ))
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &RepVggConfig {
+        self.model.config()
     }
 
     /// Class logits, `[N, 3, H, W]` to `[N, classes]`, on the images' device.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        match &self.cpu {
-            Some(cpu) if is_cpu_path_device(&images.device()) => cpu.forward(images),
-            _ => self.model.forward(images),
+        #[cfg(feature = "cpu-path")]
+        if let Some(cpu) = &self.cpu
+            && is_cpu_path_device(&images.device())
+        {
+            return cpu.forward(images);
         }
+        self.model.forward(images)
     }
 
     /// The output of the stem and of every stage (strides 2 to 32), as
     /// [`RepVggDeploy::forward_features`](repvgg_model::RepVggNetwork::forward_features) gives
     /// them, through the CPU path where [`forward`](Self::forward) takes it.
     pub fn forward_features(&self, images: Tensor<4>) -> Vec<Tensor<4>> {
-        match &self.cpu {
-            Some(cpu) if is_cpu_path_device(&images.device()) => cpu.forward_features(images),
-            _ => self.model.forward_features(images),
+        #[cfg(feature = "cpu-path")]
+        if let Some(cpu) = &self.cpu
+            && is_cpu_path_device(&images.device())
+        {
+            return cpu.forward_features(images);
         }
+        self.model.forward_features(images)
     }
 
     /// Whether [`forward`](Self::forward) takes the CPU path for images on the model's device.
     pub fn uses_cpu_path(&self) -> bool {
-        self.cpu.is_some()
+        #[cfg(feature = "cpu-path")]
+        return self.cpu.is_some();
+        #[cfg(not(feature = "cpu-path"))]
+        false
     }
 
     /// The Burn module, for everything else (records, devices, parameter counts).
@@ -78,8 +130,16 @@ impl From<RepVggDeploy> for DeployModel {
     }
 }
 
+/// The device of the model's weights.
+#[cfg(feature = "cpu-path")]
+fn model_device(model: &RepVggDeploy) -> Option<Device> {
+    use burn::module::Module;
+    model.stage0.devices().into_iter().next()
+}
+
 /// The devices the CPU path serves: Burn's pure-Rust CPU backend without autodiff (an autodiff
 /// device wants gradients, which only the generic operations record).
+#[cfg(feature = "cpu-path")]
 fn is_cpu_path_device(device: &Device) -> bool {
     !device.is_autodiff() && *device == Device::flex()
 }

@@ -1,10 +1,12 @@
-//! What can go wrong while reading, converting and writing weights.
+//! What can go wrong while reading, converting, loading and writing checkpoints.
 
 use std::path::PathBuf;
 
-use repvgg_model::{InvalidConfig, UnknownArch};
+use repvgg_model::{InvalidConfig, UnknownArch, WeightsError};
 
-use crate::weights::list_names;
+/// The source of an [`DeployError::Unreadable`] or [`DeployError::Write`]: the reader's or
+/// writer's own error (`burn-store`, `safetensors`, the config parser) or a sentence.
+pub type BoxedError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An error of the deploy crate; each names the file, tensor or architecture concerned.
 #[derive(Debug, thiserror::Error)]
@@ -14,34 +16,55 @@ pub enum DeployError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: not a readable {format} checkpoint: {message}")]
+    /// The file exists but is not a checkpoint of its format (corrupt, truncated, other data).
+    #[error("{path}: not a readable {format} checkpoint: {source}")]
     Unreadable {
         path: PathBuf,
         format: &'static str,
-        message: String,
+        source: BoxedError,
     },
     #[error(
         "{path}: unsupported file extension; use .pth/.pt (PyTorch), .safetensors or .bpk (burnpack)"
     )]
     UnsupportedFormat { path: PathBuf },
-    #[error("{0}")]
-    Format(String),
+    /// Writing `.pth` files is not supported (burn-store cannot write pickles).
     #[error(
-        "weights do not match {what}: {}",
-        describe_mismatch(missing, unexpected, wrong_shape)
+        "{path}: writing .pth is not supported; write .safetensors (PyTorch reads it with \
+         safetensors.torch.load_file) or .bpk"
     )]
-    Mismatch {
-        what: String,
-        missing: Vec<String>,
-        unexpected: Vec<String>,
-        wrong_shape: Vec<String>,
+    PthOutput { path: PathBuf },
+    #[error("{path}: cannot write the checkpoint: {source}")]
+    Write { path: PathBuf, source: BoxedError },
+    /// A class name that a burnpack file cannot record (one name per line).
+    #[error("class name {name:?} contains a line break and cannot be recorded")]
+    ClassName { name: String },
+    /// A tensor whose shape the format's conventions rule out (e.g. a 3-D linear weight).
+    #[error("tensor `{name}` has shape {shape:?}; expected {expected}")]
+    TensorShape {
+        name: String,
+        shape: Vec<usize>,
+        expected: &'static str,
+    },
+    /// The tensors are not the network's, or the transform failed.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// The weights are not the given architecture's, but they are another reference
+    /// architecture's.
+    #[error("{source}\n(the checkpoint looks like {detected})")]
+    LooksLike {
+        source: WeightsError,
+        detected: String,
     },
     #[error(transparent)]
     UnknownArch(#[from] UnknownArch),
     #[error(transparent)]
     InvalidConfig(#[from] InvalidConfig),
-    #[error("cannot infer the architecture: {0}")]
-    Inference(String),
+    /// A config file that cannot be read as a `RepVggConfig`.
+    #[error("{path}: not a RepVggConfig JSON file: {message}")]
+    ConfigFile { path: PathBuf, message: String },
+    /// The tensor shapes describe no RepVGG, or no reference architecture.
+    #[error("cannot detect the architecture: {0}")]
+    Detection(String),
     /// timm publishes no ImageNet weights for this architecture (it has no g2 variants).
     #[error("no pretrained weights for {arch}: timm publishes them for {available}")]
     NoPretrained { arch: String, available: String },
@@ -49,34 +72,4 @@ pub enum DeployError {
     /// transfer or a file that is not the expected checkpoint.
     #[error("downloading {url}: {message}")]
     Download { url: String, message: String },
-}
-
-impl DeployError {
-    pub(crate) fn mismatch(
-        what: impl Into<String>,
-        missing: Vec<String>,
-        unexpected: Vec<String>,
-        wrong_shape: Vec<String>,
-    ) -> Self {
-        Self::Mismatch {
-            what: what.into(),
-            missing,
-            unexpected,
-            wrong_shape,
-        }
-    }
-}
-
-fn describe_mismatch(missing: &[String], unexpected: &[String], wrong_shape: &[String]) -> String {
-    let mut parts = Vec::new();
-    for (names, label) in [
-        (missing, "missing"),
-        (unexpected, "unexpected"),
-        (wrong_shape, "with the wrong shape"),
-    ] {
-        if !names.is_empty() {
-            parts.push(format!("{} {label} ({})", names.len(), list_names(names)));
-        }
-    }
-    parts.join("; ")
 }

@@ -1,43 +1,45 @@
-//! RepVGG deployment: re-parameterization of training-time weights into the plain deploy-time
-//! network, as a transform on named tensors (no network needs to be built or trained),
-//! checkpoint interop with the PyTorch reference implementation and timm, and [`DeployModel`],
-//! the deploy network for inference with a fast path on the CPU ([`CpuDeploy`]).
+//! RepVGG deployment: reading checkpoints of every kind users have (our burnpack files, the
+//! PyTorch reference's `.pth`, timm's safetensors) into a ready network with its architecture
+//! resolved, writing deploy checkpoints the reference loads, and [`DeployModel`], the deploy
+//! network for inference with a fast path on the CPU ([`CpuDeploy`], default feature
+//! `cpu-path`). The re-parameterization itself lives with the networks, in `repvgg-model`.
 //!
 //! ```
-//! use burn::tensor::Device;
-//! use repvgg_deploy::{Weights, reparameterize};
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use repvgg_deploy::DeployModel;
 //! use repvgg_model::RepVggConfig;
 //!
 //! let device = Device::flex();
-//! let config = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).with_num_classes(3);
-//! let training = Weights::from_module(&config.init(&device))?;
-//! let deploy = reparameterize(&training, &config, &device)?;
-//! let plain = deploy.load_into(config.init_deploy(&device), "the deploy network")?;
-//! let model = repvgg_deploy::DeployModel::new(plain); // `model.forward(images)`: logits
+//! let trained = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).with_num_classes(3).init(&device);
+//! let model = DeployModel::from_training(&trained)?; // one call: fused and prepared
+//! let images = Tensor::<4>::random([1, 3, 32, 32], Distribution::Default, &device);
+//! assert_eq!(model.forward(images).dims(), [1, 3]);
 //! # Ok::<(), repvgg_deploy::DeployError>(())
 //! ```
 
 mod checkpoint;
-mod compare;
+#[cfg(feature = "cpu-path")]
 mod cpu;
 mod deploy_model;
+mod detect;
 mod error;
-mod fuse;
-mod infer;
+mod load;
 #[cfg(feature = "pretrained")]
 mod pretrained;
-mod weights;
+mod timing;
 
 pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint};
-pub use compare::{LogitDifference, logit_difference};
+#[cfg(feature = "cpu-path")]
 pub use cpu::CpuDeploy;
 pub use deploy_model::DeployModel;
-pub use error::DeployError;
-pub use fuse::{reparameterize, reparameterize_model};
-pub use infer::{InferredLayout, infer_arch};
+pub use detect::{DetectedLayout, detect_arch};
+pub use error::{BoxedError, DeployError};
+pub use load::{
+    ArchSource, LoadedModel, ResolvedCheckpoint, load_checkpoint, resolve_architecture,
+};
 #[cfg(feature = "pretrained")]
 pub use pretrained::{
-    DEFAULT_PRETRAINED_URL, PRETRAINED_ARCHS, Pretrained, PretrainedOptions, download_pretrained,
-    pretrained, pretrained_with,
+    DEFAULT_PRETRAINED_URL, PRETRAINED_ARCHS, PretrainedOptions, download_pretrained, pretrained,
+    pretrained_with,
 };
-pub use weights::Weights;
+pub use timing::{images_per_second, median_millis};

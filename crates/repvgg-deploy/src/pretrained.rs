@@ -12,13 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use burn::tensor::{Device, Tensor};
-use repvgg_model::{RepVgg, RepVggArch, RepVggDeploy, tensor_infos};
+use burn::tensor::Device;
+use repvgg_model::{RepVggArch, tensor_infos};
+
+use repvgg_model::{Weights, reparameterize};
 
 use crate::checkpoint::{Form, read_checkpoint};
 use crate::error::DeployError;
-use crate::fuse::reparameterize;
-use crate::weights::Weights;
+use crate::load::LoadedModel;
 
 /// Where the weights are downloaded from unless `REPVGG_PRETRAINED_URL` says otherwise.
 pub const DEFAULT_PRETRAINED_URL: &str = "https://huggingface.co";
@@ -100,50 +101,6 @@ impl Default for PretrainedOptions {
     }
 }
 
-/// A pretrained network in the form asked for (boxed: the modules are large values).
-#[derive(Debug)]
-pub enum Pretrained {
-    /// The three-branch training-time network, as published (to fine-tune it).
-    Training(Box<RepVgg>),
-    /// The plain network the training-time weights re-parameterize into (for inference).
-    Deploy(Box<RepVggDeploy>),
-}
-
-impl Pretrained {
-    /// Which form this is.
-    pub fn form(&self) -> Form {
-        match self {
-            Pretrained::Training(_) => Form::Training,
-            Pretrained::Deploy(_) => Form::Deploy,
-        }
-    }
-
-    /// ImageNet logits, `[N, 3, H, W]` to `[N, 1000]`; the inputs normalised as timm's
-    /// evaluation does (ImageNet mean and standard deviation).
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
-        match self {
-            Pretrained::Training(model) => model.forward(images),
-            Pretrained::Deploy(model) => model.forward(images),
-        }
-    }
-
-    /// The training-time network, if this is one.
-    pub fn into_training(self) -> Option<RepVgg> {
-        match self {
-            Pretrained::Training(model) => Some(*model),
-            Pretrained::Deploy(_) => None,
-        }
-    }
-
-    /// The deploy-time network, if this is one.
-    pub fn into_deploy(self) -> Option<RepVggDeploy> {
-        match self {
-            Pretrained::Deploy(model) => Some(*model),
-            Pretrained::Training(_) => None,
-        }
-    }
-}
-
 /// The ImageNet-trained `arch` on `device`, in training-time or deploy-time `form`, with
 /// weights from the hub and cache that [`PretrainedOptions::from_env`] names (downloaded on
 /// first use, then read from the cache).
@@ -153,7 +110,7 @@ pub fn pretrained(
     arch: RepVggArch,
     form: Form,
     device: &Device,
-) -> Result<Pretrained, DeployError> {
+) -> Result<LoadedModel, DeployError> {
     pretrained_with(arch, form, device, &PretrainedOptions::from_env())
 }
 
@@ -163,7 +120,7 @@ pub fn pretrained_with(
     form: Form,
     device: &Device,
     options: &PretrainedOptions,
-) -> Result<Pretrained, DeployError> {
+) -> Result<LoadedModel, DeployError> {
     let (_, weights) = fetch(arch, options)?;
     let config = arch.config();
     match form {
@@ -172,13 +129,15 @@ pub fn pretrained_with(
                 config.init(device),
                 &format!("the {arch} training-time network"),
             )
-            .map(|model| Pretrained::Training(Box::new(model))),
+            .map(|model| LoadedModel::Training(Box::new(model)))
+            .map_err(DeployError::from),
         Form::Deploy => reparameterize(&weights, &config, device)?
             .load_into(
                 config.init_deploy(device),
                 &format!("the {arch} deploy-time network"),
             )
-            .map(|model| Pretrained::Deploy(Box::new(model))),
+            .map(|model| LoadedModel::Deploy(Box::new(model)))
+            .map_err(DeployError::from),
     }
 }
 
@@ -203,7 +162,7 @@ fn fetch(arch: RepVggArch, options: &PretrainedOptions) -> Result<(PathBuf, Weig
         match verify(&path, arch) {
             Ok(weights) => return Ok((path, weights)),
             Err(err) => {
-                eprintln!(
+                log::info!(
                     "{} is not a valid {arch} checkpoint ({}); downloading it again",
                     path.display(),
                     without_path(&err, &path)
@@ -280,11 +239,15 @@ fn temporary_path(path: &Path) -> PathBuf {
 fn verify(path: &Path, arch: RepVggArch) -> Result<Weights, DeployError> {
     let checkpoint = read_checkpoint(path)?;
     if checkpoint.form != Form::Training {
-        return Err(DeployError::Format(format!(
-            "{}: {} weights where training-time ones were expected",
-            path.display(),
-            checkpoint.form
-        )));
+        return Err(DeployError::Unreadable {
+            path: path.to_path_buf(),
+            format: "safetensors",
+            source: format!(
+                "{} weights where training-time ones were expected",
+                checkpoint.form
+            )
+            .into(),
+        });
     }
     // Parameters are lazy: listing the layout allocates only the small BN statistics, on the CPU.
     let layout = tensor_infos(&arch.config().init(&Device::flex()));
@@ -392,7 +355,7 @@ impl Progress {
         let shown = expected.is_none_or(|bytes| bytes >= PROGRESS_MIN_BYTES);
         if shown {
             let size = expected.map(|bytes| format!(" ({})", megabytes(bytes)));
-            eprintln!(
+            log::info!(
                 "downloading {url}{} to {}",
                 size.unwrap_or_default(),
                 path.display()
@@ -415,14 +378,14 @@ impl Progress {
             return;
         }
         match self.expected {
-            Some(expected) if received < expected => eprintln!(
+            Some(expected) if received < expected => log::info!(
                 "  {:>3}% ({} of {})",
                 received * 100 / expected.max(1),
                 megabytes(received),
                 megabytes(expected)
             ),
             Some(_) => {}
-            None => eprintln!("  {}", megabytes(received)),
+            None => log::info!("  {}", megabytes(received)),
         }
         let step = Self::step(self.expected);
         self.next = (received / step + 1) * step;
@@ -430,7 +393,7 @@ impl Progress {
 
     fn finish(&self, received: u64) {
         if self.shown {
-            eprintln!(
+            log::info!(
                 "downloaded {} in {:.1?}",
                 megabytes(received),
                 self.started.elapsed()

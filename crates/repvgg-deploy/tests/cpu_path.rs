@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use repvgg_deploy::{CpuDeploy, DeployModel, logit_difference};
+use repvgg_deploy::{CpuDeploy, DeployModel};
+use repvgg_model::logit_difference;
 use repvgg_model::{RepVggArch, RepVggConfig};
 
 fn assert_agrees(config: &RepVggConfig, batch: usize, height: usize, width: usize) {

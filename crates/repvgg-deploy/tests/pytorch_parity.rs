@@ -6,8 +6,9 @@ use std::path::PathBuf;
 
 use burn::config::Config;
 use burn::tensor::{Device, Tensor, TensorData};
-use repvgg_deploy::{Form, Weights, infer_arch, read_checkpoint, reparameterize, write_checkpoint};
+use repvgg_deploy::{Form, detect_arch, read_checkpoint, write_checkpoint};
 use repvgg_model::{RepVggConfig, RepVggDeploy};
+use repvgg_model::{Weights, reparameterize};
 use tempfile::TempDir;
 
 const TOLERANCE: f32 = 1e-4;
@@ -39,7 +40,7 @@ fn config(name: &str) -> RepVggConfig {
 }
 
 fn max_abs_difference(actual: &TensorData, expected: &TensorData) -> f32 {
-    repvgg_deploy::logit_difference(actual, expected).max_abs
+    repvgg_model::logit_difference(actual, expected).max_abs
 }
 
 /// Loads a training-time checkpoint, checks its logits and those of its conversion against
@@ -187,7 +188,7 @@ fn safetensors_export_uses_reference_names_and_pytorch_layout() {
 }
 
 #[test]
-fn architecture_is_inferred_from_shapes() {
+fn architecture_is_detected_from_shapes() {
     let device = Device::flex();
     for arch in [
         repvgg_model::RepVggArch::A0,
@@ -200,10 +201,10 @@ fn architecture_is_inferred_from_shapes() {
             .into_iter()
             .map(|info| (info.path, TensorData::zeros::<f32, _>(info.shape)))
             .collect();
-        assert_eq!(infer_arch(&weights).unwrap(), (arch, config), "{arch}");
+        assert_eq!(detect_arch(&weights).unwrap(), (arch, config), "{arch}");
     }
     let custom = read_checkpoint(&fixture("grouped_train.pth")).unwrap();
-    let err = infer_arch(&custom.weights).unwrap_err().to_string();
+    let err = detect_arch(&custom.weights).unwrap_err().to_string();
     assert!(err.contains("match no reference architecture"), "{err}");
     assert!(err.contains("blocks per stage [2, 3, 2]"), "{err}");
 }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{random_training_model, relative_difference};
-use repvgg_deploy::{DeployModel, Weights, reparameterize};
-use repvgg_model::RepVggConfig;
+use repvgg_deploy::DeployModel;
+use repvgg_model::{RepVggConfig, Weights, reparameterize};
 
 #[test]
 fn fusion_on_wgpu_agrees_with_the_training_network() {

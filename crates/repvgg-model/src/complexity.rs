@@ -27,7 +27,10 @@ pub struct MacCounts {
 impl RepVggConfig {
     /// Trainable parameters of the training-time and deploy-time networks.
     pub fn num_params(&self) -> ParamCounts {
-        let head = self.feature_width() * self.num_classes + self.num_classes;
+        let head = match self.has_head() {
+            true => self.feature_width() * self.num_classes + self.num_classes,
+            false => 0,
+        };
         let mut counts = ParamCounts {
             training: head,
             deploy: head,
@@ -46,7 +49,10 @@ impl RepVggConfig {
     /// Multiply-accumulates per image at an input of `height x width` pixels.
     pub fn macs(&self, height: usize, width: usize) -> MacCounts {
         let (mut height, mut width) = (height, width);
-        let head = (self.feature_width() * self.num_classes) as u64;
+        let head = match self.has_head() {
+            true => (self.feature_width() * self.num_classes) as u64,
+            false => 0,
+        };
         let mut counts = MacCounts {
             training: head,
             deploy: head,

@@ -37,7 +37,9 @@ pub struct RepVggConfig {
     /// SE bottleneck: the hidden width is `channels / se_reduction`.
     #[config(default = 16)]
     pub se_reduction: usize,
-    /// Number of classes of the linear head.
+    /// Number of classes of the linear head. 0 builds the network without the classifier (as
+    /// timm's `num_classes=0`): a backbone whose `forward` gives the pooled features and
+    /// `forward_features` the stage maps.
     #[config(default = 1000)]
     pub num_classes: usize,
     /// Batch-norm epsilon; also used by the train-to-deploy fusion.
@@ -249,6 +251,11 @@ impl RepVggConfig {
         std::iter::once(stem).chain(stages).collect()
     }
 
+    /// Whether the network ends in the linear classifier (`num_classes > 0`).
+    pub fn has_head(&self) -> bool {
+        self.num_classes > 0
+    }
+
     /// Width of the features that reach the classifier (the last stage's width).
     pub fn feature_width(&self) -> usize {
         *self
@@ -286,9 +293,6 @@ impl RepVggConfig {
                 "stage {stage} would have {width} channels: width multipliers must be positive \
                  and large enough"
             ));
-        }
-        if self.num_classes == 0 {
-            return fail("`num_classes` must be at least 1".into());
         }
         if !(self.bn_epsilon.is_finite() && self.bn_epsilon > 0.0) {
             return fail(format!(

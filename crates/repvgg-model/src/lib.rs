@@ -1,5 +1,8 @@
 //! RepVGG for Burn: every reference architecture, in its training-time (multi-branch) and
-//! deploy-time (plain 3x3 convolution) forms, on whichever backend the caller's `Device` picks.
+//! deploy-time (plain 3x3 convolution) forms, on whichever backend the caller's `Device` picks,
+//! and the re-parameterization that turns one into the other: on a module
+//! ([`Reparameterize::reparameterize`]), on named tensors ([`reparameterize`]), or for a RepVGG
+//! nested in a bigger module ([`reparameterize_nested`]).
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};
@@ -13,6 +16,9 @@
 //! let features = model.forward_features(images);
 //! assert_eq!(features.len(), 5);
 //! assert_eq!(features[4].dims(), [1, 1280, 2, 2]);
+//!
+//! let backbone = RepVggArch::A0.config().with_num_classes(0).init(&device); // no classifier
+//! assert!(backbone.linear.is_none());
 //! # Ok::<(), repvgg_model::UnknownArch>(())
 //! ```
 //!
@@ -20,15 +26,27 @@
 //! (`stage1.0.rbr_dense.conv.weight`, `stage0.rbr_reparam.bias`, `linear.weight`, ...).
 
 mod block;
+mod compare;
 mod complexity;
 mod config;
+mod device;
+mod error;
 mod inspect;
 mod network;
+mod reparam;
 mod se;
+mod weights;
 
 pub use block::{Block, ConvBn, RepVggBlock, RepVggDeployBlock};
+pub use compare::{LogitDifference, logit_difference};
 pub use complexity::{MacCounts, ParamCounts};
 pub use config::{BlockSpec, IN_CHANNELS, InvalidConfig, RepVggArch, RepVggConfig, UnknownArch};
+pub use device::{DeviceChoice, DeviceError};
+pub use error::{WeightsError, list_names};
 pub use inspect::{TensorInfo, num_trainable_params, tensor_infos};
-pub use network::{RepVgg, RepVggDeploy, RepVggNetwork};
+pub use network::{RepVgg, RepVggDeploy, RepVggNetwork, global_average_pool};
+pub use reparam::{
+    Reparameterize, bn_scale, reparameterize, reparameterize_at, reparameterize_nested,
+};
 pub use se::SqueezeExcite;
+pub use weights::Weights;

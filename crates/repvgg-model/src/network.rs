@@ -1,6 +1,7 @@
-//! The RepVGG network: a stem block, up to four stages of blocks, global average pooling and a
-//! linear classifier. One generic definition serves both forms; [`RepVgg`] (training-time) and
-//! [`RepVggDeploy`] (deploy-time) are distinct module types with different record paths.
+//! The RepVGG network: a stem block, up to four stages of blocks, global average pooling and
+//! (unless the config leaves it out) a linear classifier. One generic definition serves both
+//! forms; [`RepVgg`] (training-time) and [`RepVggDeploy`] (deploy-time) are distinct module types
+//! with different record paths.
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -10,7 +11,8 @@ use crate::block::{Block, RepVggBlock, RepVggDeployBlock};
 use crate::config::RepVggConfig;
 
 /// A RepVGG network over blocks of type `B`. Field names give the reference checkpoint paths:
-/// `stage0.*`, `stage{1..4}.{i}.*`, `linear.*`. Stages a configuration does not use are empty.
+/// `stage0.*`, `stage{1..4}.{i}.*`, `linear.*`. Stages a configuration does not use are empty;
+/// a headless network (`RepVggConfig::with_num_classes(0)`) has no `linear`.
 #[derive(Module, Debug)]
 pub struct RepVggNetwork<B> {
     pub stage0: B,
@@ -18,7 +20,11 @@ pub struct RepVggNetwork<B> {
     pub stage2: Vec<B>,
     pub stage3: Vec<B>,
     pub stage4: Vec<B>,
-    pub linear: Linear,
+    pub linear: Option<Linear>,
+    /// The architecture this network was built from (not part of the record): what
+    /// re-parameterization and the CPU path read the layout from.
+    #[module(skip)]
+    config: RepVggConfig,
 }
 
 /// Training-time RepVGG: every block has 3x3, 1x1 and (where shapes allow) identity branches.
@@ -44,17 +50,31 @@ impl<B: Block> RepVggNetwork<B> {
             stage2,
             stage3,
             stage4,
-            linear: LinearConfig::new(config.feature_width(), config.num_classes).init(device),
+            linear: config.has_head().then(|| {
+                LinearConfig::new(config.feature_width(), config.num_classes).init(device)
+            }),
+            config: config.clone(),
         }
     }
 
-    /// Class logits, `[N, 3, H, W]` to `[N, num_classes]`. Any `H, W >= 32` works.
+    /// The architecture the network was built from.
+    pub fn config(&self) -> &RepVggConfig {
+        &self.config
+    }
+
+    /// Class logits, `[N, 3, H, W]` to `[N, num_classes]`; for a headless network the pooled
+    /// features, `[N, feature_width]` (as timm's models with `num_classes=0`). Any `H, W >= 32`
+    /// works.
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let features = self
             .forward_features(images)
             .pop()
             .expect("at least the stem's output");
-        self.linear.forward(global_average_pool(features))
+        let pooled = global_average_pool(features);
+        match &self.linear {
+            Some(linear) => linear.forward(pooled),
+            None => pooled,
+        }
     }
 
     /// The output of the stem and of every stage (five maps for the reference architectures, at
@@ -91,7 +111,7 @@ impl<B: Block> RepVggNetwork<B> {
 }
 
 /// `[N, C, H, W]` to `[N, C]`: the mean over all spatial positions.
-fn global_average_pool(features: Tensor<4>) -> Tensor<2> {
+pub fn global_average_pool(features: Tensor<4>) -> Tensor<2> {
     let [batch, channels, _, _] = features.dims();
     features.mean_dim(2).mean_dim(3).reshape([batch, channels])
 }

@@ -269,7 +269,6 @@ fn invalid_configs_are_explained() {
             "stage 2 has no blocks",
         ),
         (RepVggConfig::new(vec![1], vec![0.001]), "channels"),
-        (base().with_num_classes(0), "num_classes"),
         (base().with_bn_epsilon(0.0), "bn_epsilon"),
         (
             base().with_grouped_layers(BTreeMap::from([(9, 2)])),

@@ -7,9 +7,10 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::{ExecutionError, Int, Tensor};
 use burn::train::metric::{AccuracyInput, Adaptor, ItemLazy, LossInput, TopKAccuracyInput};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
-use repvgg_model::{RepVgg, RepVggBlock};
+use repvgg_data::ImageBatch;
+use repvgg_model::{RepVgg, RepVggBlock, bn_scale};
 
-use crate::data::ImageBatch;
+use crate::config::RecipeConfig;
 use crate::ema::WeightAverage;
 use crate::metric::AverageInput;
 
@@ -23,10 +24,23 @@ pub struct Objective {
     pub custom_l2: Option<f64>,
 }
 
+impl Objective {
+    /// The recipe's loss terms: its label smoothing, and its weight decay as the custom L2 term
+    /// when the recipe regularises that way.
+    pub fn of(recipe: &RecipeConfig) -> Self {
+        Self {
+            label_smoothing: recipe.label_smoothing,
+            custom_l2: recipe.custom_l2.then_some(recipe.weight_decay),
+        }
+    }
+}
+
 /// A training-time RepVGG classifier with its loss: what burn-train's learner trains.
 #[derive(Module, Debug)]
 pub struct Classifier {
+    /// The network being trained.
     pub net: RepVgg,
+    /// The loss terms.
     #[module(skip)]
     pub objective: Objective,
     /// The moving average of the weights, when training keeps one.
@@ -35,6 +49,7 @@ pub struct Classifier {
 }
 
 impl Classifier {
+    /// `net` trained for `objective`, without a weight average.
     pub fn new(net: RepVgg, objective: Objective) -> Self {
         Self {
             net,
@@ -115,7 +130,9 @@ impl InferenceStep for Classifier {
 /// A validation step's output: the model's, and the logits of the weight average if there is
 /// one (for [`AverageAccuracy`](crate::metric::AverageAccuracy)).
 pub struct ValidationOutput {
+    /// The model's loss, logits and targets.
     pub model: ClassificationOutput,
+    /// The weight average's logits, once it has been updated.
     pub average_logits: Option<Tensor<2>>,
 }
 
@@ -169,8 +186,8 @@ fn block_l2(block: &RepVggBlock) -> Tensor<1> {
     let k3 = block.rbr_dense.conv.weight.val();
     let k1 = block.rbr_1x1.conv.weight.val();
     let [out_channels, ..] = k3.dims();
-    let t3 = bn_scale(&block.rbr_dense.bn).reshape([out_channels, 1, 1, 1]);
-    let t1 = bn_scale(&block.rbr_1x1.bn).reshape([out_channels, 1, 1, 1]);
+    let t3 = detached_scale(&block.rbr_dense.bn).reshape([out_channels, 1, 1, 1]);
+    let t1 = detached_scale(&block.rbr_1x1.bn).reshape([out_channels, 1, 1, 1]);
     let centre = k3
         .clone()
         .slice([0..out_channels, 0..k1.dims()[1], 1..2, 1..2]);
@@ -180,8 +197,12 @@ fn block_l2(block: &RepVggBlock) -> Tensor<1> {
     l2_circle + l2_eq
 }
 
-/// `gamma / sqrt(running_var + eps)`, detached from the graph.
-fn bn_scale(bn: &BatchNorm) -> Tensor<1> {
-    let variance = bn.running_var.value();
-    (bn.gamma.val() / variance.add_scalar(bn.epsilon).sqrt()).detach()
+/// The BN's eval-mode scale ([`bn_scale`]), a constant for the loss: computed on detached
+/// tensors.
+fn detached_scale(bn: &BatchNorm) -> Tensor<1> {
+    bn_scale(
+        bn.gamma.val().detach(),
+        bn.running_var.value().detach(),
+        bn.epsilon,
+    )
 }

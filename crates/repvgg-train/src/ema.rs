@@ -25,7 +25,7 @@ pub struct WeightAverage {
 }
 
 /// Where and when the average is saved: as `ema-<epoch>.bpk` beside burn-train's checkpoints,
-/// when the updates of an epoch are complete, so that `--resume` continues the same average.
+/// when the updates of an epoch are complete, so that a resumed run continues the same average.
 #[derive(Clone, Debug)]
 pub struct AverageCheckpoints {
     pub directory: PathBuf,

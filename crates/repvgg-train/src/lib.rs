@@ -1,18 +1,42 @@
-//! RepVGG training: the ImageNet data pipeline (ImageFolder layout, decoding of whatever
-//! ImageNet-like folders hold, the paper's augmentation, a parallel per-epoch-shuffled loader),
-//! the optimisation recipe (SGD with decay on conv and linear weights only, per-iteration warmup +
-//! cosine schedule), the burn-train learner around a training-time RepVGG, and the final
-//! conversion to the deploy-time model.
+//! RepVGG training on Burn: a run is a [`TrainingConfig`] (the network, the paper's recipe, the
+//! augmentation, the loader; saved as JSON in the run directory), trained by [`train`] on an
+//! ImageFolder data set with burn-train's learner, continued by [`resume`], and finished by the
+//! conversion to the deploy-time model, checked on the validation set ([`TrainReport`]).
+//!
+//! ```no_run
+//! use std::path::Path;
+//!
+//! use burn::tensor::Device;
+//! use repvgg_model::RepVggArch;
+//! use repvgg_train::{RecipeConfig, TrainingConfig, train};
+//!
+//! let config = TrainingConfig::new(RepVggArch::A0.config().with_num_classes(100))
+//!     .with_recipe(RecipeConfig::new().with_epochs(90));
+//! let report = train(&config, Path::new("/data/set"), &[Device::flex()], Path::new("runs/a0"))?;
+//! println!("deploy top-1 {:.2}%", 100.0 * report.deploy_validation.top1());
+//! # Ok::<(), repvgg_train::TrainError>(())
+//! ```
+//!
+//! The pieces are public for programs that assemble their own training: the objective
+//! ([`classifier`]), the optimizer and schedule ([`recipe`]), the weight average ([`ema`]), the
+//! metrics and the plain-text progress display.
 
 pub mod classifier;
-pub mod data;
+pub mod config;
 pub mod demo;
 pub mod ema;
-pub mod evaluate;
+pub mod error;
 pub mod metric;
-pub mod options;
 pub mod output;
 pub mod recipe;
 pub mod renderer;
 pub mod run;
 pub mod throughput;
+
+pub use config::{
+    AugmentationConfig, InvalidTrainingConfig, LoaderConfig, Precision, RecipeConfig,
+    TrainingConfig,
+};
+pub use error::TrainError;
+pub use output::{AverageReport, TrainReport};
+pub use run::{resume, train};

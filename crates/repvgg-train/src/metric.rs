@@ -102,7 +102,8 @@ pub struct AverageInput {
     pub targets: Tensor<1, Int>,
 }
 
-/// Top-1 accuracy of the moving average of the weights (`--ema`), beside the model's own.
+/// Top-1 accuracy of the moving average of the weights (`recipe.ema_decay`), beside the
+/// model's own.
 #[derive(Clone)]
 pub struct AverageAccuracy {
     name: MetricName,

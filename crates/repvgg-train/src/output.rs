@@ -1,221 +1,131 @@
-//! What a run leaves in its output directory: checkpoints to resume from, and at the end the
+//! What a run leaves in its output directory: the config it runs with (`training.json`, which is
+//! all [`resume`](crate::run::resume) needs), checkpoints to resume from, and at the end the
 //! training-time and deploy-time models (plus the weight average's), checked on the validation
 //! set.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use burn::config::Config;
 use burn::data::dataloader::DataLoader;
 use burn::module::Module;
-use repvgg_deploy::{DeployModel, Weights, logit_difference, reparameterize, write_checkpoint};
-use repvgg_model::{RepVgg, RepVggConfig};
+use repvgg_data::{Evaluation, ImageBatch, evaluate};
+use repvgg_deploy::{DeployModel, write_checkpoint};
+use repvgg_model::{RepVgg, Weights, logit_difference};
 
 use crate::classifier::Classifier;
-use crate::data::ImageBatch;
+use crate::config::TrainingConfig;
 use crate::ema::WeightAverage;
-use crate::evaluate::{Evaluation, evaluate};
-use crate::options::TrainArgs;
+use crate::error::TrainError;
 
-/// What a finished run measured.
+/// The file of the run directory that keeps the run's [`TrainingConfig`].
+pub const TRAINING_CONFIG_FILE: &str = "training.json";
+
+/// What a finished run measured and wrote.
 #[derive(Clone, Debug)]
 pub struct TrainReport {
+    /// The config the run trained with (as `training.json` keeps it).
+    pub config: TrainingConfig,
+    /// The class names, output by output (the class folders, sorted).
     pub classes: Vec<String>,
-    pub config: RepVggConfig,
+    /// The run directory.
+    pub output: PathBuf,
+    /// The epoch the run continued after, when it was resumed.
+    pub resumed_after: Option<usize>,
+    /// Wall time of the training epochs run by this call (data loading and validation
+    /// included).
+    pub training_time: Duration,
+    /// Wall time of the re-parameterization into the deploy model (with its CPU path).
+    pub conversion_time: Duration,
     /// The training-time model on the validation set (running BN statistics).
     pub validation: Evaluation,
     /// The re-parameterized model on the validation set.
     pub deploy_validation: Evaluation,
-    /// The weight average (`--ema`) on the validation set, re-parameterized.
-    pub average_validation: Option<Evaluation>,
-    /// Largest |logit difference| between the two models over the validation set, relative to
+    /// Validation images whose top-1 class differs between the two forms.
+    pub disagreements: usize,
+    /// Largest |logit difference| between the two forms over the validation set, relative to
     /// the largest |logit|.
     pub max_relative_logit_difference: f64,
+    /// The weight average, when the recipe keeps one.
+    pub average: Option<AverageReport>,
+    /// The training-time model (`model.bpk`).
     pub model_path: PathBuf,
+    /// The deploy-time model (`model-deploy.bpk`).
     pub deploy_path: PathBuf,
+    /// Images that could not be decoded and were left out, with the reason.
     pub skipped_images: Vec<(PathBuf, String)>,
 }
 
-/// Writes the final training-time and deploy-time models and checks that they agree on the
-/// validation set.
-pub(crate) fn finish(
-    args: &TrainArgs,
-    model: Classifier,
-    config: RepVggConfig,
-    classes: Vec<String>,
-    val_loader: &dyn DataLoader<ImageBatch>,
-    skipped_images: Vec<(PathBuf, String)>,
-) -> Result<TrainReport> {
-    let net = model.net.clone().valid();
-    let device = net.devices()[0].clone();
-    let weights = Weights::from_module(&net)?;
-    let model_path = args.output.join("model.bpk");
-    write_checkpoint(&weights, &config, Some(&classes), &model_path)?;
-
-    let fusing = Instant::now();
-    let deploy_weights = reparameterize(&weights, &config, &device)?;
-    // The deploy model as applications run it (on the CPU backend: the CPU deploy path).
-    let deploy = DeployModel::new(
-        deploy_weights.load_into(config.init_deploy(&device), "the deploy model")?,
-    );
-    let fused_in = fusing.elapsed();
-    let deploy_path = args.output.join("model-deploy.bpk");
-    write_checkpoint(&deploy_weights, &config, Some(&classes), &deploy_path)?;
-
-    let (validation, deploy_validation, max_relative_logit_difference) =
-        compare_forms(val_loader, &net, &deploy)?;
-    let average_validation = match &model.average {
-        Some(average) => Some(finish_average(
-            args, average, &net, &config, &classes, val_loader,
-        )?),
-        None => None,
-    };
-    let disagreements = validation
-        .predictions
-        .iter()
-        .zip(&deploy_validation.predictions)
-        .filter(|(a, b)| a != b)
-        .count();
-    println!(
-        "validation ({} images): top-1 {:.2}%, top-5 {:.2}% (training-time model)",
-        validation.images,
-        100.0 * validation.top1(),
-        100.0 * validation.top5()
-    );
-    println!(
-        "re-parameterized in {fused_in:.2?}: deploy top-1 {:.2}%, top-5 {:.2}%, {} of {} top-1 \
-         predictions differ, max logit difference {:.1e} of the largest logit",
-        100.0 * deploy_validation.top1(),
-        100.0 * deploy_validation.top5(),
-        disagreements,
-        validation.images,
-        max_relative_logit_difference
-    );
-    println!(
-        "wrote {} (training time) and {} (deploy), with config.json and classes.txt",
-        model_path.display(),
-        deploy_path.display()
-    );
-    if !skipped_images.is_empty() {
-        println!("skipped {} unreadable images:", skipped_images.len());
-        for (path, reason) in skipped_images.iter().take(10) {
-            println!("  {}: {reason}", path.display());
-        }
-    }
-    Ok(TrainReport {
-        classes,
-        config,
-        validation,
-        deploy_validation,
-        average_validation,
-        max_relative_logit_difference,
-        model_path,
-        deploy_path,
-        skipped_images,
-    })
+/// The moving average of the weights at the end of a run.
+#[derive(Clone, Debug)]
+pub struct AverageReport {
+    /// Updates folded in (training steps).
+    pub updates: usize,
+    /// Its deploy form on the validation set.
+    pub validation: Evaluation,
+    /// Its training-time form (`model-ema.bpk`).
+    pub model_path: PathBuf,
+    /// Its deploy form (`model-ema-deploy.bpk`).
+    pub deploy_path: PathBuf,
 }
 
-/// Both forms on every validation batch, in one pass over the data: their accuracies and the
-/// largest logit difference relative to the largest logit.
-fn compare_forms(
-    val_loader: &dyn DataLoader<ImageBatch>,
-    net: &RepVgg,
-    deploy: &DeployModel,
-) -> Result<(Evaluation, Evaluation, f64)> {
-    let started = Instant::now();
-    let (mut training, mut deployed) = (Evaluation::default(), Evaluation::default());
-    let mut max_relative = 0f64;
-    for batch in val_loader.iter() {
-        let batch = batch?;
-        let expected = net.forward(batch.images.clone());
-        let actual = deploy.forward(batch.images);
-        let difference =
-            logit_difference(&actual.clone().into_data(), &expected.clone().into_data());
-        max_relative = max_relative.max(f64::from(difference.relative));
-        training.add(expected, batch.targets.clone());
-        deployed.add(actual, batch.targets);
+/// Creates the directory of a new run and saves its config there; refuses a directory that
+/// holds another run's checkpoints.
+pub(crate) fn start_run(output: &Path, config: &TrainingConfig) -> Result<(), TrainError> {
+    fs::create_dir_all(output).map_err(TrainError::io(output))?;
+    if let Some(epoch) = last_checkpoint(&output.join("checkpoint"))? {
+        return Err(TrainError::OutputInUse {
+            path: output.to_path_buf(),
+            epoch,
+        });
     }
-    training.seconds = started.elapsed().as_secs_f64();
-    deployed.seconds = training.seconds;
-    Ok((training, deployed, max_relative))
+    let path = output.join(TRAINING_CONFIG_FILE);
+    config.save(&path).map_err(TrainError::io(path))
 }
 
-/// Folds the final weights into the moving average, writes it in both forms and evaluates its
-/// deploy form.
-fn finish_average(
-    args: &TrainArgs,
-    average: &WeightAverage,
-    net: &RepVgg,
-    config: &RepVggConfig,
+/// The config a run directory keeps.
+pub fn saved_config(output: &Path) -> Result<TrainingConfig, TrainError> {
+    let path = output.join(TRAINING_CONFIG_FILE);
+    if !path.is_file() {
+        return Err(TrainError::NotARun {
+            path: output.to_path_buf(),
+        });
+    }
+    TrainingConfig::load(&path).map_err(|source| TrainError::ConfigFile { path, source })
+}
+
+/// The epoch a run directory can be resumed after: its last complete checkpoint, within the
+/// config's `epochs`.
+pub(crate) fn resume_point(output: &Path, epochs: usize) -> Result<usize, TrainError> {
+    match last_checkpoint(&output.join("checkpoint"))? {
+        None => Err(TrainError::NothingToResume {
+            path: output.to_path_buf(),
+        }),
+        Some(epoch) if epoch > epochs => Err(TrainError::CheckpointBeyondEnd {
+            path: output.to_path_buf(),
+            epoch,
+            epochs,
+        }),
+        Some(epoch) => Ok(epoch),
+    }
+}
+
+/// Writes the files that describe the trained network beside the checkpoints: `config.json`
+/// (its `RepVggConfig`) and `classes.txt` (one class name per output).
+pub(crate) fn describe_network(
+    output: &Path,
+    config: &TrainingConfig,
     classes: &[String],
-    val_loader: &dyn DataLoader<ImageBatch>,
-) -> Result<Evaluation> {
-    average.update(net);
-    let averaged = average
-        .average()
-        .context("the weight average was never updated")?;
-    let device = averaged.devices()[0].clone();
-    let weights = Weights::from_module(&averaged)?;
-    let deploy_weights = reparameterize(&weights, config, &device)?;
-    let deploy = DeployModel::new(
-        deploy_weights.load_into(config.init_deploy(&device), "the EMA deploy model")?,
-    );
-    write_checkpoint(
-        &weights,
-        config,
-        Some(classes),
-        &args.output.join("model-ema.bpk"),
-    )?;
-    write_checkpoint(
-        &deploy_weights,
-        config,
-        Some(classes),
-        &args.output.join("model-ema-deploy.bpk"),
-    )?;
-    let evaluation = evaluate(val_loader, |images| deploy.forward(images), |_, _| {})?;
-    println!(
-        "weight average (decay {}, {} updates): deploy top-1 {:.2}%, top-5 {:.2}%; wrote \
-         model-ema.bpk and model-ema-deploy.bpk",
-        average.decay(),
-        average.updates(),
-        100.0 * evaluation.top1(),
-        100.0 * evaluation.top5()
-    );
-    Ok(evaluation)
-}
-
-/// Creates the output directory; returns the epoch to resume after with `--resume`. Refuses to
-/// start a new run over the checkpoints of another.
-pub(crate) fn prepare_output(args: &TrainArgs) -> Result<Option<usize>> {
-    fs::create_dir_all(&args.output)
-        .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let last = last_checkpoint(&args.output.join("checkpoint"))?;
-    match (args.resume, last) {
-        (true, Some(epoch)) => {
-            ensure!(
-                epoch <= args.epochs,
-                "{} holds a checkpoint of epoch {epoch}, beyond --epochs {}",
-                args.output.display(),
-                args.epochs
-            );
-            Ok(Some(epoch))
-        }
-        (true, None) => bail!(
-            "--resume: {} holds no checkpoint to resume from",
-            args.output.display()
-        ),
-        (false, Some(epoch)) => bail!(
-            "{} already holds checkpoints (up to epoch {epoch}): pass --resume to continue that \
-             run, or choose another --output",
-            args.output.display()
-        ),
-        (false, None) => Ok(None),
-    }
+) -> Result<(), TrainError> {
+    let path = output.join("config.json");
+    config.model.save(&path).map_err(TrainError::io(path))?;
+    let path = output.join("classes.txt");
+    fs::write(&path, classes.join("\n") + "\n").map_err(TrainError::io(path))
 }
 
 /// The last epoch with a complete checkpoint (model, optimizer and scheduler) in `dir`.
-pub fn last_checkpoint(dir: &Path) -> Result<Option<usize>> {
+pub fn last_checkpoint(dir: &Path) -> Result<Option<usize>, TrainError> {
     if !dir.is_dir() {
         return Ok(None);
     }
@@ -226,8 +136,8 @@ pub fn last_checkpoint(dir: &Path) -> Result<Option<usize>> {
             .ok()
     };
     let mut last = None;
-    for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
-        let name = entry?.file_name();
+    for entry in fs::read_dir(dir).map_err(TrainError::io(dir))? {
+        let name = entry.map_err(TrainError::io(dir))?.file_name();
         if let Some(epoch) = name.to_str().and_then(epoch_of) {
             let complete = ["optim", "scheduler"]
                 .iter()
@@ -238,4 +148,160 @@ pub fn last_checkpoint(dir: &Path) -> Result<Option<usize>> {
         }
     }
     Ok(last)
+}
+
+/// A run whose epochs are done: what [`finish`] converts, writes and checks.
+pub(crate) struct Trained<'a> {
+    pub config: &'a TrainingConfig,
+    pub output: &'a Path,
+    pub classes: Vec<String>,
+    pub model: Classifier,
+    pub val_loader: &'a dyn DataLoader<ImageBatch>,
+    pub resumed_after: Option<usize>,
+    pub training_time: Duration,
+    pub skipped_images: Vec<(PathBuf, String)>,
+}
+
+/// Writes the final training-time and deploy-time models (and the weight average's) and checks
+/// on the validation set that the two forms agree.
+pub(crate) fn finish(trained: Trained) -> Result<TrainReport, TrainError> {
+    let Trained {
+        config,
+        output,
+        classes,
+        model,
+        val_loader,
+        resumed_after,
+        training_time,
+        skipped_images,
+    } = trained;
+    let net = model.net.clone().valid();
+    let converting = Instant::now();
+    // The deploy model as applications run it (on the CPU backend: the CPU deploy path).
+    let deploy = DeployModel::from_training(&net)?;
+    let conversion_time = converting.elapsed();
+    let (model_path, deploy_path) = save_both_forms(output, "model", &net, &deploy, &classes)?;
+
+    let comparison = compare_forms(val_loader, &net, &deploy)?;
+    let average = match &model.average {
+        Some(average) => Some(finish_average(average, &net, output, &classes, val_loader)?),
+        None => None,
+    };
+    Ok(TrainReport {
+        config: config.clone(),
+        classes,
+        output: output.to_path_buf(),
+        resumed_after,
+        training_time,
+        conversion_time,
+        disagreements: comparison.disagreements(),
+        validation: comparison.training,
+        deploy_validation: comparison.deploy,
+        max_relative_logit_difference: comparison.max_relative_difference,
+        average,
+        model_path,
+        deploy_path,
+        skipped_images,
+    })
+}
+
+/// Writes `<stem>.bpk` (training time) and `<stem>-deploy.bpk` with the config and the class
+/// names; returns their paths.
+fn save_both_forms(
+    output: &Path,
+    stem: &str,
+    net: &RepVgg,
+    deploy: &DeployModel,
+    classes: &[String],
+) -> Result<(PathBuf, PathBuf), TrainError> {
+    let model_path = output.join(format!("{stem}.bpk"));
+    let deploy_path = output.join(format!("{stem}-deploy.bpk"));
+    let config = net.config();
+    write_checkpoint(
+        &Weights::from_module(net)?,
+        config,
+        Some(classes),
+        &model_path,
+    )?;
+    write_checkpoint(
+        &Weights::from_module(deploy.model())?,
+        config,
+        Some(classes),
+        &deploy_path,
+    )?;
+    Ok((model_path, deploy_path))
+}
+
+/// Both forms over the validation set.
+struct Comparison {
+    training: Evaluation,
+    deploy: Evaluation,
+    max_relative_difference: f64,
+}
+
+impl Comparison {
+    /// Images whose top-1 class differs between the forms.
+    fn disagreements(&self) -> usize {
+        let pairs = self
+            .training
+            .predictions
+            .iter()
+            .zip(&self.deploy.predictions);
+        pairs.filter(|(a, b)| a != b).count()
+    }
+}
+
+/// Both forms on every validation batch, in one pass over the data: their accuracies and the
+/// largest logit difference relative to the largest logit.
+fn compare_forms(
+    val_loader: &dyn DataLoader<ImageBatch>,
+    net: &RepVgg,
+    deploy: &DeployModel,
+) -> Result<Comparison, TrainError> {
+    let started = Instant::now();
+    let (mut training, mut deployed) = (Evaluation::default(), Evaluation::default());
+    let mut max_relative = 0f64;
+    for batch in val_loader.iter() {
+        let batch = batch.map_err(TrainError::Evaluation)?;
+        let expected = net.forward(batch.images.clone());
+        let actual = deploy.forward(batch.images);
+        let difference =
+            logit_difference(&actual.clone().into_data(), &expected.clone().into_data());
+        max_relative = max_relative.max(f64::from(difference.relative));
+        training.add(expected, batch.targets.clone());
+        deployed.add(actual, batch.targets);
+    }
+    training.seconds = started.elapsed().as_secs_f64();
+    deployed.seconds = training.seconds;
+    Ok(Comparison {
+        training,
+        deploy: deployed,
+        max_relative_difference: max_relative,
+    })
+}
+
+/// Folds the final weights into the moving average, writes it in both forms and evaluates its
+/// deploy form.
+fn finish_average(
+    average: &WeightAverage,
+    net: &RepVgg,
+    output: &Path,
+    classes: &[String],
+    val_loader: &dyn DataLoader<ImageBatch>,
+) -> Result<AverageReport, TrainError> {
+    average.update(net);
+    let averaged = average
+        .average()
+        .expect("the average holds the weights it was just updated with");
+    let deploy = DeployModel::from_training(&averaged)?;
+    let (model_path, deploy_path) =
+        save_both_forms(output, "model-ema", &averaged, &deploy, classes)?;
+    let validation = evaluate(val_loader, |images| deploy.forward(images), |_, _| {})
+        .map_err(TrainError::Evaluation)?;
+    Ok(AverageReport {
+        updates: average.updates(),
+        validation,
+        model_path,
+        deploy_path,
+    })
 }

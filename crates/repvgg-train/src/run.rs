@@ -1,260 +1,402 @@
-//! One training run: the burn-train learner wired to the data pipeline, the recipe and the
-//! devices; its options are in [`crate::options`], what it writes in [`crate::output`].
+//! A training run from a [`TrainingConfig`]: [`train`] starts one, [`resume`] continues one from
+//! its directory. Each goes through the same steps: open the data, set up the devices, build the
+//! loaders and the model, run burn-train's learner, then convert and check the result
+//! ([`crate::output`]).
 
-use std::fs;
 use std::io::IsTerminal;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
-use burn::config::Config;
 use burn::tensor::{Device, FloatDType};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
-use repvgg_model::RepVggConfig;
+use repvgg_data::{
+    Augmentation, EvalTransform, ImageFolder, ImageLoader, LoaderOptions, RandomResizedCrop,
+    SkippedImages, TrainTransform,
+};
+use repvgg_model::{RepVggArch, RepVggConfig};
 
 use crate::classifier::{Classifier, Objective};
-use crate::data::{
-    Augmentation, EvalTransform, ImageFolder, ImageLoader, LoaderOptions, RandomResizedCrop,
-    TrainTransform,
-};
+use crate::config::{Precision, TrainingConfig};
 use crate::ema::{AverageCheckpoints, WeightAverage};
+use crate::error::TrainError;
 use crate::metric::{AverageAccuracy, ImagesPerSecond};
-pub use crate::options::{Backend, Precision, TrainArgs};
-pub use crate::output::{TrainReport, last_checkpoint};
-use crate::output::{finish, prepare_output};
+use crate::output::{
+    TrainReport, Trained, describe_network, finish, resume_point, saved_config, start_run,
+};
 use crate::recipe::{WarmupCosine, scaled_lr, sgd};
 use crate::renderer::LineRenderer;
 
-/// Trains as `args` says, then writes `model.bpk` (training time) and `model-deploy.bpk`
-/// (re-parameterized, agreement verified) to the output directory.
-pub fn train(args: &TrainArgs) -> Result<TrainReport> {
-    args.validate()?;
-    let train_set = ImageFolder::open(&args.data.join("train")).context("training set")?;
-    let val_set = ImageFolder::open(&args.data.join("val")).context("validation set")?;
-    ensure!(
-        train_set.classes == val_set.classes,
-        "{} and {} hold different class folders",
-        train_set.root.display(),
-        val_set.root.display()
-    );
-    let classes = train_set.classes.clone();
-    let config = model_config(args, classes.len())?;
-    let devices = training_devices(args)?;
-    let main_device = devices[0].clone();
-    let resume_epoch = prepare_output(args)?;
-    config
-        .save(args.output.join("config.json"))
-        .context("writing config.json")?;
-    fs::write(args.output.join("classes.txt"), classes.join("\n") + "\n")
-        .context("writing classes.txt")?;
-
-    let workers = args.workers.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(usize::from)
-            .unwrap_or(1)
-    });
-    let per_device_batch = args.batch_size / devices.len();
-    let mut train_transform = TrainTransform::new(args.image_size);
-    train_transform.crop = RandomResizedCrop {
-        scale: (args.min_crop_scale, 1.0),
-        ..RandomResizedCrop::new(args.image_size)
-    };
-    let options = LoaderOptions {
-        batch_size: per_device_batch,
-        workers,
-        seed: args.seed,
-        shuffle: true,
-        mixup_alpha: args.mixup,
-        prefetch: 2,
-    };
-    let train_loader = ImageLoader::new(
-        train_set.samples.clone(),
-        Augmentation::Train(train_transform),
-        options.clone(),
-        &main_device,
-    )?
-    .start_at_epoch(resume_epoch.unwrap_or(0));
-    let skipped = train_loader.skipped();
-    let eval_options = LoaderOptions {
-        shuffle: false,
-        mixup_alpha: None,
-        batch_size: per_device_batch,
-        ..options
-    };
-    let val_loader = Arc::new(ImageLoader::new(
-        val_set.samples.clone(),
-        Augmentation::Eval(EvalTransform::new(args.image_size)),
-        eval_options,
-        &main_device.clone().inner(),
-    )?);
-
-    // Optimizer steps per epoch, as burn-train steps the scheduler: one per accumulated step
-    // on each device's share of the data.
-    let share = train_set.len() / devices.len();
-    let steps_per_epoch = share.div_ceil(per_device_batch).div_ceil(args.accumulation);
-    let effective_batch = args.batch_size * args.accumulation;
-    let lr = scaled_lr(args.lr, effective_batch);
-    let schedule = WarmupCosine::new(
-        lr,
-        args.warmup_epochs * steps_per_epoch,
-        args.epochs * steps_per_epoch,
-    );
-    let optimizer = sgd(
-        args.momentum,
-        args.nesterov,
-        args.weight_decay,
-        args.custom_l2,
-    );
-    let objective = Objective {
-        label_smoothing: args.label_smoothing,
-        custom_l2: args.custom_l2.then_some(args.weight_decay),
-    };
-    main_device.seed(args.seed);
-    let mut model = Classifier::new(config.init(&main_device.clone().autodiff()), objective);
-    if let Some(decay) = args.ema {
-        let average =
-            WeightAverage::new(decay, &main_device).with_checkpoints(AverageCheckpoints {
-                directory: args.output.join("checkpoint"),
-                updates_per_epoch: share.div_ceil(per_device_batch),
-            });
-        if let Some(epoch) = resume_epoch
-            && !average.resume(epoch, model.net.clone()).map_err(|err| {
-                anyhow::anyhow!("reading the weight average of epoch {epoch}: {err:?}")
-            })?
-        {
-            println!("no weight average saved at epoch {epoch}: --ema starts a new one");
-        }
-        model = model.with_average(average);
-    }
-
-    println!(
-        "training {} ({} classes, {} trainable parameters) on {} ({:?}, {:?})",
-        architecture_name(args),
-        config.num_classes,
-        model.net.num_trainable_params(),
-        device_description(&devices),
-        args.precision,
-        args.device,
-    );
-    println!(
-        "data: {} training / {} validation images, {} workers; {} epochs x {} steps, \
-         batch {} x {} accumulation, lr {:.4}",
-        train_set.len(),
-        val_set.len(),
-        workers,
-        args.epochs,
-        steps_per_epoch,
-        args.batch_size,
-        args.accumulation,
-        lr
-    );
-    if let Some(epoch) = resume_epoch {
-        println!(
-            "resuming after epoch {epoch} from {}",
-            args.output.display()
-        );
-    }
-
-    let mut training =
-        SupervisedTraining::new(&args.output, Arc::new(train_loader), val_loader.clone())
-            .metrics((
-                AccuracyMetric::new(),
-                TopKAccuracyMetric::new(5),
-                LossMetric::new(),
-                ImagesPerSecond::new(),
-            ))
-            .metric_train_numeric(LearningRateMetric::new())
-            .with_default_checkpointers()
-            .num_epochs(args.epochs)
-            .summary();
-    if args.accumulation > 1 {
-        training = training.grads_accumulation(args.accumulation);
-    }
-    if args.ema.is_some() {
-        training = training.metric_valid_numeric(AverageAccuracy::new());
-    }
-    if !std::io::stdout().is_terminal() {
-        training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(10))));
-    }
-    if devices.len() > 1 {
-        training = training.with_training_strategy(
-            ExecutionStrategy::MultiDevice(devices.clone(), MultiDeviceOptim::OptimMainDevice)
-                .into(),
-        );
-    }
-    if let Some(epoch) = resume_epoch {
-        training = training.checkpoint(epoch);
-    }
-    let started = Instant::now();
-    let result = training.launch(Learner::new(model, optimizer, schedule));
-    if let Some(error) = result.error {
-        bail!("training failed: {error}");
-    }
-    if let Some(interruption) = result.interrupted {
-        bail!(
-            "training interrupted{}; continue with --resume",
-            interruption
-                .reason
-                .map(|reason| format!(" ({reason})"))
-                .unwrap_or_default()
-        );
-    }
-    drop(result.renderer);
-    println!("trained in {:.1?}", started.elapsed());
-    finish(
-        args,
-        result.model,
-        config,
-        classes,
-        val_loader.as_ref(),
-        skipped.list(),
-    )
-}
-
-fn model_config(args: &TrainArgs, found_classes: usize) -> Result<RepVggConfig> {
-    let config = match &args.config {
-        Some(path) => RepVggConfig::load(path).map_err(|err| {
-            anyhow::anyhow!("{}: not a RepVggConfig JSON file: {err}", path.display())
-        })?,
-        None => args.arch.config(),
-    };
-    let num_classes = args.num_classes.unwrap_or(found_classes);
-    ensure!(
-        num_classes >= found_classes,
-        "--num-classes {num_classes} is smaller than the {found_classes} class folders"
-    );
-    let config = config.with_num_classes(num_classes);
+/// Trains the network `config` describes on the ImageFolder set at `data` (`data/train/CLASS/*`
+/// and `data/val/CLASS/*`), on `devices` (several train data-parallel; autodiff is added here),
+/// and writes to `output`: `training.json` (the config, all [`resume`] needs), checkpoints every
+/// epoch, then `model.bpk` (training time) and `model-deploy.bpk` (re-parameterized, agreement
+/// checked on the validation set), `config.json` and `classes.txt`.
+///
+/// Refuses an `output` that holds another run's checkpoints. Progress is shown by burn-train's
+/// renderer (its TUI on a terminal, otherwise lines on stdout); everything else is logged
+/// (`log`) and returned in the report.
+pub fn train(
+    config: &TrainingConfig,
+    data: &Path,
+    devices: &[Device],
+    output: &Path,
+) -> Result<TrainReport, TrainError> {
     config.validate()?;
-    Ok(config)
+    let data = DataSets::open(data, &config.model)?;
+    let devices = training_devices(devices, config)?;
+    start_run(output, config)?;
+    Run {
+        config,
+        output,
+        data,
+        devices,
+        resume_after: None,
+    }
+    .execute()
 }
 
-fn architecture_name(args: &TrainArgs) -> String {
-    match &args.config {
-        Some(path) => format!("custom RepVGG from {}", path.display()),
-        None => args.arch.to_string(),
+/// Continues the run in `output` from its last checkpoint, with the config it kept
+/// (`training.json`): the same schedule position, data order, augmentation and weight average,
+/// so that the result is the one the uninterrupted run would have had. `data` and `devices` are
+/// as for [`train`].
+pub fn resume(output: &Path, data: &Path, devices: &[Device]) -> Result<TrainReport, TrainError> {
+    let config = saved_config(output)?;
+    config.validate()?;
+    let epoch = resume_point(output, config.recipe.epochs)?;
+    let data = DataSets::open(data, &config.model)?;
+    let devices = training_devices(devices, &config)?;
+    Run {
+        config: &config,
+        output,
+        data,
+        devices,
+        resume_after: Some(epoch),
+    }
+    .execute()
+}
+
+/// The training and validation folders of a data set.
+struct DataSets {
+    train: ImageFolder,
+    val: ImageFolder,
+}
+
+impl DataSets {
+    /// Indexes `root/train` and `root/val` and checks that they suit the network: the same
+    /// classes, and no more of them than the network has outputs.
+    fn open(root: &Path, model: &RepVggConfig) -> Result<Self, TrainError> {
+        let train = ImageFolder::open(&root.join("train"))?;
+        let val = ImageFolder::open(&root.join("val"))?;
+        if train.classes != val.classes {
+            return Err(TrainError::ClassMismatch {
+                train: train.root,
+                val: val.root,
+            });
+        }
+        if model.num_classes < train.classes.len() {
+            return Err(TrainError::TooFewOutputs {
+                num_classes: model.num_classes,
+                found: train.classes.len(),
+                data: train.root,
+            });
+        }
+        Ok(Self { train, val })
     }
 }
 
-fn device_description(devices: &[Device]) -> String {
-    match devices {
-        [device] => format!("{device:?}"),
-        devices => format!("{} devices", devices.len()),
+/// The devices to train on, without autodiff, switched to the config's precision; checks that
+/// the batch splits evenly over them.
+fn training_devices(
+    devices: &[Device],
+    config: &TrainingConfig,
+) -> Result<Vec<Device>, TrainError> {
+    if devices.is_empty() {
+        return Err(TrainError::NoDevices);
     }
-}
-
-fn training_devices(args: &TrainArgs) -> Result<Vec<Device>> {
-    let mut devices = args.device.devices(&args.devices)?;
-    if args.precision == Precision::Bf16 {
+    let batch_size = config.recipe.batch_size;
+    if !batch_size.is_multiple_of(devices.len()) {
+        return Err(TrainError::BatchSplit {
+            batch_size,
+            devices: devices.len(),
+        });
+    }
+    let mut devices: Vec<Device> = devices.iter().map(|d| d.clone().inner()).collect();
+    if config.precision == Precision::Bf16 {
         for device in &mut devices {
-            ensure!(
-                device.supports_dtype(FloatDType::BF16),
-                "{device:?} does not compute in bf16; use --precision f32"
-            );
+            if !device.supports_dtype(FloatDType::BF16) {
+                return Err(TrainError::PrecisionUnsupported {
+                    device: format!("{device:?}"),
+                });
+            }
             device
                 .configure(FloatDType::BF16)
-                .map_err(|err| anyhow::anyhow!("cannot switch {device:?} to bf16: {err:?}"))?;
+                .map_err(|source| TrainError::PrecisionSetup {
+                    device: format!("{device:?}"),
+                    source,
+                })?;
         }
     }
     Ok(devices)
+}
+
+/// A run whose config, data and devices are checked and whose directory is ready.
+struct Run<'a> {
+    config: &'a TrainingConfig,
+    output: &'a Path,
+    data: DataSets,
+    devices: Vec<Device>,
+    /// The epoch whose checkpoint the run continues from.
+    resume_after: Option<usize>,
+}
+
+/// The data pipeline of a run.
+struct Loaders {
+    train: ImageLoader,
+    val: Arc<ImageLoader>,
+    skipped: Arc<SkippedImages>,
+    workers: usize,
+}
+
+/// How an epoch divides into steps on each device.
+#[derive(Clone, Copy)]
+struct Steps {
+    /// Batches (training steps) per epoch: what the weight average counts.
+    batches: usize,
+    /// Optimizer steps per epoch (one per `accumulation` batches): what the scheduler counts.
+    optimizer: usize,
+}
+
+impl Run<'_> {
+    fn execute(self) -> Result<TrainReport, TrainError> {
+        let classes = self.data.train.classes.clone();
+        describe_network(self.output, self.config, &classes)?;
+        let loaders = self.loaders()?;
+        let steps = self.steps();
+        let model = self.model(steps)?;
+        let schedule = self.schedule(steps);
+        self.log_start(&model, &loaders, steps, schedule.base_lr);
+
+        let (val_loader, skipped) = (loaders.val.clone(), loaders.skipped.clone());
+        let training = self.learning(loaders);
+        let optimizer = sgd(&self.config.recipe);
+        let started = Instant::now();
+        let model = launch(training, Learner::new(model, optimizer, schedule))?;
+        finish(Trained {
+            config: self.config,
+            output: self.output,
+            classes,
+            model,
+            val_loader: val_loader.as_ref(),
+            resumed_after: self.resume_after,
+            training_time: started.elapsed(),
+            skipped_images: skipped.list(),
+        })
+    }
+
+    /// The training loader (augmented, shuffled, mixed up if the recipe says so, positioned at
+    /// the epoch the run continues with) and the validation loader, each batch on the main device.
+    fn loaders(&self) -> Result<Loaders, TrainError> {
+        let config = self.config;
+        let workers = config.loader.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(usize::from)
+                .unwrap_or(1)
+        });
+        let size = config.augmentation.image_size;
+        let mut train_transform = TrainTransform::new(size);
+        train_transform.crop = RandomResizedCrop {
+            scale: (config.augmentation.min_crop_scale, 1.0),
+            ..RandomResizedCrop::new(size)
+        };
+        let options = LoaderOptions {
+            batch_size: self.per_device_batch(),
+            workers,
+            seed: config.seed,
+            shuffle: true,
+            mixup_alpha: config.recipe.mixup_alpha,
+            prefetch: 2,
+        };
+        let eval_options = LoaderOptions {
+            shuffle: false,
+            mixup_alpha: None,
+            ..options.clone()
+        };
+        let main_device = &self.devices[0];
+        let train = ImageLoader::new(
+            self.data.train.samples.clone(),
+            Augmentation::Train(train_transform),
+            options,
+            main_device,
+        )?
+        .start_at_epoch(self.resume_after.unwrap_or(0));
+        let val = ImageLoader::new(
+            self.data.val.samples.clone(),
+            Augmentation::Eval(EvalTransform::new(size)),
+            eval_options,
+            main_device,
+        )?;
+        Ok(Loaders {
+            skipped: train.skipped(),
+            train,
+            val: Arc::new(val),
+            workers,
+        })
+    }
+
+    fn per_device_batch(&self) -> usize {
+        self.config.recipe.batch_size / self.devices.len()
+    }
+
+    /// Steps per epoch as burn-train takes them: each device steps through its share of the
+    /// training set.
+    fn steps(&self) -> Steps {
+        let share = self.data.train.len() / self.devices.len();
+        let batches = share.div_ceil(self.per_device_batch());
+        Steps {
+            batches,
+            optimizer: batches.div_ceil(self.config.recipe.accumulation),
+        }
+    }
+
+    /// The learning rate, scaled to the effective batch, warmed up and then decayed over the
+    /// run's optimizer steps.
+    fn schedule(&self, steps: Steps) -> WarmupCosine {
+        let recipe = &self.config.recipe;
+        let lr = scaled_lr(recipe.lr, recipe.batch_size * recipe.accumulation);
+        WarmupCosine::new(
+            lr,
+            recipe.warmup_epochs * steps.optimizer,
+            recipe.epochs * steps.optimizer,
+        )
+    }
+
+    /// The seeded network with its loss, and the weight average when the recipe keeps one
+    /// (continued from its checkpoint when the run resumes).
+    fn model(&self, steps: Steps) -> Result<Classifier, TrainError> {
+        let device = &self.devices[0];
+        device.seed(self.config.seed);
+        let net = self.config.model.init(&device.clone().autodiff());
+        let model = Classifier::new(net, Objective::of(&self.config.recipe));
+        let Some(decay) = self.config.recipe.ema_decay else {
+            return Ok(model);
+        };
+        let average = WeightAverage::new(decay, device).with_checkpoints(AverageCheckpoints {
+            directory: self.output.join("checkpoint"),
+            updates_per_epoch: steps.batches,
+        });
+        if let Some(epoch) = self.resume_after {
+            let resumed = average
+                .resume(epoch, model.net.clone())
+                .map_err(|source| TrainError::AverageCheckpoint { epoch, source })?;
+            if !resumed {
+                log::warn!("no weight average saved at epoch {epoch}: the average starts anew");
+            }
+        }
+        Ok(model.with_average(average))
+    }
+
+    fn log_start(&self, model: &Classifier, loaders: &Loaders, steps: Steps, lr: f64) {
+        let (config, recipe) = (self.config, &self.config.recipe);
+        let devices = match self.devices.as_slice() {
+            [device] => format!("{device:?}"),
+            devices => format!("{} devices", devices.len()),
+        };
+        log::info!(
+            "training {} ({} classes, {} trainable parameters) on {devices} ({})",
+            architecture_name(&config.model),
+            config.model.num_classes,
+            model.net.num_trainable_params(),
+            config.precision.name(),
+        );
+        log::info!(
+            "data: {} training / {} validation images, {} workers; {} epochs x {} steps, \
+             batch {} x {} accumulation, lr {lr:.4}",
+            self.data.train.len(),
+            self.data.val.len(),
+            loaders.workers,
+            recipe.epochs,
+            steps.optimizer,
+            recipe.batch_size,
+            recipe.accumulation,
+        );
+        if let Some(epoch) = self.resume_after {
+            log::info!(
+                "resuming after epoch {epoch} from {}",
+                self.output.display()
+            );
+        }
+    }
+
+    /// burn-train's supervised training: metrics, checkpoints every epoch, the progress display,
+    /// accumulation, the multi-device strategy, and the checkpoint to continue from.
+    fn learning(&self, loaders: Loaders) -> SupervisedTraining<Classifier> {
+        let recipe = &self.config.recipe;
+        let mut training =
+            SupervisedTraining::new(self.output, Arc::new(loaders.train), loaders.val)
+                .metrics((
+                    AccuracyMetric::new(),
+                    TopKAccuracyMetric::new(5),
+                    LossMetric::new(),
+                    ImagesPerSecond::new(),
+                ))
+                .metric_train_numeric(LearningRateMetric::new())
+                .with_default_checkpointers()
+                // burn-train would install a process-wide tracing subscriber (experiment.log); a
+                // library leaves the choice of logger to the application.
+                .with_application_logger(None)
+                .num_epochs(recipe.epochs)
+                .summary();
+        if recipe.accumulation > 1 {
+            training = training.grads_accumulation(recipe.accumulation);
+        }
+        if recipe.ema_decay.is_some() {
+            training = training.metric_valid_numeric(AverageAccuracy::new());
+        }
+        if !std::io::stdout().is_terminal() {
+            training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(10))));
+        }
+        if self.devices.len() > 1 {
+            training = training.with_training_strategy(
+                ExecutionStrategy::MultiDevice(
+                    self.devices.clone(),
+                    MultiDeviceOptim::OptimMainDevice,
+                )
+                .into(),
+            );
+        }
+        if let Some(epoch) = self.resume_after {
+            training = training.checkpoint(epoch);
+        }
+        training
+    }
+}
+
+/// Runs the learner to its last epoch; the trained model, or why there is none.
+fn launch(
+    training: SupervisedTraining<Classifier>,
+    learner: Learner<Classifier>,
+) -> Result<Classifier, TrainError> {
+    let result = training.launch(learner);
+    if let Some(error) = result.error {
+        return Err(TrainError::Failed(error));
+    }
+    if let Some(interruption) = result.interrupted {
+        return Err(TrainError::Interrupted {
+            reason: interruption.reason,
+        });
+    }
+    // Dropping the renderer hands the terminal back (burn-train's TUI) before anything else
+    // is shown.
+    drop(result.renderer);
+    Ok(result.model)
+}
+
+/// "RepVGG-A0" for a preset (with any number of classes), "a custom RepVGG" otherwise.
+fn architecture_name(config: &RepVggConfig) -> String {
+    RepVggArch::ALL
+        .into_iter()
+        .find(|arch| arch.config().with_num_classes(config.num_classes) == *config)
+        .map_or_else(|| "a custom RepVGG".to_string(), |arch| arch.to_string())
 }

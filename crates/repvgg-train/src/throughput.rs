@@ -5,15 +5,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, ensure};
 use burn::data::dataloader::DataLoader;
+use burn::data::dataset::DatasetError;
 use burn::tensor::Device;
 use image::codecs::jpeg::JpegEncoder;
 use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-
-use crate::data::{Augmentation, ImageFolder, ImageLoader, LoaderOptions, TrainTransform};
+use repvgg_data::{
+    Augmentation, DataError, ImageFolder, ImageLoader, LoaderOptions, TrainTransform,
+};
 
 /// Options of `repvgg-train bench-loader`.
 #[derive(clap::Args, Clone, Debug)]
@@ -32,24 +33,54 @@ pub struct LoaderBenchArgs {
     pub image_size: u32,
 }
 
+/// Why the loader could not be measured.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderBenchError {
+    /// Nothing to measure.
+    #[error("measure at least one image and one worker")]
+    Empty,
+    /// The image folder cannot be indexed.
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// Writing the generated images failed.
+    #[error("{}: {source}", path.display())]
+    Write {
+        /// The file or directory.
+        path: PathBuf,
+        /// The encoder's or the file system's error.
+        source: image::ImageError,
+    },
+    /// The loader's threads could not be started.
+    #[error("cannot start the image loader's threads: {0}")]
+    Threads(#[from] rayon::ThreadPoolBuildError),
+    /// A batch could not be loaded.
+    #[error("loading a batch: {0}")]
+    Batch(#[from] DatasetError),
+}
+
 /// One measurement.
 #[derive(Clone, Debug)]
 pub struct LoaderThroughput {
+    /// Decoding threads.
     pub workers: usize,
+    /// Images loaded.
     pub images: usize,
+    /// Images loaded per second, wall time.
     pub images_per_second: f64,
 }
 
-/// Measures the training loader (decode, RandomResizedCrop, flip, normalise, batch of 64) and
-/// prints a table.
-pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>> {
-    ensure!(args.images > 0, "--images must be at least 1");
+/// Measures the training loader (decode, RandomResizedCrop, flip, normalise, batch of 64) for
+/// each worker count, logging each measurement.
+pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>, LoaderBenchError> {
+    if args.images == 0 || args.workers.contains(&0) {
+        return Err(LoaderBenchError::Empty);
+    }
     let (root, generated) = match &args.data {
         Some(dir) => (dir.clone(), false),
         None => {
             let dir =
                 std::env::temp_dir().join(format!("repvgg-loader-bench-{}", std::process::id()));
-            println!(
+            log::info!(
                 "writing {} JPEGs of 500x375 to {}",
                 args.images,
                 dir.display()
@@ -67,10 +98,7 @@ pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>> {
         worker_counts.dedup();
     }
     let mut results = Vec::new();
-    println!("| workers | images | images/s | images/s per worker |");
-    println!("|---|---|---|---|");
     for workers in worker_counts {
-        ensure!(workers > 0, "--workers must be at least 1");
         let loader = ImageLoader::new(
             samples.clone(),
             Augmentation::Train(TrainTransform::new(args.image_size)),
@@ -90,10 +118,7 @@ pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>> {
             images += batch?.targets.dims()[0];
         }
         let images_per_second = images as f64 / started.elapsed().as_secs_f64();
-        println!(
-            "| {workers} | {images} | {images_per_second:.1} | {:.1} |",
-            images_per_second / workers as f64
-        );
+        log::info!("workers {workers}: {images} images at {images_per_second:.1} images/s");
         results.push(LoaderThroughput {
             workers,
             images,
@@ -107,11 +132,14 @@ pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>> {
 }
 
 /// `count` photo-like 500x375 JPEGs (smooth gradients, edges and grain) in two class folders.
-fn write_imagenet_like(root: &Path, count: usize) -> Result<()> {
+fn write_imagenet_like(root: &Path, count: usize) -> Result<(), LoaderBenchError> {
     let mut rng = StdRng::seed_from_u64(1);
     for i in 0..count {
         let dir = root.join(format!("class{}", i % 2));
-        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        fs::create_dir_all(&dir).map_err(|err| LoaderBenchError::Write {
+            path: dir.clone(),
+            source: err.into(),
+        })?;
         let (fx, fy) = (rng.random_range(0.01..0.05), rng.random_range(0.01..0.05));
         let base: [f32; 3] = [rng.random(), rng.random(), rng.random()];
         let image = RgbImage::from_fn(500, 375, |x, y| {
@@ -127,11 +155,13 @@ fn write_imagenet_like(root: &Path, count: usize) -> Result<()> {
             }))
         });
         let path = dir.join(format!("{i:05}.JPEG"));
-        let file =
-            fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-        JpegEncoder::new_with_quality(std::io::BufWriter::new(file), 90)
-            .encode_image(&image)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let written = fs::File::create(&path)
+            .map_err(image::ImageError::from)
+            .and_then(|file| {
+                JpegEncoder::new_with_quality(std::io::BufWriter::new(file), 90)
+                    .encode_image(&image)
+            });
+        written.map_err(|source| LoaderBenchError::Write { path, source })?;
     }
     Ok(())
 }

@@ -2,8 +2,7 @@
 //! statistic.
 
 use burn::tensor::Device;
-use repvgg_deploy::Weights;
-use repvgg_model::RepVggConfig;
+use repvgg_model::{RepVggConfig, Weights};
 use repvgg_train::ema::WeightAverage;
 
 #[test]

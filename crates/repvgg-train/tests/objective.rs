@@ -2,11 +2,9 @@
 //! by hand.
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
-use repvgg_deploy::Weights;
-use repvgg_model::RepVggConfig;
+use repvgg_data::{Evaluation, ImageBatch, MixedTargets};
+use repvgg_model::{RepVggConfig, Weights};
 use repvgg_train::classifier::{Classifier, Objective, custom_l2};
-use repvgg_train::data::{ImageBatch, MixedTargets};
-use repvgg_train::evaluate::Evaluation;
 
 fn tiny_config() -> RepVggConfig {
     RepVggConfig::new(vec![1, 2], vec![0.125, 0.125]).with_num_classes(4)

@@ -7,8 +7,8 @@ use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::optim::lr_scheduler::LrScheduler;
 use burn::tensor::{Device, Distribution, Tensor};
-use repvgg_deploy::Weights;
-use repvgg_model::{RepVggArch, RepVggConfig, tensor_infos};
+use repvgg_model::{RepVggArch, RepVggConfig, Weights, tensor_infos};
+use repvgg_train::RecipeConfig;
 use repvgg_train::recipe::{WarmupCosine, decays, no_decay_group, scaled_lr, sgd};
 
 #[test]
@@ -59,7 +59,10 @@ fn the_optimizer_decays_exactly_those_parameters() {
         // A zero loss: the gradients vanish and only weight decay moves the weights.
         let loss = model.forward(images).sum().mul_scalar(0.0);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let mut optimizer = sgd(0.9, false, 0.5, custom_l2);
+        let recipe = RecipeConfig::new()
+            .with_weight_decay(0.5)
+            .with_custom_l2(custom_l2);
+        let mut optimizer = sgd(&recipe);
         let model = optimizer.step(1.0, model, grads);
         let after = Weights::from_module(&model).unwrap();
         for (path, old) in before.iter() {

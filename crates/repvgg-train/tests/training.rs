@@ -4,26 +4,30 @@
 use std::f64::consts::PI;
 use std::fs;
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use burn::config::Config;
-use clap::Parser;
+use burn::tensor::Device;
+use repvgg_data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_deploy::{Form, read_checkpoint};
 use repvgg_model::RepVggConfig;
-use repvgg_train::data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_train::demo::demo_config;
-use repvgg_train::run::{TrainArgs, last_checkpoint, train};
+use repvgg_train::output::last_checkpoint;
+use repvgg_train::{
+    AugmentationConfig, LoaderConfig, RecipeConfig, TrainError, TrainReport, TrainingConfig,
+    resume, train,
+};
 use tempfile::TempDir;
 
-/// The command line, with later flags overriding earlier ones (the defaults below).
-#[derive(Parser)]
-#[command(args_override_self = true)]
-struct Flags {
-    #[command(flatten)]
-    train: TrainArgs,
+/// Burn's CPU backend draws initial weights from one process-wide generator: runs that overlap
+/// would draw each other's numbers, so the tests train one at a time, each from its own seed.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static TRAINING: Mutex<()> = Mutex::new(());
+    TRAINING.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A fresh directory with a synthetic data set (`data/`) and the demo's small architecture
-/// (`config.json`), removed when the returned guard is dropped.
+/// A fresh directory with a synthetic data set (`data/`), removed when the returned guard is
+/// dropped.
 fn workspace(name: &str, train_per_class: usize) -> TempDir {
     let val_per_class = 6;
     let root = tempfile::Builder::new()
@@ -31,28 +35,30 @@ fn workspace(name: &str, train_per_class: usize) -> TempDir {
         .tempdir()
         .unwrap();
     write_synthetic_set(&root.path().join("data"), train_per_class, val_per_class, 5).unwrap();
-    demo_config().save(root.path().join("config.json")).unwrap();
     root
 }
 
-fn args(root: &Path, run: &str, extra: &[&str]) -> TrainArgs {
-    let data = root.join("data");
-    let config = root.join("config.json");
-    let output = root.join(run);
-    let mut flags = vec![
-        "repvgg-train".to_string(),
-        format!("--data={}", data.display()),
-        format!("--config={}", config.display()),
-        format!("--output={}", output.display()),
-        "--image-size=32".into(),
-        "--min-crop-scale=0.35".into(),
-        "--batch-size=16".into(),
-        "--lr=0.4".into(),
-        "--workers=2".into(),
-        "--device=cpu".into(),
-    ];
-    flags.extend(extra.iter().map(|flag| flag.to_string()));
-    Flags::parse_from(flags).train
+/// The demo's small architecture on 32x32 crops, batches of 16, two loader threads; `recipe`
+/// adjusts the rest of the recipe.
+fn config(recipe: impl FnOnce(RecipeConfig) -> RecipeConfig) -> TrainingConfig {
+    TrainingConfig::new(demo_config())
+        .with_recipe(recipe(RecipeConfig::new().with_batch_size(16).with_lr(0.4)))
+        .with_augmentation(
+            AugmentationConfig::new()
+                .with_image_size(32)
+                .with_min_crop_scale(0.35),
+        )
+        .with_loader(LoaderConfig::new().with_workers(Some(2)))
+}
+
+/// Trains `config` on the workspace's data into `root/run`, on the CPU.
+fn train_in(root: &Path, run: &str, config: &TrainingConfig) -> Result<TrainReport, TrainError> {
+    train(
+        config,
+        &root.join("data"),
+        &[Device::flex()],
+        &root.join(run),
+    )
 }
 
 /// The per-iteration values burn-train logged for `metric` in `epoch` of `split`.
@@ -77,17 +83,20 @@ fn mean(values: &[f64]) -> f64 {
 
 #[test]
 fn a_short_run_learns_and_converts() {
+    let _serial = one_at_a_time();
     let workspace = workspace("learns", 80);
     let root = workspace.path();
-    let args = args(
-        root,
-        "run",
-        &["--epochs=10", "--warmup-epochs=1", "--batch-size=64"],
-    );
-    let report = train(&args).unwrap();
+    let config = config(|recipe| {
+        recipe
+            .with_epochs(10)
+            .with_warmup_epochs(1)
+            .with_batch_size(64)
+    });
+    let report = train_in(root, "run", &config).unwrap();
+    let output = root.join("run");
 
-    let first = mean(&logged(&args.output, "train", 1, "Loss"));
-    let last = mean(&logged(&args.output, "train", 10, "Loss"));
+    let first = mean(&logged(&output, "train", 1, "Loss"));
+    let last = mean(&logged(&output, "train", 10, "Loss"));
     assert!(last < 0.6 * first, "training loss {first} -> {last}");
     assert_eq!(report.validation.images, 6 * SYNTHETIC_CLASSES.len());
     assert!(
@@ -99,47 +108,55 @@ fn a_short_run_learns_and_converts() {
         report.validation.predictions,
         report.deploy_validation.predictions
     );
+    assert_eq!(report.disagreements, 0);
     assert!(report.max_relative_logit_difference < 1e-4);
+    assert_eq!(report.config, config);
+    assert_eq!(report.resumed_after, None);
+    assert!(report.average.is_none());
 
     let saved = read_checkpoint(&report.model_path).unwrap();
     assert_eq!(saved.form, Form::Training);
-    assert_eq!(saved.config.as_ref(), Some(&report.config));
+    assert_eq!(saved.config.as_ref(), Some(&config.model));
     assert_eq!(saved.classes.as_deref(), Some(&report.classes[..]));
     let deploy = read_checkpoint(&report.deploy_path).unwrap();
     assert_eq!(deploy.form, Form::Deploy);
     assert_eq!(deploy.classes, saved.classes);
-    let classes = fs::read_to_string(args.output.join("classes.txt")).unwrap();
+    let classes = fs::read_to_string(output.join("classes.txt")).unwrap();
     assert_eq!(classes.lines().collect::<Vec<_>>(), SYNTHETIC_CLASSES);
     assert_eq!(
-        RepVggConfig::load(args.output.join("config.json")).unwrap(),
-        report.config
+        RepVggConfig::load(output.join("config.json")).unwrap(),
+        config.model
+    );
+    // The run directory keeps the config it ran with.
+    assert_eq!(
+        TrainingConfig::load(output.join("training.json")).unwrap(),
+        config
     );
 }
 
 #[test]
 fn resuming_continues_the_same_schedule_and_counters() {
+    let _serial = one_at_a_time();
     let workspace = workspace("resume", 4);
     let root = workspace.path();
-    let straight = args(
-        root,
-        "straight",
-        &["--epochs=3", "--warmup-epochs=1", "--ema=0.9"],
-    );
-    let finished = train(&straight).unwrap();
+    let config = config(|recipe| {
+        recipe
+            .with_epochs(3)
+            .with_warmup_epochs(1)
+            .with_ema_decay(Some(0.9))
+    });
+    let finished = train_in(root, "straight", &config).unwrap();
+    let straight = root.join("straight");
 
     // A run killed during its third epoch: a copy of the finished run without anything the
     // third epoch wrote (checkpoints are written at the end of an epoch).
-    let killed = args(
-        root,
-        "killed",
-        &["--epochs=3", "--warmup-epochs=1", "--ema=0.9", "--resume"],
-    );
-    copy_dir(&straight.output, &killed.output);
+    let killed = root.join("killed");
+    copy_dir(&straight, &killed);
     for part in ["model", "optim", "scheduler", "ema"] {
-        fs::remove_file(killed.output.join(format!("checkpoint/{part}-3.bpk"))).unwrap();
+        fs::remove_file(killed.join(format!("checkpoint/{part}-3.bpk"))).unwrap();
     }
     for split in ["train", "valid"] {
-        fs::remove_dir_all(killed.output.join(split).join("epoch-3")).unwrap();
+        fs::remove_dir_all(killed.join(split).join("epoch-3")).unwrap();
     }
     for model in [
         "model.bpk",
@@ -147,36 +164,37 @@ fn resuming_continues_the_same_schedule_and_counters() {
         "model-ema.bpk",
         "model-ema-deploy.bpk",
     ] {
-        fs::remove_file(killed.output.join(model)).unwrap();
+        fs::remove_file(killed.join(model)).unwrap();
     }
     assert_eq!(
-        last_checkpoint(&killed.output.join("checkpoint")).unwrap(),
+        last_checkpoint(&killed.join("checkpoint")).unwrap(),
         Some(2)
     );
 
-    let resumed = train(&killed).unwrap();
+    // Nothing but the run directory: the config comes from its training.json.
+    let resumed = resume(&killed, &root.join("data"), &[Device::flex()]).unwrap();
+    assert_eq!(resumed.resumed_after, Some(2));
+    assert_eq!(resumed.config, config);
     assert_eq!(
-        last_checkpoint(&killed.output.join("checkpoint")).unwrap(),
+        last_checkpoint(&killed.join("checkpoint")).unwrap(),
         Some(3)
     );
     for epoch in 1..=3 {
-        let expected = logged(&straight.output, "train", epoch, "Learning_Rate");
+        let expected = logged(&straight, "train", epoch, "Learning_Rate");
         assert_eq!(
             expected.len(),
             3,
             "40 images in batches of 16, one step each"
         );
         assert_eq!(
-            logged(&killed.output, "train", epoch, "Learning_Rate"),
+            logged(&killed, "train", epoch, "Learning_Rate"),
             expected,
             "epoch {epoch}"
         );
     }
     // The schedule reached its end: the last of 9 steps (3 of warmup) runs at the cosine's
     // value 5/6 of the way down.
-    let last_rate = *logged(&killed.output, "train", 3, "Learning_Rate")
-        .last()
-        .unwrap();
+    let last_rate = *logged(&killed, "train", 3, "Learning_Rate").last().unwrap();
     let peak = 0.4 * 16.0 / 256.0;
     let expected = 0.5 * peak * (1.0 + (PI * 5.0 / 6.0).cos());
     assert!(
@@ -185,65 +203,91 @@ fn resuming_continues_the_same_schedule_and_counters() {
     );
     // Same data order, same augmentation, same weights: the resumed epoch is the same epoch.
     assert_eq!(
-        logged(&killed.output, "train", 3, "Loss"),
-        logged(&straight.output, "train", 3, "Loss")
+        logged(&killed, "train", 3, "Loss"),
+        logged(&straight, "train", 3, "Loss")
     );
     assert_eq!(
         resumed.deploy_validation.images,
         6 * SYNTHETIC_CLASSES.len()
     );
     // The weight average was saved with the checkpoints and continued: the same average.
-    assert!(killed.output.join("checkpoint/ema-2.bpk").is_file());
-    assert!(!killed.output.join("checkpoint/ema-1.bpk").exists());
-    let (finished_average, resumed_average) = (
-        finished.average_validation.unwrap(),
-        resumed.average_validation.unwrap(),
-    );
-    assert_eq!(finished_average.predictions, resumed_average.predictions);
+    assert!(killed.join("checkpoint/ema-2.bpk").is_file());
+    assert!(!killed.join("checkpoint/ema-1.bpk").exists());
+    let (finished_average, resumed_average) = (finished.average.unwrap(), resumed.average.unwrap());
+    assert_eq!(finished_average.updates, resumed_average.updates);
     assert_eq!(
-        read_checkpoint(&straight.output.join("model-ema.bpk"))
+        finished_average.validation.predictions,
+        resumed_average.validation.predictions
+    );
+    assert_eq!(
+        read_checkpoint(&straight.join("model-ema.bpk"))
             .unwrap()
             .weights,
-        read_checkpoint(&killed.output.join("model-ema.bpk"))
+        read_checkpoint(&killed.join("model-ema.bpk"))
             .unwrap()
             .weights
     );
     // And it was evaluated every epoch beside the model.
-    assert!(!logged(&killed.output, "valid", 3, "EMA_Accuracy").is_empty());
+    assert!(!logged(&killed, "valid", 3, "EMA_Accuracy").is_empty());
 }
 
 #[test]
 fn bad_runs_are_refused_with_a_reason() {
+    let _serial = one_at_a_time();
     let workspace = workspace("refused", 1);
     let root = workspace.path();
-    let message = |args: TrainArgs| format!("{:#}", train(&args).unwrap_err());
+    let data = root.join("data");
+    let one_epoch = config(|recipe| recipe.with_epochs(1));
+    let message = |result: Result<TrainReport, TrainError>| result.unwrap_err().to_string();
 
-    let mut missing = args(root, "missing", &["--epochs=1"]);
-    missing.data = root.join("no-such-dir");
-    let error = message(missing);
+    let error = message(train(
+        &one_epoch,
+        &root.join("no-such-dir"),
+        &[Device::flex()],
+        &root.join("missing"),
+    ));
     assert!(error.contains("no-such-dir"), "{error}");
+    assert!(
+        !root.join("missing").exists(),
+        "a refused run leaves nothing"
+    );
 
-    let error = message(args(root, "resume", &["--epochs=1", "--resume"]));
+    let error = message(resume(&root.join("nowhere"), &data, &[Device::flex()]));
+    assert!(error.contains("no training.json"), "{error}");
+    fs::create_dir_all(root.join("unstarted")).unwrap();
+    one_epoch
+        .save(root.join("unstarted/training.json"))
+        .unwrap();
+    let error = message(resume(&root.join("unstarted"), &data, &[Device::flex()]));
     assert!(error.contains("no checkpoint to resume"), "{error}");
 
-    let error = message(args(root, "zero", &["--epochs=0"]));
-    assert!(error.contains("--epochs"), "{error}");
+    let error = message(train_in(root, "zero", &config(|r| r.with_epochs(0))));
+    assert!(error.contains("recipe.epochs is 0"), "{error}");
 
-    let error = message(args(root, "classes", &["--epochs=1", "--num-classes=3"]));
+    let narrow = TrainingConfig {
+        model: demo_config().with_num_classes(3),
+        ..one_epoch.clone()
+    };
+    let error = message(train_in(root, "classes", &narrow));
     assert!(
         error.contains("smaller than the 10 class folders"),
         "{error}"
     );
 
-    fs::create_dir_all(root.join("data/val/extra-class")).unwrap();
-    let error = message(args(root, "mismatch", &["--epochs=1"]));
-    assert!(error.contains("different class folders"), "{error}");
-    fs::remove_dir_all(root.join("data/val/extra-class")).unwrap();
+    let error = message(train(&one_epoch, &data, &[], &root.join("nowhere")));
+    assert!(error.contains("no device"), "{error}");
 
-    let existing = args(root, "existing", &["--epochs=1"]);
-    train(&existing).unwrap();
-    let error = message(existing);
-    assert!(error.contains("pass --resume"), "{error}");
+    fs::create_dir_all(data.join("val/extra-class")).unwrap();
+    let error = message(train_in(root, "mismatch", &one_epoch));
+    assert!(error.contains("different class folders"), "{error}");
+    fs::remove_dir_all(data.join("val/extra-class")).unwrap();
+
+    train_in(root, "existing", &one_epoch).unwrap();
+    let error = train_in(root, "existing", &one_epoch).unwrap_err();
+    assert!(
+        matches!(error, TrainError::OutputInUse { epoch: 1, .. }),
+        "{error}"
+    );
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -261,39 +305,39 @@ fn copy_dir(from: &Path, to: &Path) {
 
 #[test]
 fn every_recipe_option_trains_together() {
+    let _serial = one_at_a_time();
     let workspace = workspace("options", 4);
     let root = workspace.path();
-    let args = args(
-        root,
-        "run",
-        &[
-            "--epochs=2",
-            "--accumulation=2",
-            "--mixup=0.2",
-            "--label-smoothing=0.1",
-            "--custom-l2",
-            "--nesterov",
-            "--ema=0.99",
-            "--warmup-epochs=1",
-        ],
-    );
-    let report = train(&args).unwrap();
+    let config = config(|recipe| {
+        recipe
+            .with_epochs(2)
+            .with_accumulation(2)
+            .with_mixup_alpha(Some(0.2))
+            .with_label_smoothing(0.1)
+            .with_custom_l2(true)
+            .with_nesterov(true)
+            .with_ema_decay(Some(0.99))
+            .with_warmup_epochs(1)
+    });
+    let report = train_in(root, "run", &config).unwrap();
+    let output = root.join("run");
     for epoch in 1..=2 {
-        let losses = logged(&args.output, "train", epoch, "Loss");
+        let losses = logged(&output, "train", epoch, "Loss");
         // 40 images in batches of 16: three batches per epoch, every one logged.
         assert_eq!(losses.len(), 3, "epoch {epoch}");
         assert!(losses.iter().all(|loss| loss.is_finite()), "{losses:?}");
     }
     // Two optimizer steps per epoch (batches 1+2, then 3), four over the run: the schedule's
     // warmup (two steps) then the cosine reaches 0.5 * peak * (1 + cos(pi / 2)) at its 4th step.
-    let rates = logged(&args.output, "train", 2, "Learning_Rate");
+    let rates = logged(&output, "train", 2, "Learning_Rate");
     let peak = 0.4 * 16.0 * 2.0 / 256.0;
     let last = *rates.last().unwrap();
     assert!(
         (last - 0.5 * peak * (1.0 + (PI / 2.0).cos())).abs() < 1e-9,
         "{rates:?}"
     );
-    assert!(report.average_validation.is_some());
+    let average = report.average.expect("the recipe keeps a weight average");
+    assert!(average.model_path.is_file() && average.deploy_path.is_file());
     assert_eq!(
         report.validation.predictions,
         report.deploy_validation.predictions

@@ -1,6 +1,9 @@
-//! RepVGG as the backbone of another Burn model (detection, segmentation): `forward_features`
-//! gives the stem's and every stage's output; a small FPN-style neck turns the last three into
-//! maps of one width, top-down. The deploy form serves the same features, faster.
+//! RepVGG as the backbone of another Burn model (detection, segmentation): a headless RepVGG
+//! (`with_num_classes(0)`) whose `forward_features` gives the stem's and every stage's output, and a
+//! small FPN-style neck that turns the last three into maps of one width, top-down. The whole
+//! detector-like model is trained in its training form and converted in one call
+//! (`reparameterize_nested`): the backbone's blocks are fused, the neck is carried over, and both
+//! forms give the same outputs.
 //!
 //! ```sh
 //! cargo run -p backbone                       # A0 at 224x224
@@ -15,8 +18,8 @@ use burn::tensor::module::interpolate;
 use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
-use repvgg_deploy::{DeployModel, Weights, reparameterize};
-use repvgg_model::{RepVggArch, RepVggDeploy};
+use repvgg_deploy::DeployModel;
+use repvgg_model::{RepVgg, RepVggArch, RepVggDeploy, logit_difference, reparameterize_nested};
 
 #[derive(Parser)]
 struct Args {
@@ -28,6 +31,28 @@ struct Args {
     /// Channels of every neck output.
     #[arg(long, default_value_t = 64)]
     neck_width: usize,
+}
+
+/// A detector's feature extractor: a RepVGG backbone of either form (`B` = [`RepVgg`] in
+/// training, [`RepVggDeploy`] deployed) and a neck on its strides 8, 16 and 32.
+#[derive(Module, Debug)]
+struct FeatureExtractor<B> {
+    backbone: B,
+    neck: Neck,
+}
+
+impl FeatureExtractor<RepVgg> {
+    fn forward(&self, images: Tensor<4>) -> Vec<Tensor<4>> {
+        self.neck
+            .forward(self.backbone.forward_features(images)[2..].to_vec())
+    }
+}
+
+impl FeatureExtractor<RepVggDeploy> {
+    fn forward(&self, images: Tensor<4>) -> Vec<Tensor<4>> {
+        self.neck
+            .forward(self.backbone.forward_features(images)[2..].to_vec())
+    }
 }
 
 /// Lateral 1x1 convolutions to a common width, summed top-down with nearest upsampling, then a
@@ -82,31 +107,58 @@ fn main() -> Result<()> {
         None => (args.size.parse()?, args.size.parse()?),
     };
     let device = Device::flex();
-    let config = args.arch.config();
-    // A trained backbone would come from `read_checkpoint` or `pretrained`; random weights show
-    // the shapes. The deploy form is what a detector runs; `DeployModel` runs it through the CPU
-    // path here (and through Burn's generic ops on a GPU).
-    let training = config.init(&device);
-    let weights = Weights::from_module(&training)?;
-    let backbone: RepVggDeploy = reparameterize(&weights, &config, &device)?
-        .load_into(config.init_deploy(&device), "backbone")?;
-    let backbone = DeployModel::new(backbone);
+    // No classifier: the backbone ends at the last stage.
+    let config = args.arch.config().with_num_classes(0);
+    let widths = config.stage_widths();
+    let neck_inputs = &widths[widths.len() - 3..];
 
+    // The model as it would be trained (random weights here: the shapes and the conversion are
+    // what this shows). A trained one would come from `load_checkpoint` or `pretrained`.
+    let training = FeatureExtractor {
+        backbone: config.init(&device),
+        neck: Neck::new(neck_inputs, args.neck_width, &device),
+    };
     let images = Tensor::<4>::random([1, 3, height, width], Distribution::Default, &device);
-    let features = backbone.forward_features(images);
-    println!("{} features of a 1x3x{height}x{width} input:", args.arch);
+    let features = training.backbone.forward_features(images.clone());
+    println!(
+        "{} backbone features of a 1x3x{height}x{width} input:",
+        args.arch
+    );
     let names = ["stem (stage0)", "stage1", "stage2", "stage3", "stage4"];
     for (name, feature) in names.iter().zip(&features) {
         println!("  {name:14} {:?}", feature.dims());
     }
 
-    // Strides 8, 16 and 32: the levels detection necks usually take.
-    let taken: Vec<Tensor<4>> = features[2..].to_vec();
-    let channels: Vec<usize> = taken.iter().map(|f| f.dims()[1]).collect();
-    let neck = Neck::new(&channels, args.neck_width, &device);
-    println!("neck outputs ({} channels each):", args.neck_width);
-    for (stride, output) in [8, 16, 32].iter().zip(neck.forward(taken)) {
-        println!("  stride {stride:2}      {:?}", output.dims());
+    // One call converts the whole model: the RepVGG under `backbone` is re-parameterized, the
+    // neck's tensors are carried over, and the result is loaded strictly into the deploy type.
+    let target = FeatureExtractor {
+        backbone: config.init_deploy(&device),
+        neck: Neck::new(neck_inputs, args.neck_width, &device),
+    };
+    let deployed = reparameterize_nested(&training, "backbone", &config, target)?;
+    println!(
+        "neck outputs ({} channels each), training form vs deployed:",
+        args.neck_width
+    );
+    let expected = training.forward(images.clone());
+    let actual = deployed.forward(images.clone());
+    for ((stride, expected), actual) in [8, 16, 32].iter().zip(expected).zip(actual) {
+        let difference = logit_difference(&actual.clone().into_data(), &expected.into_data());
+        println!(
+            "  stride {stride:2}      {:?}  max relative difference {:.1e}",
+            actual.dims(),
+            difference.relative
+        );
+        anyhow::ensure!(difference.relative < 1e-4, "the forms disagree");
     }
+
+    // A deployed backbone alone runs through `DeployModel`, which takes the CPU path here.
+    let fast = DeployModel::new(deployed.backbone);
+    let maps = fast.forward_features(images);
+    println!(
+        "DeployModel backbone (CPU path: {}): last map {:?}",
+        fast.uses_cpu_path(),
+        maps.last().map(Tensor::dims)
+    );
     Ok(())
 }

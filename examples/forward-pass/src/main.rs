@@ -6,13 +6,13 @@
 //! ```
 
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use burn::config::Config;
-use burn::tensor::{Device, Distribution, Tensor};
-use clap::{Parser, ValueEnum};
-use repvgg_model::{RepVggArch, RepVggConfig, RepVggNetwork};
+use burn::tensor::{Distribution, Tensor};
+use clap::Parser;
+use repvgg_deploy::median_millis;
+use repvgg_model::{DeviceChoice, RepVggArch, RepVggConfig, RepVggNetwork};
 
 /// Build a RepVGG architecture (random weights), run its training-time and deploy-time forms on
 /// random images, and print shapes, parameter counts, MACs and timings.
@@ -21,7 +21,7 @@ use repvgg_model::{RepVggArch, RepVggConfig, RepVggNetwork};
 struct Args {
     /// Reference architecture: A0, A1, A2, B0, B1, B1g2, B1g4, B2, B2g2, B2g4, B3, B3g2, B3g4,
     /// D2se (case-insensitive, `RepVGG-` prefix allowed).
-    #[arg(long, default_value = "A0", value_parser = parse_arch)]
+    #[arg(long, default_value = "A0")]
     arch: RepVggArch,
 
     /// A JSON architecture config (as written by `RepVggConfig::save`); overrides `--arch`.
@@ -40,48 +40,10 @@ struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
     runs: u16,
 
-    /// Where to run.
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    device: Backend,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Backend {
-    /// Burn's pure-Rust CPU backend (flex).
-    Cpu,
-    /// A GPU through wgpu (Vulkan, Metal, DX12); needs the `wgpu` feature (on by default).
-    Wgpu,
-    /// An NVIDIA GPU; needs `--features cuda`.
-    Cuda,
-}
-
-impl Backend {
-    fn describe(self) -> &'static str {
-        match self {
-            Backend::Cpu => "the CPU (burn flex backend)",
-            Backend::Wgpu => "wgpu",
-            Backend::Cuda => "CUDA",
-        }
-    }
-
-    fn device(self) -> Result<Device> {
-        match self {
-            Backend::Cpu => Ok(Device::flex()),
-            #[cfg(feature = "wgpu")]
-            Backend::Wgpu => Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda => Ok(Device::cuda(0)),
-            #[allow(unreachable_patterns)]
-            other => bail!(
-                "this binary was built without the `{}` feature; rebuild with `--features {0}`",
-                format!("{other:?}").to_lowercase()
-            ),
-        }
-    }
-}
-
-fn parse_arch(name: &str) -> Result<RepVggArch, String> {
-    RepVggArch::from_name(name).map_err(|err| err.to_string())
+    /// Where to run: cpu, wgpu (a GPU through Vulkan, Metal or DX12; on by default) or cuda
+    /// (`--features cuda`).
+    #[arg(long, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
 }
 
 fn parse_size(text: &str) -> Result<[usize; 2], String> {
@@ -127,7 +89,7 @@ fn run(args: Args) -> Result<()> {
 
     println!(
         "{name} on {}, input {batch}x3x{height}x{width}",
-        args.device.describe()
+        args.device.description()
     );
     let params = config.num_params();
     println!(
@@ -164,35 +126,25 @@ fn run(args: Args) -> Result<()> {
         args.runs,
         per_batch(training_time, batch),
         per_batch(deploy_time, batch),
-        training_time.as_secs_f64() / deploy_time.as_secs_f64()
+        training_time / deploy_time
     );
     Ok(())
 }
 
-/// Median wall time of `runs` forward passes, after a warm-up pass.
+/// Median wall time in ms of `runs` forward passes, after a warm-up pass (reading the logits
+/// back waits for the device to finish).
 fn time_forward<B: repvgg_model::Block>(
     model: &RepVggNetwork<B>,
     images: &Tensor<4>,
     runs: u16,
-) -> Duration {
-    let run = || {
-        let start = Instant::now();
-        // Reading the logits back waits for the device to finish.
+) -> f64 {
+    median_millis(1, runs.into(), || {
         model.forward(images.clone()).into_data();
-        start.elapsed()
-    };
-    run();
-    let mut times: Vec<Duration> = (0..runs).map(|_| run()).collect();
-    times.sort();
-    times[times.len() / 2]
+    })
 }
 
-fn per_batch(time: Duration, batch: usize) -> String {
-    format!(
-        "{:.1} ms ({:.1} img/s)",
-        time.as_secs_f64() * 1e3,
-        batch as f64 / time.as_secs_f64()
-    )
+fn per_batch(millis: f64, batch: usize) -> String {
+    format!("{millis:.1} ms ({:.1} img/s)", batch as f64 * 1e3 / millis)
 }
 
 /// Multiply-accumulates in G or M units, whichever reads better.

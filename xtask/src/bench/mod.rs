@@ -14,11 +14,10 @@ use anyhow::{Context, Result, ensure};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
-use repvgg_deploy::{DeployModel, Weights, reparameterize};
-use repvgg_model::RepVggArch;
+use repvgg_deploy::{DeployModel, median_millis};
+use repvgg_model::{DeviceChoice, RepVggArch, Weights, reparameterize};
 use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
 
-use crate::weights_file::{Backend, parse_arch};
 use resnet::ResNet;
 
 /// Measure inference speed: RepVGG's training-time and deploy models, ResNet-18/50 baselines
@@ -30,7 +29,7 @@ use resnet::ResNet;
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Architectures, comma separated.
-    #[arg(long, value_delimiter = ',', value_parser = parse_arch, default_value = "A0,B0")]
+    #[arg(long, value_delimiter = ',', default_value = "A0,B0")]
     arch: Vec<RepVggArch>,
 
     /// Batch sizes, comma separated.
@@ -41,8 +40,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
     size: u32,
 
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    device: Backend,
+    #[arg(long, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
 
     /// Timed forward passes per measurement (the median is reported).
     #[arg(long, default_value_t = 10)]
@@ -110,7 +109,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             rows.push(measure(&args, &model, "deploy", batch, || {
                 deploy.forward(images.clone())
             }));
-            if args.device == Backend::Cpu {
+            if args.device == DeviceChoice::Cpu {
                 let fast = DeployModel::new(deploy.clone());
                 rows.push(measure(&args, &model, "deploy-cpu", batch, || {
                     fast.forward(images.clone())
@@ -133,7 +132,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let reparameterization = time_reparameterization(&args.arch, &device)?;
 
     let torch = match (args.device, args.python.as_str()) {
-        (Backend::Cpu, python) if python != "none" => {
+        (DeviceChoice::Cpu, python) if python != "none" => {
             eprintln!("PyTorch ({python} scripts/bench_torch.py)");
             match run_torch(&args) {
                 Ok(torch) => Some(torch),
@@ -198,23 +197,15 @@ fn measure(
     batch: usize,
     forward: impl Fn() -> Tensor<2>,
 ) -> Measurement {
-    for _ in 0..args.warmup {
+    let median_ms = median_millis(args.warmup, args.runs, || {
         forward().into_data();
-    }
-    let mut times: Vec<f64> = (0..args.runs)
-        .map(|_| {
-            let started = Instant::now();
-            forward().into_data();
-            started.elapsed().as_secs_f64() * 1000.0
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
+    });
     Measurement {
         model: model.to_string(),
         form,
         batch,
-        median_ms: times[times.len() / 2],
-        peak_mb: (args.device == Backend::Cpu)
+        median_ms,
+        peak_mb: (args.device == DeviceChoice::Cpu)
             .then(|| peak_memory_of(model, form, batch, args.size))
             .flatten(),
         torch_ms: None,
@@ -269,17 +260,17 @@ pub fn run_memory(args: MemoryArgs) -> Result<()> {
             Box::new(move || net.forward(images.clone()))
         }
         (name, "training") => {
-            let config = parse_arch(name).map_err(anyhow::Error::msg)?.config();
+            let config = RepVggArch::from_name(name)?.config();
             let net = loaded(config.init(&device));
             Box::new(move || net.forward(images.clone()))
         }
         (name, "deploy-cpu") => {
-            let config = parse_arch(name).map_err(anyhow::Error::msg)?.config();
+            let config = RepVggArch::from_name(name)?.config();
             let net = DeployModel::new(config.init_deploy(&device));
             Box::new(move || net.forward(images.clone()))
         }
         (name, _) => {
-            let config = parse_arch(name).map_err(anyhow::Error::msg)?.config();
+            let config = RepVggArch::from_name(name)?.config();
             let net = loaded(config.init_deploy(&device));
             Box::new(move || net.forward(images.clone()))
         }
@@ -307,14 +298,17 @@ fn time_reparameterization(archs: &[RepVggArch], device: &Device) -> Result<Vec<
     for &arch in archs {
         let config = arch.config();
         let weights = Weights::from_module(&config.init(device))?;
-        let mut runs = Vec::new();
-        for _ in 0..3 {
-            let started = Instant::now();
-            reparameterize(&weights, &config, device)?;
-            runs.push(started.elapsed().as_secs_f64() * 1000.0);
+        reparameterize(&weights, &config, device)?;
+        let mut failed = None;
+        let median = median_millis(0, 3, || {
+            if let Err(err) = reparameterize(&weights, &config, device) {
+                failed = Some(err);
+            }
+        });
+        if let Some(err) = failed {
+            return Err(err.into());
         }
-        runs.sort_by(f64::total_cmp);
-        times.push((arch.to_string(), runs[1]));
+        times.push((arch.to_string(), median));
     }
     Ok(times)
 }
@@ -413,7 +407,7 @@ fn report(
     );
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(out, "Produced by `{command}`.\n");
-    let _ = writeln!(out, "{}\n", machine::describe(args.device.name()));
+    let _ = writeln!(out, "{}\n", machine::describe(args.device.description()));
     if let Some(torch) = torch {
         let _ = writeln!(
             out,

@@ -7,7 +7,7 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::ops::{matmul_add, relu};
+use super::ops::{MatMut, MatRef, matmul_add, relu};
 
 /// Target size of one block's columns, in floats (128 KiB: well inside a core's L2).
 const BLOCK_FLOATS: usize = 32 * 1024;
@@ -144,23 +144,13 @@ impl DirectConv {
             columns.resize(rows * depth, 0.0);
             for (g, weights) in self.weights.iter().enumerate() {
                 self.im2col(input, shape, first, g * in_per_group, in_per_group, columns);
-                // SAFETY: columns [rows, depth], weights [depth, out_per_group] and the group's
-                // column block of out [rows, cout] (offset g * out_per_group) are in bounds.
-                unsafe {
-                    matmul_add(
-                        &mut out[g * out_per_group..],
-                        cout,
-                        columns,
-                        depth,
-                        weights,
-                        out_per_group,
-                        rows,
-                        out_per_group,
-                        depth,
-                        true,
-                        threads,
-                    );
-                }
+                matmul_add(
+                    MatMut::new(&mut out[g * out_per_group..], rows, out_per_group, cout),
+                    MatRef::new(columns, rows, depth, depth),
+                    MatRef::new(weights, depth, out_per_group, out_per_group),
+                    true,
+                    threads,
+                );
             }
         });
         if relu_after {

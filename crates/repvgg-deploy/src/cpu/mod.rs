@@ -16,7 +16,8 @@ use repvgg_model::{RepVggDeploy, RepVggDeployBlock};
 
 use direct::DirectConv;
 use ops::{
-    Excitation, average_pool, matmul_add, relu, to_channels_first, to_channels_last, values,
+    Excitation, MatMut, MatRef, average_pool, matmul_add, relu, to_channels_first,
+    to_channels_last, values,
 };
 use winograd::{WinogradConv, WinogradScratch};
 
@@ -41,12 +42,18 @@ pub struct CpuDeploy {
     /// How many layers each stage has, the stem first (empty stages left out, as
     /// `RepVggNetwork::stages` does).
     stage_lengths: Vec<usize>,
-    /// Linear head, `[features, classes]` row-major, and its bias.
-    head_weight: Vec<f32>,
-    head_bias: Vec<f32>,
+    /// The linear classifier, if the network has one.
+    head: Option<Head>,
     /// Activation and Winograd buffers kept between calls: allocating them afresh costs page
     /// faults on every layer (tens of MB at batch 8).
     scratch: Mutex<Scratch>,
+}
+
+/// The linear classifier: weight `[features, classes]` row-major, and its bias.
+#[derive(Debug)]
+struct Head {
+    weight: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 #[derive(Debug, Default)]
@@ -83,18 +90,20 @@ impl CpuDeploy {
         Self {
             layers,
             stage_lengths,
-            head_weight: values(model.linear.weight.val()),
-            head_bias: model
-                .linear
-                .bias
-                .as_ref()
-                .map(|bias| values(bias.val()))
-                .unwrap_or_default(),
+            head: model.linear.as_ref().map(|linear| Head {
+                weight: values(linear.weight.val()),
+                bias: linear
+                    .bias
+                    .as_ref()
+                    .map(|bias| values(bias.val()))
+                    .unwrap_or_else(|| vec![0.0; linear.weight.dims()[1]]),
+            }),
             scratch: Mutex::default(),
         }
     }
 
-    /// Class logits, `[N, 3, H, W]` to `[N, classes]`, on the images' device.
+    /// Class logits, `[N, 3, H, W]` to `[N, classes]`, on the images' device; for a headless
+    /// network the pooled features `[N, features]`.
     ///
     /// # Panics
     /// If the images do not have the channels the model takes (3 for every preset), as Burn's
@@ -102,30 +111,35 @@ impl CpuDeploy {
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
         let device = images.device();
         let batch = images.dims()[0];
-        let classes = self.head_bias.len();
-        let mut logits: Vec<f32> = (0..batch).flat_map(|_| self.head_bias.clone()).collect();
+        let Some(head) = &self.head else {
+            let mut output = (Vec::new(), 0);
+            self.run(
+                images,
+                |_, _| {},
+                |last, [_, height, width, features]| {
+                    output = (
+                        average_pool(last, batch, height * width, features),
+                        features,
+                    );
+                },
+            );
+            let (pooled, features) = output;
+            return Tensor::from_data(TensorData::new(pooled, [batch, features]), &device);
+        };
+        let classes = head.bias.len();
+        let mut logits: Vec<f32> = (0..batch).flat_map(|_| head.bias.clone()).collect();
         self.run(
             images,
             |_, _| {},
             |last, [_, height, width, features]| {
                 let pooled = average_pool(last, batch, height * width, features);
-                // SAFETY: the slices hold exactly the shapes passed: pooled [batch, features], head
-                // [features, classes], logits [batch, classes], all row-major.
-                unsafe {
-                    matmul_add(
-                        &mut logits,
-                        classes,
-                        &pooled,
-                        features,
-                        &self.head_weight,
-                        classes,
-                        batch,
-                        classes,
-                        features,
-                        true,
-                        rayon::current_num_threads(),
-                    );
-                }
+                matmul_add(
+                    MatMut::new(&mut logits, batch, classes, classes),
+                    MatRef::new(&pooled, batch, features, features),
+                    MatRef::new(&head.weight, features, classes, classes),
+                    true,
+                    rayon::current_num_threads(),
+                );
             },
         );
         Tensor::from_data(TensorData::new(logits, [batch, classes]), &device)

@@ -1,6 +1,8 @@
 //! The small pieces the CPU path's layers share: the matrix product, layout and pooling passes,
 //! squeeze-excitation and ReLU.
 
+use std::marker::PhantomData;
+
 use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -31,50 +33,151 @@ impl SendPtr {
     }
 }
 
-/// `dst[m, n] = dst[m, n] * keep + lhs[m, k] * rhs[k, n]` (`keep`: 1 when `accumulate`, else
-/// the old values are ignored), all row-major with the given row strides, on `threads` threads.
+/// A row-major `rows x cols` matrix inside a slice, its rows `stride` elements apart (a column
+/// block of a wider matrix has `stride > cols`). Made only by [`MatRef::new`], which checks that
+/// the matrix lies within the slice.
+#[derive(Clone, Copy)]
+pub(super) struct MatRef<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// # Panics
+    /// If the matrix does not lie within `data` or its rows overlap (`stride < cols`).
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        check_extent(data.len(), rows, cols, stride);
+        Self {
+            data,
+            rows,
+            cols,
+            stride,
+        }
+    }
+}
+
+/// The writable counterpart of [`MatRef`]. It holds a pointer rather than a slice so that
+/// parallel jobs can each write their own column block of one buffer: the spans of such blocks
+/// interleave, their cells do not.
+pub(super) struct MatMut<'a> {
+    data: *mut f32,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> MatMut<'a> {
+    /// # Panics
+    /// If the matrix does not lie within `data` or its rows overlap (`stride < cols`).
+    pub fn new(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
+        check_extent(data.len(), rows, cols, stride);
+        Self {
+            data: data.as_mut_ptr(),
+            rows,
+            cols,
+            stride,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// The matrix at `offset` elements into a buffer of `len` elements at `base`.
+    ///
+    /// # Panics
+    /// If the matrix does not lie within the buffer or its rows overlap.
+    ///
+    /// # Safety
+    /// `base` must point to `len` valid elements that outlive `'a`, and nothing else may read
+    /// or write this matrix's cells (rows `0..rows`, columns `0..cols`) while it is alive.
+    pub unsafe fn in_buffer(
+        base: *mut f32,
+        len: usize,
+        offset: usize,
+        rows: usize,
+        cols: usize,
+        stride: usize,
+    ) -> Self {
+        check_extent(
+            len.checked_sub(offset).expect("offset within the buffer"),
+            rows,
+            cols,
+            stride,
+        );
+        Self {
+            // SAFETY: `offset <= len` (checked), so the pointer stays within the buffer.
+            data: unsafe { base.add(offset) },
+            rows,
+            cols,
+            stride,
+            _borrow: PhantomData,
+        }
+    }
+}
+
+/// A `rows x cols` matrix with row stride `stride` spans `(rows - 1) * stride + cols` elements.
+fn check_extent(len: usize, rows: usize, cols: usize, stride: usize) {
+    assert!(
+        stride >= cols,
+        "rows of {cols} values cannot be {stride} apart"
+    );
+    let extent = match rows.checked_sub(1) {
+        None => 0,
+        Some(last) => last
+            .checked_mul(stride)
+            .and_then(|start| start.checked_add(cols))
+            .expect("matrix extent overflows"),
+    };
+    assert!(
+        extent <= len,
+        "a {rows}x{cols} matrix with row stride {stride} spans {extent} values; the slice has {len}"
+    );
+}
+
+/// `dst = dst + lhs · rhs` (`accumulate`), or `dst = lhs · rhs`, on `threads` threads.
 ///
-/// # Safety
-/// Each matrix must lie within its slice: `dst` spans `(m - 1) * dst_stride + n` elements,
-/// `lhs` `(m - 1) * lhs_stride + k`, `rhs` `(k - 1) * rhs_stride + n`.
-#[allow(clippy::too_many_arguments)]
-pub(super) unsafe fn matmul_add(
-    dst: &mut [f32],
-    dst_stride: usize,
-    lhs: &[f32],
-    lhs_stride: usize,
-    rhs: &[f32],
-    rhs_stride: usize,
-    m: usize,
-    n: usize,
-    k: usize,
+/// # Panics
+/// If the shapes do not agree (`lhs` is `m x k`, `rhs` `k x n`, `dst` `m x n`).
+pub(super) fn matmul_add(
+    dst: MatMut<'_>,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
     accumulate: bool,
     threads: usize,
 ) {
-    debug_assert!(m == 0 || dst.len() >= (m - 1) * dst_stride + n);
-    debug_assert!(m == 0 || lhs.len() >= (m - 1) * lhs_stride + k);
-    debug_assert!(k == 0 || rhs.len() >= (k - 1) * rhs_stride + n);
+    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    assert!(
+        lhs.rows == m && rhs.rows == k && rhs.cols == n,
+        "cannot multiply {}x{} by {}x{} into {m}x{n}",
+        lhs.rows,
+        lhs.cols,
+        rhs.rows,
+        rhs.cols
+    );
     let parallelism = if threads > 1 {
         Parallelism::Rayon(threads)
     } else {
         Parallelism::None
     };
-    // SAFETY: the caller guarantees the bounds above; strides are in elements.
+    // SAFETY: the views checked that each matrix lies within its buffer (rows at their strides,
+    // in elements) and the shapes agree; `dst`'s cells are its own (borrowed mutably, or promised
+    // by `MatMut::in_buffer`'s caller), so they alias neither input.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst.data,
             1,
-            dst_stride as isize,
+            dst.stride as isize,
             accumulate,
-            lhs.as_ptr(),
+            lhs.data.as_ptr(),
             1,
-            lhs_stride as isize,
-            rhs.as_ptr(),
+            lhs.stride as isize,
+            rhs.data.as_ptr(),
             1,
-            rhs_stride as isize,
+            rhs.stride as isize,
             1.0,
             1.0,
             false,
@@ -210,5 +313,46 @@ impl Excitation {
                     }
                 }
             });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 2x3 column block (columns 1..4 of a 2x5 matrix) times 3x2 into a column block of a 2x4.
+    #[test]
+    fn strided_blocks_multiply_like_the_definition() {
+        let lhs: Vec<f32> = (0..10).map(|v| v as f32).collect(); // [[0..5], [5..10]]
+        let rhs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let mut dst = vec![1.0; 8];
+        matmul_add(
+            MatMut::new(&mut dst[2..], 2, 2, 4),
+            MatRef::new(&lhs[1..], 2, 3, 5),
+            MatRef::new(&rhs, 3, 2, 2),
+            true,
+            1,
+        );
+        // Row 0: [1, 2, 3] · rhs = [22, 28]; row 1: [6, 7, 8] · rhs = [67, 88]; plus the old 1s.
+        assert_eq!(dst, [1.0, 1.0, 23.0, 29.0, 1.0, 1.0, 68.0, 89.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "spans 9 values; the slice has 8")]
+    fn a_view_past_its_slice_is_refused() {
+        MatRef::new(&[0.0; 8], 2, 4, 5);
+    }
+
+    #[test]
+    #[should_panic(expected = "cannot multiply")]
+    fn disagreeing_shapes_are_refused() {
+        let mut dst = [0.0; 4];
+        matmul_add(
+            MatMut::new(&mut dst, 2, 2, 2),
+            MatRef::new(&[0.0; 6], 2, 3, 3),
+            MatRef::new(&[0.0; 4], 2, 2, 2),
+            false,
+            1,
+        );
     }
 }

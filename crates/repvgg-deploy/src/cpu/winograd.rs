@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::ops::{SendPtr, matmul_add};
+use super::ops::{MatMut, MatRef, SendPtr, matmul_add};
 
 /// Output tile side, input tile side, and the number of transformed-domain positions.
 const TILE: usize = 4;
@@ -173,6 +173,7 @@ impl WinogradConv {
         let (cin, cout, groups) = (self.in_channels, self.out_channels, self.groups);
         let (in_per_group, out_per_group) = (cin / groups, cout / groups);
         let blocks = tiles.div_ceil(TILES_PER_PRODUCT);
+        let products_len = products.len();
         let products_ptr = SendPtr(products.as_mut_ptr());
         (0..POSITIONS * groups * blocks)
             .into_par_iter()
@@ -184,32 +185,27 @@ impl WinogradConv {
                 let lhs = &transformed[(first * POSITIONS + position) * cin + g * in_per_group..];
                 let rhs = &self.weights[position_group * in_per_group * out_per_group..];
                 let offset = (first * POSITIONS + position) * cout + g * out_per_group;
-                // SAFETY: every job writes its own (tile block, position, group) cells of
-                // `products`: rows `first..first + rows` at stride POSITIONS * cout, columns of its
-                // group at this position; no two jobs share a cell and `products` outlives the loop.
+                // SAFETY: `products` outlives the loop and every job writes only its own
+                // (tile block, position, group) cells: rows `first..first + rows` at stride
+                // POSITIONS * cout, the columns of its group at this position (the view checks
+                // the extent against the buffer).
                 let dst = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        products_ptr.get().add(offset),
-                        (rows - 1) * POSITIONS * cout + out_per_group,
-                    )
-                };
-                // SAFETY: lhs rows at stride POSITIONS * cin hold in_per_group values each, rhs is
-                // [in_per_group, out_per_group], dst as above.
-                unsafe {
-                    matmul_add(
-                        dst,
-                        POSITIONS * cout,
-                        lhs,
-                        POSITIONS * cin,
-                        rhs,
-                        out_per_group,
+                    MatMut::in_buffer(
+                        products_ptr.get(),
+                        products_len,
+                        offset,
                         rows,
                         out_per_group,
-                        in_per_group,
-                        false,
-                        1,
-                    );
-                }
+                        POSITIONS * cout,
+                    )
+                };
+                matmul_add(
+                    dst,
+                    MatRef::new(lhs, rows, in_per_group, POSITIONS * cin),
+                    MatRef::new(rhs, in_per_group, out_per_group, out_per_group),
+                    false,
+                    1,
+                );
             });
     }
 }

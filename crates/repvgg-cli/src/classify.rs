@@ -1,0 +1,138 @@
+//! `repvgg classify`: the five most likely classes of an image.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, bail};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Device, Tensor, TensorData};
+use clap::Args;
+use repvgg_data::{EvalTransform, decode_rgb, normalize};
+use repvgg_deploy::{DeployModel, ResolvedCheckpoint};
+use repvgg_model::DeviceChoice;
+#[cfg(feature = "pretrained")]
+use repvgg_model::RepVggArch;
+
+use crate::ArchArgs;
+
+/// The 1000 ImageNet class names, in the index order of ImageNet checkpoints.
+const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
+
+/// Classify an image: the top-5 classes and their probabilities.
+///
+/// Class names come from the weights file when training recorded them, else the ImageNet list
+/// for 1000-class models.
+#[derive(Args, Debug)]
+pub struct ClassifyArgs {
+    /// The image (JPEG, PNG, ...).
+    pub image: PathBuf,
+
+    /// timm's pretrained ImageNet weights of this architecture (a0, b1g4, d2se, ...),
+    /// downloaded once into the cache.
+    #[cfg(feature = "pretrained")]
+    #[arg(long, conflicts_with = "weights", required_unless_present = "weights")]
+    pub pretrained: Option<RepVggArch>,
+
+    /// A weights file (.bpk, .pth, .safetensors; training-time or deploy).
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub arch: ArchArgs,
+
+    /// Centre crop fed to the network (after resizing the shorter side to size / 0.875).
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
+    pub image_size: u32,
+
+    /// Where the network runs: cpu, wgpu or cuda.
+    #[arg(long, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+}
+
+/// One class and its probability.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Prediction {
+    pub class: String,
+    pub probability: f32,
+}
+
+/// Classifies as `args` say and prints the top five.
+pub fn run(args: ClassifyArgs) -> Result<()> {
+    let predictions = classify(&args)?;
+    println!("{}:", args.image.display());
+    for prediction in predictions.iter().take(5) {
+        println!(
+            "  {:6.2}%  {}",
+            100.0 * prediction.probability,
+            prediction.class
+        );
+    }
+    Ok(())
+}
+
+/// Every class of the image's prediction, most likely first.
+pub fn classify(args: &ClassifyArgs) -> Result<Vec<Prediction>> {
+    let device = args.device.device()?;
+    let images = load_image(&args.image, args.image_size, &device)?;
+    let (model, classes) = match &args.weights {
+        Some(path) => {
+            let resolved = ResolvedCheckpoint::read(path, &args.arch.source())?;
+            let classes = resolved.checkpoint.classes.clone();
+            (
+                DeployModel::new(resolved.into_model(&device)?.into_deploy()?),
+                classes,
+            )
+        }
+        None => (pretrained_model(args, &device)?, None),
+    };
+    if !model.config().has_head() {
+        bail!("the network is headless (no classifier): nothing to classify with");
+    }
+    let probabilities: Vec<f32> = softmax(model.forward(images), 1)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let names = class_names(classes, probabilities.len());
+    let mut ranked: Vec<Prediction> = probabilities
+        .into_iter()
+        .zip(names)
+        .map(|(probability, class)| Prediction { class, probability })
+        .collect();
+    ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
+    Ok(ranked)
+}
+
+#[cfg(feature = "pretrained")]
+fn pretrained_model(args: &ClassifyArgs, device: &Device) -> Result<DeployModel> {
+    match args.pretrained {
+        Some(arch) => {
+            let model = repvgg_deploy::pretrained(arch, repvgg_deploy::Form::Deploy, device)?;
+            Ok(DeployModel::new(model.into_deploy()?))
+        }
+        None => bail!("give --pretrained NAME or --weights FILE"),
+    }
+}
+
+#[cfg(not(feature = "pretrained"))]
+fn pretrained_model(_: &ClassifyArgs, _: &Device) -> Result<DeployModel> {
+    bail!("give --weights FILE (this build has no pretrained weights)")
+}
+
+/// The image through the evaluation transform, as a `[1, 3, size, size]` batch.
+fn load_image(path: &Path, size: u32, device: &Device) -> Result<Tensor<4>> {
+    let image = decode_rgb(path)?;
+    let pixels = normalize(&EvalTransform::new(size).apply(&image));
+    let size = size as usize;
+    Ok(Tensor::from_data(
+        TensorData::new(pixels, [1, 3, size, size]),
+        device,
+    ))
+}
+
+/// Names for `count` outputs: the recorded ones, ImageNet's for 1000 outputs, else numbers.
+fn class_names(recorded: Option<Vec<String>>, count: usize) -> Vec<String> {
+    match recorded {
+        Some(names) if names.len() >= count => names,
+        _ if count == 1000 => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
+        _ => (0..count).map(|i| format!("class {i}")).collect(),
+    }
+}

@@ -1,0 +1,167 @@
+//! `repvgg eval` (also `cargo xtask eval`): top-1 / top-5 of any weights file on an ImageFolder
+//! validation set.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use burn::data::dataloader::DataLoader;
+use burn::tensor::Device;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use repvgg_data::{
+    Augmentation, EvalTransform, Evaluation, ImageFolder, ImageLoader, LoaderOptions, evaluate,
+};
+use repvgg_deploy::{DeployModel, LoadedModel, ResolvedCheckpoint};
+use repvgg_model::DeviceChoice;
+
+use crate::ArchArgs;
+
+/// Evaluate weights on an ImageFolder validation set: top-1 and top-5 accuracy.
+///
+/// Reads every format `convert` reads, training-time or deploy-time: our .bpk files, the
+/// reference's .pth and timm's .safetensors. Images go through the evaluation transform of
+/// training (resize the shorter side to size/0.875, centre crop, ImageNet normalisation); class
+/// `i` is the `i`-th class folder in sorted order, as torchvision numbers them.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Weights to evaluate (.bpk, .pth, .pt, .safetensors).
+    #[arg(long)]
+    pub weights: PathBuf,
+
+    /// ImageFolder root: DIR/CLASS/IMAGE, or DIR/val/CLASS/IMAGE.
+    #[arg(long)]
+    pub data: PathBuf,
+
+    #[command(flatten)]
+    pub arch: ArchArgs,
+
+    /// Centre crop size (the network's input size).
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
+    pub image_size: u32,
+
+    /// Where the network runs: cpu, wgpu or cuda.
+    #[arg(long, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
+
+    #[arg(long, default_value_t = 50)]
+    pub batch_size: usize,
+
+    /// Image decoding threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+/// Evaluates as `args` say and prints the accuracies.
+pub fn run(args: EvalArgs) -> Result<()> {
+    let evaluation = evaluate_file(&args, true)?;
+    println!(
+        "top-1 {:.2}%  top-5 {:.2}%  ({} images, {:.1} images/s)",
+        100.0 * evaluation.top1(),
+        100.0 * evaluation.top5(),
+        evaluation.images,
+        evaluation.images_per_second()
+    );
+    Ok(())
+}
+
+/// Loads the weights and evaluates them; `progress` draws a progress bar on stderr.
+pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
+    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let resolved = ResolvedCheckpoint::read(&args.weights, &args.arch.source())?;
+    let config = resolved.config.clone();
+    ensure!(
+        config.has_head(),
+        "{} holds a headless network (no classifier): nothing to evaluate",
+        args.weights.display()
+    );
+    let folder = open_folder(&args.data)?;
+    ensure!(
+        folder.classes.len() <= config.num_classes,
+        "{} has {} class folders but the network has {} outputs",
+        folder.root.display(),
+        folder.classes.len(),
+        config.num_classes
+    );
+    let device = args.device.device()?;
+    let loader = loader(args, &folder, &device)?;
+    let what = format!("{}, {} form", resolved.description, resolved.form());
+    let bar = progress_bar(progress, loader.num_items());
+    let on_batch = |evaluation: &Evaluation, _: &_| {
+        bar.set_position(evaluation.images as u64);
+        bar.set_message(format!(
+            "top-1 {:.2}%, {:.1} img/s",
+            100.0 * evaluation.top1(),
+            evaluation.images_per_second()
+        ));
+    };
+    if progress {
+        eprintln!(
+            "evaluating {what} on {} images of {} classes from {} ({})",
+            folder.len(),
+            folder.classes.len(),
+            folder.root.display(),
+            args.device.description()
+        );
+    }
+    let evaluation = match resolved.into_model(&device)? {
+        LoadedModel::Training(net) => evaluate(&loader, |images| net.forward(images), on_batch)?,
+        LoadedModel::Deploy(net) => {
+            // On the CPU backend this runs the CPU deploy path.
+            let net = DeployModel::new(*net);
+            evaluate(&loader, |images| net.forward(images), on_batch)?
+        }
+    };
+    bar.finish_and_clear();
+    let skipped = loader.skipped().list();
+    if progress && !skipped.is_empty() {
+        eprintln!("skipped {} unreadable images (not counted):", skipped.len());
+        for (path, reason) in skipped.iter().take(10) {
+            eprintln!("  {}: {reason}", path.display());
+        }
+    }
+    Ok(evaluation)
+}
+
+/// `dir/val` when it exists (a data set root), else `dir` itself.
+fn open_folder(dir: &Path) -> Result<ImageFolder> {
+    let val = dir.join("val");
+    let root = if val.is_dir() { val } else { dir.to_path_buf() };
+    ImageFolder::open(&root)
+        .with_context(|| format!("cannot use {} as a validation set", root.display()))
+}
+
+fn loader(args: &EvalArgs, folder: &ImageFolder, device: &Device) -> Result<ImageLoader> {
+    let workers = args
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    ensure!(workers > 0, "--workers must be at least 1");
+    Ok(ImageLoader::new(
+        folder.samples.clone(),
+        Augmentation::Eval(EvalTransform::new(args.image_size)),
+        LoaderOptions {
+            batch_size: args.batch_size,
+            workers,
+            seed: 0,
+            shuffle: false,
+            mixup_alpha: None,
+            prefetch: 2,
+        },
+        device,
+    )?)
+}
+
+fn progress_bar(visible: bool, total: usize) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(
+        Some(total as u64),
+        if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} images  {msg}  [{elapsed} < {eta}]")
+            .expect("the template is valid"),
+    );
+    bar
+}

@@ -1,0 +1,51 @@
+//! The commands of the `repvgg` tool, as a library so that `cargo xtask convert` and `eval` run
+//! the very same code: [`convert`], [`eval`], [`classify`] and [`archs`]. Each takes its clap
+//! arguments, does its work through the library crates (`repvgg-deploy`, `repvgg-data`,
+//! `repvgg-model`) and prints what a user needs to read.
+
+pub mod archs;
+pub mod classify;
+pub mod convert;
+pub mod eval;
+
+use std::path::PathBuf;
+
+use repvgg_deploy::ArchSource;
+use repvgg_model::RepVggArch;
+
+/// How a command is told the architecture of a weights file.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ArchArgs {
+    /// Reference architecture of the weights (A0 ... D2se); by default the one the file records,
+    /// else detected from the tensor shapes.
+    #[arg(long, conflicts_with = "config")]
+    pub arch: Option<RepVggArch>,
+
+    /// Architecture config JSON (as `RepVggConfig::save` writes it), for custom networks.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl ArchArgs {
+    /// The flags as the library's architecture rule takes them.
+    pub fn source(&self) -> ArchSource {
+        match (&self.config, self.arch) {
+            (Some(path), _) => ArchSource::ConfigFile(path.clone()),
+            (None, Some(arch)) => ArchSource::Preset(arch),
+            (None, None) => ArchSource::Auto,
+        }
+    }
+}
+
+/// `9108968` as `9,108,968`.
+pub fn thousands(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}

@@ -1,0 +1,146 @@
+//! `repvgg eval` (and so `cargo xtask eval`) end to end on a tiny labelled set: the accuracy line, the same top-1 for
+//! the training-time and deploy-time files of one model, and clear errors.
+
+use std::process::{Command, Output};
+
+use burn::tensor::{Device, TensorData};
+use repvgg_data::write_synthetic_set;
+use repvgg_deploy::write_checkpoint;
+use repvgg_model::{RepVggConfig, Weights, reparameterize};
+use tempfile::TempDir;
+
+/// A fresh directory for one test, removed when the returned guard is dropped.
+fn scratch(test: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("repvgg-cli-eval-{test}-"))
+        .tempdir()
+        .unwrap()
+}
+
+fn eval(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_repvgg"))
+        .arg("eval")
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+/// The final line's numbers: "top-1 X%  top-5 Y%  (N images".
+fn accuracy_line(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let line = stdout.lines().last().unwrap_or_default().to_string();
+    assert!(line.starts_with("top-1 "), "{line}");
+    line.split(", ").next().unwrap().to_string()
+}
+
+#[test]
+fn both_forms_of_a_model_score_the_same() {
+    let scratch = scratch("forms");
+    let dir = scratch.path();
+    write_synthetic_set(&dir.join("data"), 0, 4, 9).unwrap();
+    let device = Device::flex();
+    let config = small_config();
+    // Random weights and non-trivial BN statistics: a model with varied predictions.
+    let mut weights = Weights::from_module(&config.init(&device)).unwrap();
+    let names: Vec<String> = weights.names().map(str::to_string).collect();
+    for (i, name) in names.iter().enumerate() {
+        if name.ends_with("running_var") || name.ends_with("running_mean") {
+            let shape = weights.get(name).unwrap().shape().to_vec();
+            let count: usize = shape.iter().product();
+            let values: Vec<f32> = (0..count)
+                .map(|j| 0.5 + ((i * 13 + j * 7) % 10) as f32 / 10.0)
+                .collect();
+            weights.insert(name.clone(), TensorData::new(values, shape));
+        }
+    }
+    let training = dir.join("training.bpk");
+    let deploy = dir.join("deploy.safetensors");
+    write_checkpoint(&weights, &config, None, &training).unwrap();
+    let fused = reparameterize(&weights, &config, &device).unwrap();
+    write_checkpoint(&fused, &config, None, &deploy).unwrap();
+
+    let data = dir.join("data");
+    let common = ["--image-size", "32", "--batch-size", "7", "--workers", "2"];
+    let from_training = eval(
+        &[
+            &[
+                "--weights",
+                training.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
+    // The deploy file is safetensors: no recorded config, the demo layout is passed as JSON.
+    let config_path = dir.join("config.json");
+    burn::config::Config::save(&config, &config_path).unwrap();
+    let from_deploy = eval(
+        &[
+            &[
+                "--weights",
+                deploy.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--config",
+                config_path.to_str().unwrap(),
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
+    let (a, b) = (accuracy_line(&from_training), accuracy_line(&from_deploy));
+    assert_eq!(a, b);
+    assert!(a.contains("(40 images"), "{a}");
+}
+
+#[test]
+fn bad_input_is_refused_with_a_reason() {
+    let scratch = scratch("bad");
+    let dir = scratch.path();
+    write_synthetic_set(&dir.join("data"), 0, 1, 9).unwrap();
+    let device = Device::flex();
+    // Three outputs for ten class folders.
+    let config = small_config().with_num_classes(3);
+    let weights = Weights::from_module(&config.init(&device)).unwrap();
+    let file = dir.join("three.bpk");
+    write_checkpoint(&weights, &config, None, &file).unwrap();
+    let data = dir.join("data");
+
+    let output = eval(&[
+        "--weights",
+        file.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("10 class folders but the network has 3 outputs"),
+        "{stderr}"
+    );
+
+    let missing = dir.join("nowhere");
+    let output = eval(&[
+        "--weights",
+        file.to_str().unwrap(),
+        "--data",
+        missing.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nowhere"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// A small network for the ten synthetic classes (the training demo's layout).
+fn small_config() -> RepVggConfig {
+    RepVggConfig::new(vec![1, 2, 2, 1], vec![0.5, 0.5, 0.5, 0.5]).with_num_classes(10)
+}

@@ -1,0 +1,233 @@
+//! The data pipeline: class indexing, decoding odd files, and the augmentation's bounds.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use repvgg_data::{
+    DataError, EvalTransform, IMAGENET_MEAN, IMAGENET_STD, ImageFolder, RandomResizedCrop,
+    TrainTransform, decode_rgb, normalize,
+};
+use tempfile::TempDir;
+
+fn image_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/images")
+        .join(name)
+}
+
+/// A fresh directory for one test, removed when the returned guard is dropped.
+fn scratch(test: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("repvgg-data-{test}-"))
+        .tempdir()
+        .unwrap()
+}
+
+/// A `width x height` image whose pixel `(x, y)` is `(x, y, 7)`.
+fn coordinates(width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| Rgb([x as u8, y as u8, 7]))
+}
+
+#[test]
+fn classes_are_numbered_in_sorted_order() {
+    let scratch = scratch("classes");
+    let root = scratch.path();
+    for (class, files) in [
+        ("zebra", &["b.jpg", "a.JPEG"][..]),
+        ("apple", &["x.png", "notes.txt"][..]),
+        ("Mango", &["m.webp"][..]),
+    ] {
+        std::fs::create_dir(root.join(class)).unwrap();
+        for file in files {
+            std::fs::write(root.join(class).join(file), b"").unwrap();
+        }
+    }
+    std::fs::write(root.join("stray.jpg"), b"").unwrap();
+    let folder = ImageFolder::open(root).unwrap();
+    assert_eq!(folder.classes, ["Mango", "apple", "zebra"]);
+    let samples: Vec<(String, usize)> = folder
+        .samples
+        .iter()
+        .map(|s| {
+            (
+                s.path.file_name().unwrap().to_str().unwrap().to_string(),
+                s.label,
+            )
+        })
+        .collect();
+    assert_eq!(
+        samples,
+        [
+            ("m.webp".to_string(), 0),
+            ("x.png".to_string(), 1),
+            ("a.JPEG".to_string(), 2),
+            ("b.jpg".to_string(), 2)
+        ]
+    );
+}
+
+#[test]
+fn unusable_folders_are_explained() {
+    let scratch = scratch("unusable");
+    let root = scratch.path();
+    let err = ImageFolder::open(&root.join("missing")).unwrap_err();
+    assert!(matches!(err, DataError::NotAFolder(_)), "{err}");
+    let err = ImageFolder::open(root).unwrap_err();
+    assert!(err.to_string().contains("no class subdirectories"), "{err}");
+    std::fs::create_dir(root.join("cat")).unwrap();
+    std::fs::write(root.join("cat").join("readme.md"), b"").unwrap();
+    let err = ImageFolder::open(root).unwrap_err();
+    assert!(err.to_string().contains("hold no images"), "{err}");
+}
+
+#[test]
+fn odd_image_files_decode_to_rgb() {
+    for name in [
+        "rgb.jpg",
+        "gray.jpg",
+        "cmyk.jpg",
+        "rgba.png",
+        "gray16.png",
+        "png_named.JPEG",
+    ] {
+        let image = decode_rgb(&image_file(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(image.dimensions(), (40, 30), "{name}");
+        // The top-left quarter is bright in every file; the top-right corner is not.
+        let bright = image.get_pixel(5, 5);
+        assert!(bright.0.iter().all(|&c| c > 200), "{name}: {bright:?}");
+        let dark = image.get_pixel(35, 5);
+        assert!(dark.0.iter().any(|&c| c < 120), "{name}: {dark:?}");
+    }
+    // Colour survives the CMYK round trip: pixel (35, 25) was (210, 200, 90).
+    let cmyk = decode_rgb(&image_file("cmyk.jpg")).unwrap();
+    let pixel = cmyk.get_pixel(35, 25).0;
+    for (got, want) in pixel.iter().zip([210u8, 200, 90]) {
+        assert!(got.abs_diff(want) < 30, "CMYK pixel {pixel:?}");
+    }
+}
+
+#[test]
+fn corrupt_and_missing_files_are_errors_naming_the_file() {
+    for name in ["truncated.jpg", "does-not-exist.jpg"] {
+        let err = decode_rgb(&image_file(name)).unwrap_err();
+        assert!(matches!(err, DataError::Decode { .. }), "{err}");
+        assert!(err.to_string().contains(name), "{err}");
+    }
+    let scratch = scratch("corrupt");
+    let dir = scratch.path();
+    let noise = dir.join("noise.png");
+    std::fs::write(&noise, [0x89, b'P', b'N', b'G', 1, 2, 3, 4, 5]).unwrap();
+    assert!(decode_rgb(&noise).is_err());
+}
+
+#[test]
+fn random_resized_crops_stay_within_the_paper_bounds() {
+    let crop = RandomResizedCrop::new(224);
+    let mut rng = StdRng::seed_from_u64(3);
+    let (width, height) = (500u32, 375u32);
+    let mut smallest: f64 = 1.0;
+    for _ in 0..2000 {
+        let c = crop.sample(width, height, &mut rng);
+        assert!(c.width > 0 && c.height > 0);
+        assert!(
+            c.left + c.width <= width && c.top + c.height <= height,
+            "{c:?}"
+        );
+        let area = f64::from(c.width * c.height) / f64::from(width * height);
+        let ratio = f64::from(c.width) / f64::from(c.height);
+        // Rounding to whole pixels moves both a little past the continuous bounds.
+        assert!((0.075..=1.0).contains(&area), "area {area} of {c:?}");
+        assert!((0.74..=1.35).contains(&ratio), "ratio {ratio} of {c:?}");
+        smallest = smallest.min(area);
+    }
+    assert!(
+        smallest < 0.1,
+        "the small end of the scale range is never drawn"
+    );
+    let out = crop.apply(&coordinates(width, height), &mut rng);
+    assert_eq!(out.dimensions(), (224, 224));
+}
+
+#[test]
+fn extreme_aspect_ratios_fall_back_to_a_centre_crop() {
+    let crop = RandomResizedCrop::new(32);
+    let mut rng = StdRng::seed_from_u64(0);
+    let c = crop.sample(1000, 10, &mut rng);
+    assert_eq!((c.width, c.height), (13, 10));
+    assert_eq!((c.left, c.top), ((1000 - 13) / 2, 0));
+}
+
+#[test]
+fn flips_mirror_the_image() {
+    let image = coordinates(40, 30);
+    let whole = RandomResizedCrop {
+        size: 40,
+        scale: (1.0, 1.0),
+        ratio: (40.0 / 30.0, 40.0 / 30.0),
+    };
+    let mut rng = StdRng::seed_from_u64(1);
+    let never = TrainTransform {
+        crop: whole.clone(),
+        flip_probability: 0.0,
+    };
+    let always = TrainTransform {
+        crop: whole,
+        flip_probability: 1.0,
+    };
+    let straight = never.apply(&image, &mut rng);
+    let flipped = always.apply(&image, &mut rng);
+    assert_eq!(straight.dimensions(), (40, 40));
+    for (x, y, pixel) in straight.enumerate_pixels() {
+        assert_eq!(flipped.get_pixel(39 - x, y), pixel);
+    }
+    assert!(straight.get_pixel(0, 0)[0] < straight.get_pixel(39, 0)[0]);
+}
+
+#[test]
+fn augmentation_is_reproducible_from_a_seed() {
+    let image = coordinates(200, 150);
+    let transform = TrainTransform::new(64);
+    let draw = |seed| transform.apply(&image, &mut StdRng::seed_from_u64(seed));
+    assert_eq!(draw(11), draw(11));
+    assert_ne!(draw(11), draw(12));
+}
+
+#[test]
+fn evaluation_resizes_the_shorter_side_and_crops_the_centre() {
+    assert_eq!(EvalTransform::new(224).resize, 256);
+    assert_eq!(EvalTransform::new(32).resize, 37);
+    let out = EvalTransform::new(224).apply(&coordinates(500, 375));
+    assert_eq!(out.dimensions(), (224, 224));
+    // 500x375 becomes 341x256; the crop starts at (58.5, 16) there, i.e. about (86, 23) in
+    // the original coordinates, which the pixel values hold.
+    let corner = out.get_pixel(0, 0);
+    assert!((84..=89).contains(&corner[0]), "{corner:?}");
+    assert!((21..=26).contains(&corner[1]), "{corner:?}");
+    let tall = EvalTransform::new(32).apply(&coordinates(40, 90));
+    assert_eq!(tall.dimensions(), (32, 32));
+}
+
+#[test]
+fn normalization_uses_the_imagenet_statistics_channels_first() {
+    let image = RgbImage::from_fn(2, 1, |x, _| match x {
+        0 => Rgb([255, 0, 128]),
+        _ => Rgb([0, 255, 0]),
+    });
+    let values = normalize(&image);
+    assert_eq!(values.len(), 6);
+    let expected = |value: f32, c: usize| (value / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
+    let want = [
+        expected(255.0, 0),
+        expected(0.0, 0),
+        expected(0.0, 1),
+        expected(255.0, 1),
+        expected(128.0, 2),
+        expected(0.0, 2),
+    ];
+    for (got, want) in values.iter().zip(want) {
+        assert!((got - want).abs() < 1e-6, "{values:?}");
+    }
+    assert!((values[0] - 2.2489).abs() < 1e-3);
+}

@@ -1,0 +1,342 @@
+//! Training from the command line: the flags (defaults: the paper's ImageNet recipe, taken from
+//! [`TrainingConfig`]'s), their mapping onto a [`TrainingConfig`], and the run.
+//!
+//! `--config-file FILE` runs a saved config instead of the recipe flags; `--resume` continues
+//! the run in `--output` with the config it saved (`training.json`). Both refuse the flags that
+//! would change the config, so that what runs is what the file says.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, anyhow};
+use burn::config::Config;
+use repvgg_data::ImageFolder;
+use repvgg_model::{DeviceChoice, RepVggArch, RepVggConfig};
+use repvgg_train::{
+    AugmentationConfig, LoaderConfig, Precision, RecipeConfig, TrainingConfig, resume, train,
+};
+
+use crate::cli::report::print_report;
+
+/// The flags that set the network and the recipe: refused with `--config-file` and `--resume`,
+/// whose config comes from a file.
+const RECIPE_FLAGS: [&str; 20] = [
+    "arch",
+    "config",
+    "num_classes",
+    "image_size",
+    "min_crop_scale",
+    "epochs",
+    "batch_size",
+    "accumulation",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "warmup_epochs",
+    "label_smoothing",
+    "mixup",
+    "ema",
+    "custom_l2",
+    "workers",
+    "seed",
+    "precision",
+];
+
+/// Options of a training run; the defaults are the paper's ImageNet recipe.
+#[derive(clap::Args, Clone, Debug)]
+pub struct TrainArgs {
+    /// Data set root in ImageFolder layout: DATA/train/CLASS/IMAGE and DATA/val/CLASS/IMAGE.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// Directory for checkpoints, logs, the config, the class list and the final models.
+    #[arg(long, value_name = "DIR", default_value = "runs/repvgg")]
+    pub output: PathBuf,
+    /// A saved TrainingConfig (e.g. a run's training.json) instead of the flags that set the
+    /// network and the recipe.
+    #[arg(long, value_name = "FILE", conflicts_with_all = RECIPE_FLAGS, conflicts_with = "resume")]
+    pub config_file: Option<PathBuf>,
+    /// Architecture preset (A0 ... D2se).
+    #[arg(long, default_value = "A0", conflicts_with = "config")]
+    pub arch: RepVggArch,
+    /// A RepVggConfig JSON file instead of a preset (custom architectures).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Number of outputs; defaults to the number of class folders.
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Side of the training crops and of the evaluation centre crop.
+    #[arg(long, default_value_t = AugmentationConfig::new().image_size)]
+    pub image_size: u32,
+    /// Smallest area fraction of RandomResizedCrop (0.08 as in the paper).
+    #[arg(long, default_value_t = AugmentationConfig::new().min_crop_scale)]
+    pub min_crop_scale: f64,
+    #[arg(long, default_value_t = RecipeConfig::new().epochs)]
+    pub epochs: usize,
+    /// Global batch size (split evenly across --devices).
+    #[arg(long, default_value_t = RecipeConfig::new().batch_size)]
+    pub batch_size: usize,
+    /// Accumulate gradients over this many batches per optimizer step (when memory is short).
+    #[arg(long, default_value_t = RecipeConfig::new().accumulation)]
+    pub accumulation: usize,
+    /// Learning rate at an effective batch of 256; scaled linearly to batch x accumulation.
+    #[arg(long, default_value_t = RecipeConfig::new().lr)]
+    pub lr: f64,
+    #[arg(long, default_value_t = RecipeConfig::new().momentum)]
+    pub momentum: f64,
+    /// Nesterov momentum.
+    #[arg(long)]
+    pub nesterov: bool,
+    /// Weight decay on conv and linear weights (never on BN parameters or biases).
+    #[arg(long, default_value_t = RecipeConfig::new().weight_decay)]
+    pub weight_decay: f64,
+    /// Epochs of linear warmup before the cosine decay.
+    #[arg(long, default_value_t = RecipeConfig::new().warmup_epochs)]
+    pub warmup_epochs: usize,
+    /// Label smoothing of the cross-entropy targets (0.1 in the longer recipe).
+    #[arg(long, default_value_t = RecipeConfig::new().label_smoothing)]
+    pub label_smoothing: f32,
+    /// Mixup with lambda ~ Beta(ALPHA, ALPHA) (0.2 in the longer recipe).
+    #[arg(long, value_name = "ALPHA")]
+    pub mixup: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay per batch (e.g.
+    /// 0.9998; with --accumulation, per accumulated batch), evaluated every epoch beside the model
+    /// and saved as model-ema*.bpk.
+    #[arg(long, value_name = "DECAY")]
+    pub ema: Option<f64>,
+    /// Regularise the 3x3 and 1x1 kernels with the reference's "custom L2" on the equivalent
+    /// kernel instead of plain weight decay.
+    #[arg(long)]
+    pub custom_l2: bool,
+    /// Image decoding threads (default: all cores).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Seeds the weights, the shuffling and the augmentation.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Backend: cpu, wgpu or cuda (default: the fastest this binary was built with).
+    #[arg(long, default_value_t = DeviceChoice::best_available())]
+    pub device: DeviceChoice,
+    /// GPU indices, comma separated; several train data-parallel (CUDA).
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<usize>,
+    /// f32, or bf16 where the device computes in it (no loss scaling needed).
+    #[arg(long, default_value = "f32")]
+    pub precision: Precision,
+    /// Continue the run in --output from its last checkpoint (same schedule position), with the
+    /// config it saved (training.json); the flags that set the network and the recipe are
+    /// refused with it.
+    #[arg(long, conflicts_with_all = RECIPE_FLAGS)]
+    pub resume: bool,
+}
+
+impl TrainArgs {
+    /// The run these flags describe: `--config-file`'s, or the network (`--arch`/`--config`,
+    /// with `--num-classes` or one output per class folder) with the recipe flags.
+    pub fn training_config(&self) -> Result<TrainingConfig> {
+        if let Some(path) = &self.config_file {
+            return TrainingConfig::load(path).map_err(|err| {
+                anyhow!("{}: not a TrainingConfig JSON file: {err}", path.display())
+            });
+        }
+        let model = match &self.config {
+            Some(path) => RepVggConfig::load(path).map_err(|err| {
+                anyhow!("{}: not a RepVggConfig JSON file: {err}", path.display())
+            })?,
+            None => self.arch.config(),
+        };
+        let num_classes = match self.num_classes {
+            Some(count) => count,
+            None => ImageFolder::open(&self.data.join("train"))?.classes.len(),
+        };
+        let recipe = RecipeConfig::new()
+            .with_epochs(self.epochs)
+            .with_batch_size(self.batch_size)
+            .with_accumulation(self.accumulation)
+            .with_lr(self.lr)
+            .with_momentum(self.momentum)
+            .with_nesterov(self.nesterov)
+            .with_weight_decay(self.weight_decay)
+            .with_warmup_epochs(self.warmup_epochs)
+            .with_label_smoothing(self.label_smoothing)
+            .with_mixup_alpha(self.mixup)
+            .with_ema_decay(self.ema)
+            .with_custom_l2(self.custom_l2);
+        let augmentation = AugmentationConfig::new()
+            .with_image_size(self.image_size)
+            .with_min_crop_scale(self.min_crop_scale);
+        Ok(TrainingConfig::new(model.with_num_classes(num_classes))
+            .with_recipe(recipe)
+            .with_augmentation(augmentation)
+            .with_loader(LoaderConfig::new().with_workers(self.workers))
+            .with_seed(self.seed)
+            .with_precision(self.precision))
+    }
+}
+
+/// Trains (or resumes) as the flags say and prints the report.
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let devices = args.device.devices(&args.devices)?;
+    let report = if args.resume {
+        resume(&args.output, &args.data, &devices)?
+    } else {
+        train(&args.training_config()?, &args.data, &devices, &args.output)?
+    };
+    print_report(&report);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        train: TrainArgs,
+    }
+
+    fn parse(flags: &[&str]) -> Result<TrainArgs, clap::Error> {
+        let program = std::iter::once("repvgg-train");
+        Flags::try_parse_from(program.chain(flags.iter().copied())).map(|flags| flags.train)
+    }
+
+    #[test]
+    fn the_defaults_are_the_configs_defaults() {
+        let args = parse(&["--data", "unused", "--num-classes", "10"]).unwrap();
+        assert_eq!(
+            args.training_config().unwrap(),
+            TrainingConfig::new(RepVggArch::A0.config().with_num_classes(10))
+        );
+        assert!(!args.resume);
+    }
+
+    #[test]
+    fn every_recipe_flag_reaches_the_config() {
+        let args = parse(&[
+            "--data=unused",
+            "--arch=B1g2",
+            "--num-classes=7",
+            "--image-size=64",
+            "--min-crop-scale=0.5",
+            "--epochs=3",
+            "--batch-size=32",
+            "--accumulation=2",
+            "--lr=0.2",
+            "--momentum=0.8",
+            "--nesterov",
+            "--weight-decay=5e-5",
+            "--warmup-epochs=1",
+            "--label-smoothing=0.1",
+            "--mixup=0.2",
+            "--ema=0.999",
+            "--custom-l2",
+            "--workers=3",
+            "--seed=9",
+            "--precision=bf16",
+        ])
+        .unwrap();
+        let expected = TrainingConfig::new(RepVggArch::B1g2.config().with_num_classes(7))
+            .with_recipe(
+                RecipeConfig::new()
+                    .with_epochs(3)
+                    .with_batch_size(32)
+                    .with_accumulation(2)
+                    .with_lr(0.2)
+                    .with_momentum(0.8)
+                    .with_nesterov(true)
+                    .with_weight_decay(5e-5)
+                    .with_warmup_epochs(1)
+                    .with_label_smoothing(0.1)
+                    .with_mixup_alpha(Some(0.2))
+                    .with_ema_decay(Some(0.999))
+                    .with_custom_l2(true),
+            )
+            .with_augmentation(
+                AugmentationConfig::new()
+                    .with_image_size(64)
+                    .with_min_crop_scale(0.5),
+            )
+            .with_loader(LoaderConfig::new().with_workers(Some(3)))
+            .with_seed(9)
+            .with_precision(Precision::Bf16);
+        assert_eq!(args.training_config().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_config_file_replaces_the_recipe_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("training.json");
+        let saved = TrainingConfig::new(RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]))
+            .with_recipe(RecipeConfig::new().with_epochs(2));
+        saved.save(&path).unwrap();
+        let file = path.to_str().unwrap();
+        let args = parse(&[
+            "--data=d",
+            "--config-file",
+            file,
+            "--output=o",
+            "--device=cpu",
+        ]);
+        assert_eq!(args.unwrap().training_config().unwrap(), saved);
+
+        for flag in [
+            "--epochs=3",
+            "--arch=A1",
+            "--workers=2",
+            "--nesterov",
+            "--resume",
+        ] {
+            let error = parse(&["--data=d", "--config-file", file, flag]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flag_but_the_run_s_place_sets_the_config() {
+        let run_flags = [
+            "data",
+            "output",
+            "config_file",
+            "device",
+            "devices",
+            "resume",
+        ];
+        for arg in Flags::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if id != "help" && !run_flags.contains(&id) {
+                assert!(RECIPE_FLAGS.contains(&id), "--{id} is not in RECIPE_FLAGS");
+            }
+        }
+    }
+
+    #[test]
+    fn resume_takes_the_saved_config_and_refuses_recipe_flags() {
+        let args = parse(&[
+            "--data=d",
+            "--output=o",
+            "--resume",
+            "--device=cpu",
+            "--devices=0",
+        ]);
+        assert!(args.unwrap().resume);
+        for flag in [
+            "--lr=0.2",
+            "--num-classes=5",
+            "--ema=0.9",
+            "--precision=f32",
+        ] {
+            let error = parse(&["--data=d", "--resume", flag]).unwrap_err();
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag}"
+            );
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! A training run as a Burn config: the network, the recipe, the augmentation, the loader and
+//! the precision, saved as `training.json` in the run directory. The defaults are the paper's
+//! ImageNet recipe.
+//!
+//! ```
+//! use repvgg_model::RepVggArch;
+//! use repvgg_train::config::{RecipeConfig, TrainingConfig};
+//!
+//! let config = TrainingConfig::new(RepVggArch::A0.config().with_num_classes(100))
+//!     .with_recipe(RecipeConfig::new().with_epochs(300).with_warmup_epochs(5));
+//! config.validate()?;
+//! assert_eq!(config.recipe.batch_size, 256);
+//! # Ok::<(), repvgg_train::config::InvalidTrainingConfig>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::config::Config;
+use repvgg_model::{InvalidConfig, RepVggConfig};
+
+/// Everything a training run needs besides its data, devices and output directory.
+#[derive(Config, Debug, PartialEq)]
+pub struct TrainingConfig {
+    /// The network to train (with a classifier head of at least as many classes as the data
+    /// set has class folders).
+    pub model: RepVggConfig,
+    /// The optimisation recipe.
+    #[config(default = "RecipeConfig::new()")]
+    pub recipe: RecipeConfig,
+    /// The training augmentation and the evaluation size.
+    #[config(default = "AugmentationConfig::new()")]
+    pub augmentation: AugmentationConfig,
+    /// How images are loaded.
+    #[config(default = "LoaderConfig::new()")]
+    pub loader: LoaderConfig,
+    /// Seeds the weights, the shuffling, the augmentation and the mixup draws.
+    #[config(default = 0)]
+    pub seed: u64,
+    /// Floating-point precision of the weights and activations.
+    #[config(default = "Precision::F32")]
+    pub precision: Precision,
+}
+
+/// The optimisation recipe: SGD with momentum, weight decay on conv and linear weights only, a
+/// per-iteration cosine schedule with optional linear warmup, and the regularisers of the
+/// longer recipe.
+#[derive(Config, Debug, PartialEq)]
+pub struct RecipeConfig {
+    /// Epochs over the training set.
+    #[config(default = 120)]
+    pub epochs: usize,
+    /// Global batch size (split evenly across the devices).
+    #[config(default = 256)]
+    pub batch_size: usize,
+    /// Batches whose gradients are accumulated per optimizer step (when memory is short).
+    #[config(default = 1)]
+    pub accumulation: usize,
+    /// Learning rate at an effective batch of 256, scaled linearly to
+    /// `batch_size * accumulation`.
+    #[config(default = 0.1)]
+    pub lr: f64,
+    /// SGD momentum (PyTorch semantics: no dampening).
+    #[config(default = 0.9)]
+    pub momentum: f64,
+    /// Nesterov momentum.
+    #[config(default = false)]
+    pub nesterov: bool,
+    /// Weight decay on conv and linear weights (never on BN parameters or biases).
+    #[config(default = 1e-4)]
+    pub weight_decay: f64,
+    /// Epochs of linear warmup before the cosine decay.
+    #[config(default = 0)]
+    pub warmup_epochs: usize,
+    /// Label smoothing of the cross-entropy targets (0.1 in the longer recipe).
+    #[config(default = 0.0)]
+    pub label_smoothing: f32,
+    /// Mixup with `lambda ~ Beta(alpha, alpha)` (0.2 in the longer recipe).
+    pub mixup_alpha: Option<f64>,
+    /// Keep an exponential moving average of the weights with this decay per batch (e.g.
+    /// 0.9998; with accumulation, per accumulated batch), evaluated every epoch beside the model
+    /// and saved as `model-ema*.bpk`.
+    pub ema_decay: Option<f64>,
+    /// Regularise the 3x3 and 1x1 kernels with the reference's "custom L2" on the equivalent
+    /// kernel instead of plain weight decay.
+    #[config(default = false)]
+    pub custom_l2: bool,
+}
+
+/// The paper's augmentation: RandomResizedCrop + flip for training, resize + centre crop for
+/// evaluation.
+#[derive(Config, Debug, PartialEq)]
+pub struct AugmentationConfig {
+    /// Side of the training crops and of the evaluation centre crop.
+    #[config(default = 224)]
+    pub image_size: u32,
+    /// Smallest area fraction of RandomResizedCrop (0.08 as in the paper).
+    #[config(default = 0.08)]
+    pub min_crop_scale: f64,
+}
+
+/// How images are decoded and batched.
+#[derive(Config, Debug, PartialEq)]
+pub struct LoaderConfig {
+    /// Image decoding threads (`None`: all cores).
+    pub workers: Option<usize>,
+}
+
+/// Floating-point precision of the weights and activations.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 32-bit floats.
+    F32,
+    /// bfloat16 everywhere (no loss scaling needed), where the device computes in it.
+    Bf16,
+}
+
+impl Precision {
+    /// The lower-case name (`f32`, `bf16`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+}
+
+/// A precision name that is neither `f32` nor `bf16`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown precision `{0}`; use f32 or bf16")]
+pub struct UnknownPrecision(pub String);
+
+impl FromStr for Precision {
+    type Err = UnknownPrecision;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        [Self::F32, Self::Bf16]
+            .into_iter()
+            .find(|precision| precision.name().eq_ignore_ascii_case(name.trim()))
+            .ok_or_else(|| UnknownPrecision(name.to_string()))
+    }
+}
+
+/// A [`TrainingConfig`] that cannot be trained: each names the field concerned.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum InvalidTrainingConfig {
+    /// The network itself is not buildable.
+    #[error("model: {0}")]
+    Model(#[from] InvalidConfig),
+    /// A headless network (`num_classes` 0) has no classes to train.
+    #[error("model.num_classes is 0 (a headless backbone): training needs the classifier head")]
+    Headless,
+    /// A field outside its range.
+    #[error("{field} is {value}; it must be {allowed}")]
+    OutOfRange {
+        /// The field's path in the JSON file (`recipe.epochs`).
+        field: &'static str,
+        /// The value found.
+        value: String,
+        /// The range it must lie in, in words.
+        allowed: &'static str,
+    },
+    /// More warmup than training.
+    #[error("recipe.warmup_epochs ({warmup_epochs}) exceeds recipe.epochs ({epochs})")]
+    WarmupBeyondEpochs {
+        /// The warmup asked for.
+        warmup_epochs: usize,
+        /// The epochs of the run.
+        epochs: usize,
+    },
+}
+
+impl TrainingConfig {
+    /// Checks what the types cannot: the network is buildable, every number is in its range,
+    /// the warmup fits in the run.
+    pub fn validate(&self) -> Result<(), InvalidTrainingConfig> {
+        self.model.validate()?;
+        if !self.model.has_head() {
+            return Err(InvalidTrainingConfig::Headless);
+        }
+        let count = |field, value: usize| check(field, value, value > 0, "at least 1");
+        let positive =
+            |field, value: f64| check(field, value, value > 0.0 && value.is_finite(), "positive");
+        let fraction =
+            |field, value: f64| check(field, value, (0.0..1.0).contains(&value), "in [0, 1)");
+        let recipe = &self.recipe;
+        count("recipe.epochs", recipe.epochs)?;
+        count("recipe.batch_size", recipe.batch_size)?;
+        count("recipe.accumulation", recipe.accumulation)?;
+        positive("recipe.lr", recipe.lr)?;
+        fraction("recipe.momentum", recipe.momentum)?;
+        let decay = recipe.weight_decay;
+        let non_negative = decay >= 0.0 && decay.is_finite();
+        check(
+            "recipe.weight_decay",
+            decay,
+            non_negative,
+            "zero or positive",
+        )?;
+        if recipe.warmup_epochs > recipe.epochs {
+            return Err(InvalidTrainingConfig::WarmupBeyondEpochs {
+                warmup_epochs: recipe.warmup_epochs,
+                epochs: recipe.epochs,
+            });
+        }
+        fraction("recipe.label_smoothing", recipe.label_smoothing.into())?;
+        if let Some(alpha) = recipe.mixup_alpha {
+            positive("recipe.mixup_alpha", alpha)?;
+        }
+        if let Some(decay) = recipe.ema_decay {
+            fraction("recipe.ema_decay", decay)?;
+        }
+        let augmentation = &self.augmentation;
+        if augmentation.image_size < 32 {
+            return Err(InvalidTrainingConfig::OutOfRange {
+                field: "augmentation.image_size",
+                value: augmentation.image_size.to_string(),
+                allowed: "at least 32 (RepVGG downsamples by 32)",
+            });
+        }
+        let scale = augmentation.min_crop_scale;
+        let in_range = scale > 0.0 && scale <= 1.0;
+        check("augmentation.min_crop_scale", scale, in_range, "in (0, 1]")?;
+        if let Some(workers) = self.loader.workers {
+            count("loader.workers", workers)?;
+        }
+        Ok(())
+    }
+}
+
+/// `Ok` if `valid`, else the [`InvalidTrainingConfig::OutOfRange`] error of `field`.
+fn check(
+    field: &'static str,
+    value: impl fmt::Display,
+    valid: bool,
+    allowed: &'static str,
+) -> Result<(), InvalidTrainingConfig> {
+    match valid {
+        true => Ok(()),
+        false => Err(InvalidTrainingConfig::OutOfRange {
+            field,
+            value: value.to_string(),
+            allowed,
+        }),
+    }
+}

@@ -1,0 +1,128 @@
+//! The training config: the paper's recipe by default, saved and read back as JSON, and
+//! refused field by field when it cannot be trained.
+
+use burn::config::Config;
+use repvgg_model::{RepVggArch, RepVggConfig};
+use repvgg_train::{InvalidTrainingConfig, Precision, RecipeConfig, TrainingConfig};
+
+fn a0() -> TrainingConfig {
+    TrainingConfig::new(RepVggArch::A0.config())
+}
+
+#[test]
+fn the_defaults_are_the_papers_imagenet_recipe() {
+    let config = a0();
+    let recipe = &config.recipe;
+    assert_eq!(recipe.epochs, 120);
+    assert_eq!(recipe.batch_size, 256);
+    assert_eq!(recipe.accumulation, 1);
+    assert_eq!(recipe.lr, 0.1);
+    assert_eq!(recipe.momentum, 0.9);
+    assert!(!recipe.nesterov);
+    assert_eq!(recipe.weight_decay, 1e-4);
+    assert_eq!(recipe.warmup_epochs, 0);
+    assert_eq!(recipe.label_smoothing, 0.0);
+    assert_eq!((recipe.mixup_alpha, recipe.ema_decay), (None, None));
+    assert!(!recipe.custom_l2);
+    assert_eq!(config.augmentation.image_size, 224);
+    assert_eq!(config.augmentation.min_crop_scale, 0.08);
+    assert_eq!(config.loader.workers, None);
+    assert_eq!(config.seed, 0);
+    assert_eq!(config.precision, Precision::F32);
+    assert_eq!(config.validate(), Ok(()));
+}
+
+#[test]
+fn a_config_survives_its_json_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("training.json");
+    let config = TrainingConfig::new(
+        RepVggConfig::new(vec![1, 2], vec![0.25, 0.5])
+            .with_use_se(true)
+            .with_num_classes(7),
+    )
+    .with_recipe(
+        RecipeConfig::new()
+            .with_epochs(300)
+            .with_mixup_alpha(Some(0.2))
+            .with_ema_decay(Some(0.9998))
+            .with_custom_l2(true),
+    )
+    .with_precision(Precision::Bf16)
+    .with_seed(3);
+    config.save(&path).unwrap();
+    assert_eq!(TrainingConfig::load(&path).unwrap(), config);
+}
+
+#[test]
+fn precisions_are_named_in_lower_case() {
+    assert_eq!("bf16".parse(), Ok(Precision::Bf16));
+    assert_eq!("F32".parse(), Ok(Precision::F32));
+    assert!("f16".parse::<Precision>().is_err());
+    assert_eq!(Precision::Bf16.name(), "bf16");
+}
+
+#[test]
+fn untrainable_configs_name_the_field() {
+    let out_of_range = |config: TrainingConfig| match config.validate() {
+        Err(InvalidTrainingConfig::OutOfRange { field, .. }) => field,
+        other => panic!("{other:?}"),
+    };
+    let recipe =
+        |change: fn(RecipeConfig) -> RecipeConfig| a0().with_recipe(change(RecipeConfig::new()));
+    assert_eq!(out_of_range(recipe(|r| r.with_epochs(0))), "recipe.epochs");
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_batch_size(0))),
+        "recipe.batch_size"
+    );
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_accumulation(0))),
+        "recipe.accumulation"
+    );
+    assert_eq!(out_of_range(recipe(|r| r.with_lr(f64::NAN))), "recipe.lr");
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_momentum(1.0))),
+        "recipe.momentum"
+    );
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_weight_decay(-1.0))),
+        "recipe.weight_decay"
+    );
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_label_smoothing(1.0))),
+        "recipe.label_smoothing"
+    );
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_mixup_alpha(Some(0.0)))),
+        "recipe.mixup_alpha"
+    );
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_ema_decay(Some(1.5)))),
+        "recipe.ema_decay"
+    );
+    let mut config = a0();
+    config.augmentation.image_size = 16;
+    assert_eq!(out_of_range(config), "augmentation.image_size");
+    let mut config = a0();
+    config.augmentation.min_crop_scale = 0.0;
+    assert_eq!(out_of_range(config), "augmentation.min_crop_scale");
+    let mut config = a0();
+    config.loader.workers = Some(0);
+    assert_eq!(out_of_range(config), "loader.workers");
+
+    let error = recipe(|r| r.with_epochs(3).with_warmup_epochs(5)).validate();
+    assert_eq!(
+        error,
+        Err(InvalidTrainingConfig::WarmupBeyondEpochs {
+            warmup_epochs: 5,
+            epochs: 3
+        })
+    );
+    let headless = TrainingConfig::new(RepVggArch::A0.config().with_num_classes(0));
+    assert_eq!(headless.validate(), Err(InvalidTrainingConfig::Headless));
+    let broken = TrainingConfig::new(RepVggConfig::new(vec![1, 0], vec![1.0, 1.0]));
+    assert!(matches!(
+        broken.validate(),
+        Err(InvalidTrainingConfig::Model(_))
+    ));
+}
