@@ -73,3 +73,36 @@ pub fn evaluate(
     evaluation.seconds = started.elapsed().as_secs_f64();
     Ok(evaluation)
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, TensorData};
+
+    use super::*;
+
+    #[test]
+    fn top1_and_top5_are_counted_per_image() {
+        let device = Device::flex();
+        // Six classes; image 0 is right at top-1, image 1 only within the top 5, image 2 ranks its
+        // class last.
+        let logits = Tensor::<2>::from_data(
+            TensorData::new(
+                vec![
+                    9.0f32, 1.0, 2.0, 3.0, 4.0, 5.0, //
+                    9.0, 8.0, 7.0, 6.0, 5.0, 4.0, //
+                    1.0, 2.0, 3.0, 4.0, 5.0, 6.0,
+                ],
+                [3, 6],
+            ),
+            &device,
+        );
+        let targets = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 4, 0], [3]), &device);
+        let mut evaluation = Evaluation::default();
+        evaluation.add(logits, targets);
+        assert_eq!(evaluation.images, 3);
+        assert_eq!(evaluation.top1_correct, 1);
+        assert_eq!(evaluation.top5_correct, 2);
+        assert_eq!(evaluation.predictions, vec![0, 0, 5]);
+        assert!((evaluation.top1() - 1.0 / 3.0).abs() < 1e-12);
+    }
+}
