@@ -1,11 +1,11 @@
-//! `repvgg convert` (and so `cargo xtask convert`) end to end: real conversions, and every kind of bad input failing with
-//! a clear message and a non-zero exit (never a panic).
+//! `repvgg convert` (and so `cargo xtask convert`) end to end: real conversions, and every kind
+//! of bad input failing with a clear message and a non-zero exit (never a panic).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use burn::config::Config;
-use burn::tensor::Device;
+use burn::tensor::{Device, TensorData};
 use repvgg_deploy::{read_checkpoint, write_checkpoint};
 use repvgg_model::Weights;
 use repvgg_model::{RepVggArch, RepVggConfig};
@@ -222,6 +222,26 @@ fn a_checkpoint_of_another_architecture_is_rejected() {
         ]),
         &["unknown RepVGG architecture `A9`"],
     );
+
+    // An A0 checkpoint given as B0: the mismatch, and what the file is instead.
+    let a0 = RepVggArch::A0.config().with_num_classes(10);
+    let weights = Weights::from_module(&a0.init(&Device::flex())).unwrap();
+    let file = dir.join("a0.safetensors");
+    write_checkpoint(&weights, &a0, None, &file).unwrap();
+    assert_fails(
+        &convert(&[
+            "--input",
+            path(&file),
+            "--arch",
+            "B0",
+            "--output",
+            path(&dir.join("out.bpk")),
+        ]),
+        &[
+            "weights do not match",
+            "(the checkpoint looks like RepVGG-A0)",
+        ],
+    );
 }
 
 #[test]
@@ -304,4 +324,69 @@ fn bad_output_paths_are_refused() {
     // Nothing was left behind by the failed writes.
     let left: Vec<_> = std::fs::read_dir(dir).unwrap().collect();
     assert_eq!(left.len(), 1);
+}
+
+#[test]
+fn diverged_weights_and_invalid_recorded_configs_are_refused() {
+    let scratch = scratch("refused");
+    let dir = scratch.path();
+    let device = Device::flex();
+    let config = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).with_num_classes(3);
+    let weights = Weights::from_module(&config.init(&device)).unwrap();
+    let output = dir.join("out.bpk");
+
+    // A diverged run: one NaN in a BN statistic.
+    let mut diverged = weights.clone();
+    let name = "stage1.0.rbr_dense.bn.running_var";
+    let mut values: Vec<f32> = diverged.get(name).unwrap().iter::<f32>().collect();
+    values[1] = f32::NAN;
+    diverged.insert(name, TensorData::new(values.clone(), [values.len()]));
+    let file = dir.join("diverged.safetensors");
+    write_checkpoint(&diverged, &config, None, &file).unwrap();
+    let args = ["--input", path(&file), "--output", path(&output)];
+    assert_fails(&convert(&args), &[name, "NaN or infinite"]);
+
+    // A burnpack whose recorded config describes no network (no stages).
+    let invalid = RepVggConfig::new(vec![], vec![]);
+    let file = dir.join("invalid.bpk");
+    write_checkpoint(&weights, &invalid, None, &file).unwrap();
+    assert_fails(
+        &convert(&["--input", path(&file), "--output", path(&output)]),
+        &["its recorded config", "1 to 4 stages"],
+    );
+    assert!(!output.exists(), "nothing is written for refused input");
+}
+
+#[test]
+fn a_backend_the_build_lacks_is_named() {
+    let scratch = scratch("device");
+    let dir = scratch.path();
+    let output = dir.join("out.bpk");
+    let input = fixture("narrow_train.pth");
+    let config = fixture("narrow.json");
+    let args = [
+        "--input",
+        path(&input),
+        "--config",
+        path(&config),
+        "--output",
+        path(&output),
+        "--device",
+        "cuda",
+    ];
+    if !cfg!(feature = "cuda") {
+        assert_fails(&convert(&args), &["no cuda backend", "--features cuda"]);
+    }
+    let args = [
+        "--input",
+        path(&input),
+        "--output",
+        path(&output),
+        "--device",
+        "tpu",
+    ];
+    assert_fails(
+        &convert(&args),
+        &["unknown device `tpu`", "cpu, wgpu or cuda"],
+    );
 }

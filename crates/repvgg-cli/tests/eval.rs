@@ -138,6 +138,21 @@ fn bad_input_is_refused_with_a_reason() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("nowhere"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // A headless backbone has no classes to score.
+    let config = small_config().with_num_classes(0);
+    let weights = Weights::from_module(&config.init(&device)).unwrap();
+    let headless = dir.join("headless.bpk");
+    write_checkpoint(&weights, &config, None, &headless).unwrap();
+    let output = eval(&[
+        "--weights",
+        headless.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("headless network"), "{stderr}");
 }
 
 /// A small network for the ten synthetic classes (the training demo's layout).

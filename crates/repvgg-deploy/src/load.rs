@@ -2,6 +2,7 @@
 //! rule: an explicit config, else an explicit preset, else the config the file records, else
 //! the tensor shapes.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use burn::config::Config;
@@ -78,19 +79,20 @@ impl ResolvedCheckpoint {
     }
 
     /// The deploy-time weights: re-parameterized on `device` when the file is training-time,
-    /// checked against the deploy layout when it already is deploy-time.
-    pub fn deploy_weights(&self, device: &Device) -> Result<Weights, DeployError> {
+    /// the file's own (checked against the deploy layout, not copied) when it already is
+    /// deploy-time.
+    pub fn deploy_weights(&self, device: &Device) -> Result<Cow<'_, Weights>, DeployError> {
         let weights = &self.checkpoint.weights;
         let explain = |err: WeightsError| explain_mismatch(err, weights);
         match self.checkpoint.form {
-            Form::Training => {
-                repvgg_model::reparameterize(weights, &self.config, device).map_err(explain)
-            }
+            Form::Training => repvgg_model::reparameterize(weights, &self.config, device)
+                .map(Cow::Owned)
+                .map_err(explain),
             Form::Deploy => {
                 let layout = tensor_infos(&self.config.init_deploy(device));
                 let what = format!("{}, deploy form", self.description);
                 weights.check_layout(&layout, &what).map_err(explain)?;
-                Ok(weights.clone())
+                Ok(Cow::Borrowed(weights))
             }
         }
     }

@@ -63,7 +63,8 @@ fn apply(bytes: &[u8], mutation: &Mutation) -> Vec<u8> {
 fn mutate(source: &Path, arch: &ArchSource, cases: u32) -> (usize, usize) {
     let device = Device::flex();
     let convert = |file: &Path| {
-        ResolvedCheckpoint::read(file, arch).and_then(|resolved| resolved.deploy_weights(&device))
+        ResolvedCheckpoint::read(file, arch)
+            .and_then(|resolved| resolved.deploy_weights(&device).map(drop))
     };
     // The undamaged file converts: the mutations start from valid input.
     convert(source).unwrap();
@@ -82,10 +83,7 @@ fn mutate(source: &Path, arch: &ArchSource, cases: u32) -> (usize, usize) {
     let result = runner.run(&mutation(), |mutation| {
         std::fs::write(&file, apply(&bytes, &mutation)).unwrap();
         tried.fetch_add(1, Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            ResolvedCheckpoint::read(&file, arch)
-                .and_then(|resolved| resolved.deploy_weights(&device))
-        }));
+        let outcome = catch_unwind(AssertUnwindSafe(|| convert(&file)));
         if outcome.is_err() {
             panics.fetch_add(1, Ordering::Relaxed);
         }
