@@ -83,6 +83,75 @@ fn unusable_folders_are_explained() {
 }
 
 #[test]
+fn awkward_folders_are_reported_not_fatal() {
+    use std::os::unix::fs::symlink;
+    let scratch = scratch("awkward");
+    let root = scratch.path();
+    let (cat, dog) = (root.join("cat"), root.join("dog"));
+    std::fs::create_dir(&cat).unwrap();
+    std::fs::create_dir(&dog).unwrap();
+    std::fs::copy(image_file("rgba.png"), cat.join("a.png")).unwrap();
+    std::fs::write(cat.join("empty.jpg"), b"").unwrap();
+    // A class folder that is a link to itself, an image that is one, and one leading nowhere.
+    symlink(root.join("loop"), root.join("loop")).unwrap();
+    symlink(cat.join("self.jpg"), cat.join("self.jpg")).unwrap();
+    symlink(root.join("nowhere.jpg"), cat.join("dangling.jpg")).unwrap();
+
+    let folder = ImageFolder::open(root).unwrap();
+    assert_eq!(folder.classes, ["cat", "dog"]);
+    assert_eq!(folder.empty_classes(), ["dog"]);
+    let samples: Vec<&Path> = folder.samples.iter().map(|s| s.path.as_path()).collect();
+    assert_eq!(samples, [cat.join("a.png"), cat.join("empty.jpg")]);
+    let mut unreadable: Vec<&Path> = folder.unreadable.iter().map(|(p, _)| p.as_path()).collect();
+    unreadable.sort();
+    assert_eq!(
+        unreadable,
+        [
+            cat.join("dangling.jpg"),
+            cat.join("self.jpg"),
+            root.join("loop")
+        ]
+    );
+    assert!(
+        folder
+            .unreadable
+            .iter()
+            .any(|(_, why)| why.contains("symbolic links")),
+        "{:?}",
+        folder.unreadable
+    );
+    // The zero-byte file is a sample whose decoding fails, naming it.
+    let err = decode_rgb(&cat.join("empty.jpg")).unwrap_err();
+    assert!(err.to_string().contains("empty.jpg"), "{err}");
+}
+
+#[test]
+fn a_decompression_bomb_is_refused_before_it_is_allocated() {
+    // A valid PNG header declaring 30000 x 30000 RGB pixels (2.7 GB decoded), then a few bytes.
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(30000u32.to_be_bytes());
+    ihdr.extend(30000u32.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, adaptive filter, no interlace
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32fast::hash(&ihdr).to_be_bytes());
+    png.extend([0, 0, 0, 2, b'I', b'D', b'A', b'T', 0x78, 0x9c, 0, 0, 0, 0]);
+    let scratch = scratch("bomb");
+    let bomb = scratch.path().join("bomb.png");
+    std::fs::write(&bomb, &png).unwrap();
+    let started = std::time::Instant::now();
+    let err = decode_rgb(&bomb).unwrap_err();
+    assert!(err.to_string().contains("bomb.png"), "{err}");
+    assert!(err.to_string().contains("limit"), "{err}");
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
 fn odd_image_files_decode_to_rgb() {
     for name in [
         "rgb.jpg",

@@ -10,6 +10,7 @@ use repvgg_data::DataError;
 use repvgg_deploy::DeployError;
 use repvgg_model::WeightsError;
 
+use crate::checkpoint::UnusableCheckpoint;
 use crate::config::InvalidTrainingConfig;
 
 /// An error of [`train`](crate::run::train) or [`resume`](crate::run::resume).
@@ -30,12 +31,22 @@ pub enum TrainError {
     #[error(transparent)]
     Data(#[from] DataError),
     /// The training and validation folders name different classes.
-    #[error("{} and {} hold different class folders", train.display(), val.display())]
+    #[error(
+        "{} and {} hold different class folders (only in the first: {}; only in the second: {})",
+        train.display(),
+        val.display(),
+        list(only_train),
+        list(only_val)
+    )]
     ClassMismatch {
         /// The training folder.
         train: PathBuf,
         /// The validation folder.
         val: PathBuf,
+        /// Classes of the training folder that the validation folder lacks.
+        only_train: Vec<String>,
+        /// Classes of the validation folder that the training folder lacks.
+        only_val: Vec<String>,
     },
     /// The network has fewer outputs than the data set has classes.
     #[error("model.num_classes {num_classes} is smaller than the {found} class folders of {}", data.display())]
@@ -107,6 +118,18 @@ pub enum TrainError {
         /// The run directory.
         path: PathBuf,
     },
+    /// Every complete checkpoint of the run failed to read back.
+    #[error(
+        "no usable checkpoint in {}: {}",
+        path.display(),
+        unusable.iter().map(|c| format!("epoch {}: {}", c.epoch, c.reason)).collect::<Vec<_>>().join("; ")
+    )]
+    NoUsableCheckpoint {
+        /// The checkpoint directory.
+        path: PathBuf,
+        /// Each checkpoint, newest first, and why it cannot be used.
+        unusable: Vec<UnusableCheckpoint>,
+    },
     /// A checkpoint past the end of the run's schedule.
     #[error("{} holds a checkpoint of epoch {epoch}, beyond the run's {epochs} epochs", path.display())]
     CheckpointBeyondEnd {
@@ -158,6 +181,15 @@ impl From<DeployError> for TrainError {
 impl From<WeightsError> for TrainError {
     fn from(error: WeightsError) -> Self {
         Self::Weights(Box::new(error))
+    }
+}
+
+/// Class names for a message: at most ten, "none" for none.
+fn list(classes: &[String]) -> String {
+    match classes.len() {
+        0 => "none".to_string(),
+        1..=10 => classes.join(", "),
+        n => format!("{} and {} more", classes[..10].join(", "), n - 10),
     }
 }
 

@@ -21,6 +21,7 @@
 //! ([`classifier`]), the optimizer and schedule ([`recipe`]), the weight average ([`ema`]), the
 //! metrics and the plain-text progress display.
 
+pub mod checkpoint;
 pub mod classifier;
 pub mod config;
 pub mod demo;

@@ -14,6 +14,7 @@ use repvgg_data::{Evaluation, ImageBatch, evaluate};
 use repvgg_deploy::{DeployModel, write_checkpoint};
 use repvgg_model::{RepVgg, Weights, logit_difference};
 
+use crate::checkpoint::{UnusableCheckpoint, last_checkpoint};
 use crate::classifier::Classifier;
 use crate::config::TrainingConfig;
 use crate::ema::WeightAverage;
@@ -55,6 +56,8 @@ pub struct TrainReport {
     pub deploy_path: PathBuf,
     /// Images that could not be decoded and were left out, with the reason.
     pub skipped_images: Vec<(PathBuf, String)>,
+    /// Newer checkpoints passed over when the run resumed (unreadable or not this network's).
+    pub unusable_checkpoints: Vec<UnusableCheckpoint>,
 }
 
 /// The moving average of the weights at the end of a run.
@@ -95,22 +98,6 @@ pub fn saved_config(output: &Path) -> Result<TrainingConfig, TrainError> {
     TrainingConfig::load(&path).map_err(|source| TrainError::ConfigFile { path, source })
 }
 
-/// The epoch a run directory can be resumed after: its last complete checkpoint, within the
-/// config's `epochs`.
-pub(crate) fn resume_point(output: &Path, epochs: usize) -> Result<usize, TrainError> {
-    match last_checkpoint(&output.join("checkpoint"))? {
-        None => Err(TrainError::NothingToResume {
-            path: output.to_path_buf(),
-        }),
-        Some(epoch) if epoch > epochs => Err(TrainError::CheckpointBeyondEnd {
-            path: output.to_path_buf(),
-            epoch,
-            epochs,
-        }),
-        Some(epoch) => Ok(epoch),
-    }
-}
-
 /// Writes the files that describe the trained network beside the checkpoints: `config.json`
 /// (its `RepVggConfig`) and `classes.txt` (one class name per output).
 pub(crate) fn describe_network(
@@ -124,32 +111,6 @@ pub(crate) fn describe_network(
     fs::write(&path, classes.join("\n") + "\n").map_err(TrainError::io(path))
 }
 
-/// The last epoch with a complete checkpoint (model, optimizer and scheduler) in `dir`.
-pub fn last_checkpoint(dir: &Path) -> Result<Option<usize>, TrainError> {
-    if !dir.is_dir() {
-        return Ok(None);
-    }
-    let epoch_of = |name: &str| {
-        name.strip_prefix("model-")?
-            .strip_suffix(".bpk")?
-            .parse::<usize>()
-            .ok()
-    };
-    let mut last = None;
-    for entry in fs::read_dir(dir).map_err(TrainError::io(dir))? {
-        let name = entry.map_err(TrainError::io(dir))?.file_name();
-        if let Some(epoch) = name.to_str().and_then(epoch_of) {
-            let complete = ["optim", "scheduler"]
-                .iter()
-                .all(|part| dir.join(format!("{part}-{epoch}.bpk")).is_file());
-            if complete && last < Some(epoch) {
-                last = Some(epoch);
-            }
-        }
-    }
-    Ok(last)
-}
-
 /// A run whose epochs are done: what [`finish`] converts, writes and checks.
 pub(crate) struct Trained<'a> {
     pub config: &'a TrainingConfig,
@@ -160,6 +121,7 @@ pub(crate) struct Trained<'a> {
     pub resumed_after: Option<usize>,
     pub training_time: Duration,
     pub skipped_images: Vec<(PathBuf, String)>,
+    pub unusable_checkpoints: Vec<UnusableCheckpoint>,
 }
 
 /// Writes the final training-time and deploy-time models (and the weight average's) and checks
@@ -174,6 +136,7 @@ pub(crate) fn finish(trained: Trained) -> Result<TrainReport, TrainError> {
         resumed_after,
         training_time,
         skipped_images,
+        unusable_checkpoints,
     } = trained;
     let net = model.net.clone().valid();
     let converting = Instant::now();
@@ -202,6 +165,7 @@ pub(crate) fn finish(trained: Trained) -> Result<TrainReport, TrainError> {
         model_path,
         deploy_path,
         skipped_images,
+        unusable_checkpoints,
     })
 }
 

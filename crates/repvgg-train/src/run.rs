@@ -17,14 +17,13 @@ use repvgg_data::{
 };
 use repvgg_model::{RepVggArch, RepVggConfig};
 
+use crate::checkpoint::{UnusableCheckpoint, resume_point};
 use crate::classifier::{Classifier, Objective};
 use crate::config::{Precision, TrainingConfig};
 use crate::ema::{AverageCheckpoints, WeightAverage};
 use crate::error::TrainError;
 use crate::metric::{AverageAccuracy, ImagesPerSecond};
-use crate::output::{
-    TrainReport, Trained, describe_network, finish, resume_point, saved_config, start_run,
-};
+use crate::output::{TrainReport, Trained, describe_network, finish, saved_config, start_run};
 use crate::recipe::{WarmupCosine, scaled_lr, sgd};
 use crate::renderer::LineRenderer;
 
@@ -53,6 +52,7 @@ pub fn train(
         data,
         devices,
         resume_after: None,
+        unusable_checkpoints: Vec::new(),
     }
     .execute()
 }
@@ -64,7 +64,7 @@ pub fn train(
 pub fn resume(output: &Path, data: &Path, devices: &[Device]) -> Result<TrainReport, TrainError> {
     let config = saved_config(output)?;
     config.validate()?;
-    let epoch = resume_point(output, config.recipe.epochs)?;
+    let (epoch, unusable_checkpoints) = resume_point(output, &config)?;
     let data = DataSets::open(data, &config.model)?;
     let devices = training_devices(devices, &config)?;
     Run {
@@ -73,6 +73,7 @@ pub fn resume(output: &Path, data: &Path, devices: &[Device]) -> Result<TrainRep
         data,
         devices,
         resume_after: Some(epoch),
+        unusable_checkpoints,
     }
     .execute()
 }
@@ -90,10 +91,30 @@ impl DataSets {
         let train = ImageFolder::open(&root.join("train"))?;
         let val = ImageFolder::open(&root.join("val"))?;
         if train.classes != val.classes {
+            let missing_from = |folder: &ImageFolder, classes: &[String]| {
+                classes
+                    .iter()
+                    .filter(|class| !folder.classes.contains(class))
+                    .cloned()
+                    .collect()
+            };
             return Err(TrainError::ClassMismatch {
+                only_train: missing_from(&val, &train.classes),
+                only_val: missing_from(&train, &val.classes),
                 train: train.root,
                 val: val.root,
             });
+        }
+        for (split, folder) in [("training", &train), ("validation", &val)] {
+            let empty = folder.empty_classes();
+            if !empty.is_empty() {
+                log::warn!(
+                    "{} classes have no {split} images in {}: {}",
+                    empty.len(),
+                    folder.root.display(),
+                    empty.join(", ")
+                );
+            }
         }
         if model.num_classes < train.classes.len() {
             return Err(TrainError::TooFewOutputs {
@@ -149,6 +170,8 @@ struct Run<'a> {
     devices: Vec<Device>,
     /// The epoch whose checkpoint the run continues from.
     resume_after: Option<usize>,
+    /// Newer checkpoints passed over because they could not be used.
+    unusable_checkpoints: Vec<UnusableCheckpoint>,
 }
 
 /// The data pipeline of a run.
@@ -192,6 +215,7 @@ impl Run<'_> {
             resumed_after: self.resume_after,
             training_time: started.elapsed(),
             skipped_images: skipped.list(),
+            unusable_checkpoints: self.unusable_checkpoints,
         })
     }
 

@@ -11,8 +11,8 @@ use burn::tensor::Device;
 use repvgg_data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_deploy::{Form, read_checkpoint};
 use repvgg_model::RepVggConfig;
+use repvgg_train::checkpoint::{checkpoint_path, last_checkpoint};
 use repvgg_train::demo::demo_config;
-use repvgg_train::output::last_checkpoint;
 use repvgg_train::{
     AugmentationConfig, LoaderConfig, RecipeConfig, TrainError, TrainReport, TrainingConfig,
     resume, train,
@@ -280,6 +280,7 @@ fn bad_runs_are_refused_with_a_reason() {
     fs::create_dir_all(data.join("val/extra-class")).unwrap();
     let error = message(train_in(root, "mismatch", &one_epoch));
     assert!(error.contains("different class folders"), "{error}");
+    assert!(error.contains("only in the second: extra-class"), "{error}");
     fs::remove_dir_all(data.join("val/extra-class")).unwrap();
 
     train_in(root, "existing", &one_epoch).unwrap();
@@ -288,6 +289,79 @@ fn bad_runs_are_refused_with_a_reason() {
         matches!(error, TrainError::OutputInUse { epoch: 1, .. }),
         "{error}"
     );
+}
+
+#[test]
+fn failed_and_damaged_checkpoints_lose_nothing() {
+    let _serial = one_at_a_time();
+    let workspace = workspace("faults", 1);
+    let root = workspace.path();
+    let (run, data) = (root.join("run"), root.join("data"));
+    let dir = run.join("checkpoint");
+    let config = config(|recipe| recipe.with_epochs(2).with_ema_decay(Some(0.9)));
+    let resume_run = || resume(&run, &data, &[Device::flex()]);
+
+    // Epoch 2's model checkpoint cannot be written (a directory stands where it goes): the run
+    // stops with an error naming the file, epoch 1's checkpoint is intact, and no scratch file
+    // is left behind.
+    fs::create_dir_all(dir.join("model-2.bpk")).unwrap();
+    let error = train_in(root, "run", &config).unwrap_err().to_string();
+    assert!(error.contains("model-2.bpk"), "{error}");
+    assert_eq!(last_checkpoint(&dir).unwrap(), Some(1));
+    assert_eq!(scratch_files(&dir), Vec::<String>::new());
+
+    // Cleared, the run resumes from epoch 1 and finishes.
+    fs::remove_dir(dir.join("model-2.bpk")).unwrap();
+    let resumed = resume_run().unwrap();
+    assert_eq!(resumed.resumed_after, Some(1));
+    assert!(resumed.unusable_checkpoints.is_empty());
+
+    // A process killed while writing leaves a scratch file beside the checkpoints; a newest
+    // checkpoint damaged on disk is passed over, saying why, for the one before.
+    fs::write(dir.join("model-2.bpk.4242-0.tmp"), b"half a container").unwrap();
+    let model = checkpoint_path(&dir, "model", 2);
+    let bytes = fs::read(&model).unwrap();
+    fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    let resumed = resume_run().unwrap();
+    assert_eq!(resumed.resumed_after, Some(1));
+    let [unusable] = resumed.unusable_checkpoints.as_slice() else {
+        panic!("{:?}", resumed.unusable_checkpoints);
+    };
+    assert_eq!(unusable.epoch, 2);
+    assert!(
+        unusable.reason.contains("model-2.bpk"),
+        "{}",
+        unusable.reason
+    );
+    assert!(read_checkpoint(&run.join("model-deploy.bpk")).is_ok());
+
+    // With no usable checkpoint left, the error names each one's problem.
+    for epoch in [1, 2] {
+        fs::write(
+            checkpoint_path(&dir, "optim", epoch),
+            b"not a burnpack file",
+        )
+        .unwrap();
+    }
+    let error = resume_run().unwrap_err();
+    assert!(
+        matches!(&error, TrainError::NoUsableCheckpoint { unusable, .. } if unusable.len() == 2),
+        "{error}"
+    );
+    let error = error.to_string();
+    assert!(
+        error.contains("optim-1.bpk") && error.contains("optim-2.bpk"),
+        "{error}"
+    );
+}
+
+/// Files in `dir` that are neither checkpoints nor a killed writer's scratch files we placed.
+fn scratch_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tmp"))
+        .collect()
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -5,6 +5,15 @@ use repvgg_train::TrainReport;
 /// Prints what the run measured and wrote.
 pub fn print_report(report: &TrainReport) {
     let (training, deploy) = (&report.validation, &report.deploy_validation);
+    for unusable in &report.unusable_checkpoints {
+        println!(
+            "passed over the unusable checkpoint of epoch {}: {}",
+            unusable.epoch, unusable.reason
+        );
+    }
+    if let Some(epoch) = report.resumed_after {
+        println!("resumed after epoch {epoch}");
+    }
     println!("trained in {:.1?}", report.training_time);
     println!(
         "validation ({} images): top-1 {:.2}%, top-5 {:.2}% (training-time model)",
