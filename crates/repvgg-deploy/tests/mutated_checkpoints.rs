@@ -1,17 +1,35 @@
-//! Bad checkpoints never crash the readers: valid small files of every format, truncated at
-//! many offsets and with bytes flipped in their header and data, each give a `DeployError` (or,
-//! where the damage missed everything that is read, a valid checkpoint), never a panic, through
-//! reading, architecture resolution (detection included) and the conversion to deploy weights.
+//! Bad checkpoints never crash the readers: valid small files of every format, damaged byte by
+//! byte and structurally (`common/mutation.rs`), each give a `DeployError` (or, where the damage
+//! missed everything that is read, a valid checkpoint), never a panic, through reading,
+//! architecture resolution (detection included) and the conversion to deploy weights. Damage no
+//! reader may accept (missing, misnamed or misshapen tensors, NaN, lying headers) must be an
+//! error; the same weights stored in f16, bf16 or f64 must load. The heap is measured around
+//! every read: the largest allocation a damaged file caused is printed per format.
 
+use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use burn::tensor::Device;
-use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
-use repvgg_deploy::{ArchSource, ResolvedCheckpoint, write_checkpoint};
+use burn::tensor::{DType, Device};
+use peak_alloc::PeakAlloc;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use repvgg_deploy::{ArchSource, DeployError, ResolvedCheckpoint, write_checkpoint};
 use repvgg_model::{RepVggConfig, Weights};
+
+#[path = "common/mutation.rs"]
+mod mutation;
+
+use mutation::{Edit, Format, Mutation, apply};
+
+#[global_allocator]
+static HEAP: PeakAlloc = PeakAlloc;
+
+/// The tests of this file run one at a time, so that the heap measured is one read's.
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -19,86 +37,112 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// How one valid file is damaged.
-#[derive(Clone, Debug)]
-enum Mutation {
-    /// Keep the first `fraction` of the bytes.
-    Truncate(f64),
-    /// XOR bytes at these relative positions with these masks.
-    Flip(Vec<(f64, u8)>),
-    /// The same, within the first 4 KiB (headers, zip directories' starts, pickle opcodes).
-    FlipHeader(Vec<(usize, u8)>),
+/// Reads `file` as `arch` and converts it to deploy weights.
+fn convert(file: &Path, arch: &ArchSource) -> Result<Weights, DeployError> {
+    ResolvedCheckpoint::read(file, arch).and_then(|resolved| {
+        resolved
+            .deploy_weights(&Device::flex())
+            .map(|w| w.into_owned())
+    })
 }
 
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        (0.0..1.0f64).prop_map(Mutation::Truncate),
-        prop::collection::vec((0.0..1.0f64, 1..=255u8), 1..8).prop_map(Mutation::Flip),
-        prop::collection::vec((0..4096usize, 1..=255u8), 1..8).prop_map(Mutation::FlipHeader),
-    ]
+/// What the damaged copies of one file did.
+#[derive(Debug, Default)]
+struct Tally {
+    tried: usize,
+    errors: usize,
+    panics: usize,
+    /// The most heap one read allocated beyond what was allocated before it.
+    peak_bytes: usize,
 }
 
-fn apply(bytes: &[u8], mutation: &Mutation) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    match mutation {
-        Mutation::Truncate(fraction) => out.truncate((bytes.len() as f64 * fraction) as usize),
-        Mutation::Flip(flips) => {
-            for (at, mask) in flips {
-                let index = ((out.len() as f64 * at) as usize).min(out.len() - 1);
-                out[index] ^= mask;
-            }
-        }
-        Mutation::FlipHeader(flips) => {
-            for (at, mask) in flips {
-                let index = at % out.len();
-                out[index] ^= mask;
-            }
-        }
-    }
-    out
-}
-
-/// Reads and converts `cases` damaged copies of `source`, its architecture from `arch`; returns
-/// how many were tried and how many panicked.
-fn mutate(source: &Path, arch: &ArchSource, cases: u32) -> (usize, usize) {
-    let device = Device::flex();
-    let convert = |file: &Path| {
-        ResolvedCheckpoint::read(file, arch)
-            .and_then(|resolved| resolved.deploy_weights(&device).map(drop))
-    };
-    // The undamaged file converts: the mutations start from valid input.
-    convert(source).unwrap();
+/// Reads and converts `cases` damaged copies of `source` (its architecture from `arch`).
+fn mutate(source: &Path, arch: &ArchSource, cases: u32) -> Tally {
+    let format = Format::of(source);
+    let original = convert(source, arch).expect("the undamaged file converts");
     let bytes = std::fs::read(source).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let file = scratch.path().join(format!(
-        "mutated.{}",
-        source.extension().unwrap().to_str().unwrap()
-    ));
-    let (tried, panics) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let file = scratch.path().join(format!("mutated.{}", format.name()));
+    let tally = RefCell::new(Tally::default());
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: None,
         ..Config::default()
     });
-    let result = runner.run(&mutation(), |mutation| {
-        std::fs::write(&file, apply(&bytes, &mutation)).unwrap();
-        tried.fetch_add(1, Ordering::Relaxed);
-        let outcome = catch_unwind(AssertUnwindSafe(|| convert(&file)));
-        if outcome.is_err() {
-            panics.fetch_add(1, Ordering::Relaxed);
-        }
-        prop_assert!(outcome.is_ok(), "{mutation:?} made the reader panic");
-        Ok(())
+    let result = runner.run(&mutation::mutation(format), |mutation| {
+        std::fs::write(&file, apply(&bytes, format, &mutation)).unwrap();
+        let mut tally = tally.borrow_mut();
+        tally.tried += 1;
+        HEAP.reset_peak_usage();
+        let before = HEAP.current_usage();
+        let outcome = catch_unwind(AssertUnwindSafe(|| convert(&file, arch)));
+        tally.peak_bytes = tally.peak_bytes.max(HEAP.peak_usage() - before);
+        let Ok(outcome) = outcome else {
+            tally.panics += 1;
+            return Err(TestCaseError::fail(format!(
+                "{mutation:?} made the reader panic"
+            )));
+        };
+        tally.errors += usize::from(outcome.is_err());
+        check_outcome(&mutation, &original, outcome)
     });
-    let counts = (tried.into_inner(), panics.into_inner());
     if let Err(err) = result {
         panic!("{}: {err}", source.display());
     }
-    counts
+    tally.into_inner()
+}
+
+/// What a reader must make of `mutation`, beyond not panicking.
+fn check_outcome(
+    mutation: &Mutation,
+    original: &Weights,
+    outcome: Result<Weights, DeployError>,
+) -> Result<(), TestCaseError> {
+    match outcome {
+        Ok(_) if mutation.must_fail() => {
+            Err(TestCaseError::fail(format!("{mutation:?} was accepted")))
+        }
+        Err(err) if mutation.must_load() => Err(TestCaseError::fail(format!(
+            "{mutation:?} was refused: {err}"
+        ))),
+        Ok(weights) if mutation.must_load() => {
+            let difference = largest_relative_difference(original, &weights);
+            if difference > 1e-2 {
+                return Err(TestCaseError::fail(format!(
+                    "{mutation:?} changed the weights by {difference:.1e}"
+                )));
+            }
+            Ok(())
+        }
+        Err(DeployError::Unreadable { source, .. })
+            if matches!(mutation, Mutation::Edit(Edit::Poison(..))) =>
+        {
+            // The refusal names the tensor.
+            match source.to_string().contains("tensor `") {
+                true => Ok(()),
+                false => Err(TestCaseError::fail(format!("{source}"))),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// max |a - b| / max |a| over all tensors of two sets of weights with the same names.
+fn largest_relative_difference(a: &Weights, b: &Weights) -> f32 {
+    let (mut difference, mut largest) = (0f32, 0f32);
+    for (name, data) in a.iter() {
+        let other = b.get(name).unwrap_or_else(|| panic!("{name} missing"));
+        for (x, y) in data.iter::<f32>().zip(other.iter::<f32>()) {
+            difference = difference.max((x - y).abs());
+            largest = largest.max(x.abs());
+        }
+    }
+    difference / largest
 }
 
 #[test]
 fn damaged_checkpoints_give_errors_not_panics() {
+    let _alone = one_at_a_time();
     let scratch = tempfile::tempdir().unwrap();
     let config = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).with_num_classes(3);
     let weights = Weights::from_module(&config.init(&Device::flex())).unwrap();
@@ -111,29 +155,66 @@ fn damaged_checkpoints_give_errors_not_panics() {
     )
     .unwrap();
     let narrow = ArchSource::ConfigFile(fixture("narrow.json"));
+    let timm = ArchSource::ConfigFile(fixture("timm.json"));
     let sources = [
         (fixture("narrow_train.pth"), narrow.clone()),
         (fixture("narrow_train_wrapped.pth"), narrow.clone()),
         (fixture("narrow_deploy.pth"), narrow),
-        (
-            fixture("timm_train.safetensors"),
-            ArchSource::ConfigFile(fixture("timm.json")),
-        ),
-        (
-            fixture("timm_deploy.safetensors"),
-            ArchSource::ConfigFile(fixture("timm.json")),
-        ),
+        (fixture("timm_train.safetensors"), timm.clone()),
+        (fixture("timm_deploy.safetensors"), timm),
         (burnpack, ArchSource::Auto),
     ];
-    let mut total = (0, 0);
+    let mut total = Tally::default();
     for (source, arch) in &sources {
-        let (tried, panics) = mutate(source, arch, 400);
+        let tally = mutate(source, arch, 500);
+        let size = std::fs::metadata(source).unwrap().len();
         eprintln!(
-            "{}: {tried} mutated inputs, {panics} panics",
-            source.display()
+            "{}: {} mutated inputs, {} errors, {} panics; largest heap growth while reading \
+             one: {:.1} MiB (the file: {:.2} MiB)",
+            source.file_name().unwrap().to_string_lossy(),
+            tally.tried,
+            tally.errors,
+            tally.panics,
+            tally.peak_bytes as f64 / (1 << 20) as f64,
+            size as f64 / (1 << 20) as f64,
         );
-        total = (total.0 + tried, total.1 + panics);
+        total.tried += tally.tried;
+        total.errors += tally.errors;
+        total.panics += tally.panics;
+        total.peak_bytes = total.peak_bytes.max(tally.peak_bytes);
     }
-    eprintln!("{} mutated inputs, {} panics", total.0, total.1);
-    assert_eq!(total.1, 0);
+    eprintln!(
+        "{} mutated inputs, {} panics; largest heap growth {:.1} MiB",
+        total.tried,
+        total.panics,
+        total.peak_bytes as f64 / (1 << 20) as f64
+    );
+    assert_eq!(total.panics, 0);
+    // A lying header costs at most a few copies of the file, never what it declares.
+    assert!(total.peak_bytes < 64 << 20, "{} bytes", total.peak_bytes);
+}
+
+#[test]
+fn half_precision_and_double_checkpoints_load_as_f32() {
+    let _alone = one_at_a_time();
+    let timm = ArchSource::ConfigFile(fixture("timm.json"));
+    let source = fixture("timm_train.safetensors");
+    let original = convert(&source, &timm).unwrap();
+    let bytes = std::fs::read(&source).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    for dtype in [DType::F16, DType::BF16, DType::F64] {
+        let file = scratch.path().join(format!("{dtype:?}.safetensors"));
+        std::fs::write(
+            &file,
+            mutation::all_floats_as(&bytes, Format::Safetensors, dtype),
+        )
+        .unwrap();
+        let weights = convert(&file, &timm).unwrap_or_else(|err| panic!("{dtype:?}: {err}"));
+        let difference = largest_relative_difference(&original, &weights);
+        let tolerance = match dtype {
+            DType::F64 => 1e-6,
+            _ => 1e-2,
+        };
+        assert!(difference <= tolerance, "{dtype:?}: {difference:.1e}");
+    }
 }

@@ -27,6 +27,12 @@ pub struct MacCounts {
 impl RepVggConfig {
     /// Trainable parameters of the training-time and deploy-time networks.
     pub fn num_params(&self) -> ParamCounts {
+        self.count_params(&self.block_specs())
+    }
+
+    /// [`num_params`](Self::num_params) of these blocks (which validation checks before the
+    /// config is known to be valid).
+    pub(crate) fn count_params(&self, specs: &[BlockSpec]) -> ParamCounts {
         let head = match self.has_head() {
             true => self.feature_width() * self.num_classes + self.num_classes,
             false => 0,
@@ -35,12 +41,12 @@ impl RepVggConfig {
             training: head,
             deploy: head,
         };
-        for spec in self.block_specs() {
-            let kernel_3x3 = kernel_params(&spec, 3);
+        for spec in specs {
+            let kernel_3x3 = kernel_params(spec, 3);
             let bn = 2 * spec.out_channels;
             let identity_bn = if spec.has_identity { bn } else { 0 };
-            let se = se_params(&spec);
-            counts.training += kernel_3x3 + bn + kernel_params(&spec, 1) + bn + identity_bn + se;
+            let se = se_params(spec);
+            counts.training += kernel_3x3 + bn + kernel_params(spec, 1) + bn + identity_bn + se;
             counts.deploy += kernel_3x3 + spec.out_channels + se;
         }
         counts

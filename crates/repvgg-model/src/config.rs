@@ -12,6 +12,18 @@ const BASE_WIDTHS: [usize; 4] = [64, 128, 256, 512];
 /// The stem never gets wider than this, whatever the multiplier.
 const MAX_STEM_WIDTH: usize = 64;
 
+// Bounds on what a config (often read from a file) may ask for, far beyond every published
+// RepVGG (the largest, RepVGGplus-L2pse, has 146 million parameters and 2560 channels), so
+// that a damaged or hostile file is refused before anything is allocated for it.
+/// Most blocks in one stage.
+pub const MAX_BLOCKS_PER_STAGE: usize = 1024;
+/// Most channels of one stage.
+pub const MAX_CHANNELS: usize = 1 << 16;
+/// Most classes of the head.
+pub const MAX_CLASSES: usize = 1 << 24;
+/// Most trainable parameters of the training-time network (16 GiB of f32).
+pub const MAX_PARAMS: usize = 1 << 32;
+
 /// Input channels (RGB images).
 pub const IN_CHANNELS: usize = 3;
 
@@ -283,6 +295,29 @@ impl RepVggConfig {
         if let Some(stage) = self.num_blocks.iter().position(|&n| n == 0) {
             return fail(format!("stage {} has no blocks", stage + 1));
         }
+        if let Some(&blocks) = self.num_blocks.iter().find(|&&n| n > MAX_BLOCKS_PER_STAGE) {
+            return fail(format!(
+                "a stage of {blocks} blocks is beyond the {MAX_BLOCKS_PER_STAGE} accepted"
+            ));
+        }
+        if let Some(m) = self
+            .width_multipliers
+            .iter()
+            .find(|m| !(m.is_finite() && **m > 0.0))
+        {
+            return fail(format!("width multipliers must be positive, got {m}"));
+        }
+        if let Some(&width) = self.stage_widths().iter().find(|&&w| w > MAX_CHANNELS) {
+            return fail(format!(
+                "a stage of {width} channels is beyond the {MAX_CHANNELS} accepted"
+            ));
+        }
+        if self.num_classes > MAX_CLASSES {
+            return fail(format!(
+                "{} classes are beyond the {MAX_CLASSES} accepted",
+                self.num_classes
+            ));
+        }
         if let Some((stage, width)) = self
             .stage_widths()
             .into_iter()
@@ -335,6 +370,13 @@ impl RepVggConfig {
                     spec.index, spec.path, spec.out_channels, self.se_reduction
                 ));
             }
+        }
+        let params = self.count_params(&self.unchecked_block_specs()).training;
+        if params > MAX_PARAMS {
+            return fail(format!(
+                "{params} parameters are beyond the {MAX_PARAMS} accepted ({} GB of f32)",
+                (MAX_PARAMS * 4) >> 30
+            ));
         }
         Ok(())
     }

@@ -40,7 +40,10 @@ mod weights;
 pub use block::{Block, ConvBn, RepVggBlock, RepVggDeployBlock};
 pub use compare::{LogitDifference, logit_difference};
 pub use complexity::{MacCounts, ParamCounts};
-pub use config::{BlockSpec, IN_CHANNELS, InvalidConfig, RepVggArch, RepVggConfig, UnknownArch};
+pub use config::{
+    BlockSpec, IN_CHANNELS, InvalidConfig, MAX_BLOCKS_PER_STAGE, MAX_CHANNELS, MAX_CLASSES,
+    MAX_PARAMS, RepVggArch, RepVggConfig, UnknownArch,
+};
 pub use device::{DeviceChoice, DeviceError};
 pub use error::{WeightsError, list_names};
 pub use inspect::{TensorInfo, num_trainable_params, tensor_infos};

@@ -282,6 +282,25 @@ fn invalid_configs_are_explained() {
             base().with_use_se(true).with_se_reduction(64),
             "SE bottleneck",
         ),
+        // What a damaged or hostile file may ask for, refused before anything is computed
+        // or allocated from it.
+        (
+            RepVggConfig::new(vec![usize::MAX, 1], vec![1.0, 1.0]),
+            "blocks is beyond",
+        ),
+        (
+            RepVggConfig::new(vec![1, 1], vec![1e30, 1.0]),
+            "channels is beyond",
+        ),
+        (
+            RepVggConfig::new(vec![1, 1], vec![f64::NAN, 1.0]),
+            "must be positive",
+        ),
+        (base().with_num_classes(usize::MAX), "classes are beyond"),
+        (
+            RepVggConfig::new(vec![1024; 4], vec![64.0; 4]),
+            "parameters are beyond",
+        ),
     ];
     for (config, expected) in cases {
         let err = config.validate().expect_err(expected).to_string();
