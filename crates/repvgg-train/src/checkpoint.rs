@@ -13,10 +13,13 @@ use burn::module::Module;
 use burn::optim::OptimizerRecord;
 use burn::optim::lr_scheduler::LrSchedulerRecord;
 use burn::store::ModuleRecord;
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
+use burn_store::burn_pack;
+
+use repvgg_model::{RepVgg, Weights};
 
 use crate::classifier::{Classifier, Objective};
-use crate::config::TrainingConfig;
+use crate::config::{Precision, TrainingConfig};
 use crate::error::TrainError;
 
 /// The parts of a checkpoint burn-train writes every epoch, as `<part>-<epoch>.bpk`.
@@ -115,6 +118,27 @@ pub(crate) fn resume_point(
     })
 }
 
+/// An error naming the first tensor of the burnpack file at `path` stored in another element
+/// type than `expected` (any floating-point type when `None`). Burn loads a tensor of another
+/// type into a parameter without a word, to panic at its first use.
+fn check_element_types(path: &Path, expected: Option<DType>) -> Result<(), String> {
+    let failed = |err: burn_pack::Error| format!("{}: {err}", path.display());
+    let tensors = burn_pack::Reader::from_file(path)
+        .and_then(|reader| reader.into_tensors())
+        .map_err(failed)?;
+    let fits = |dtype: DType| expected.map_or(dtype.is_float(), |expected| dtype == expected);
+    match tensors.iter().find(|tensor| !fits(tensor.dtype)) {
+        Some(tensor) => Err(format!(
+            "{}: tensor `{}` is stored as {:?} where the run trains in {}",
+            path.display(),
+            tensor.name,
+            tensor.dtype,
+            expected.map_or("floating point".to_string(), |d| format!("{d:?}"))
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Reads every file of `epoch`'s checkpoint in full and applies the model's to `template`.
 fn check_checkpoint(
     dir: &Path,
@@ -124,23 +148,51 @@ fn check_checkpoint(
 ) -> Result<(), String> {
     let failed =
         |path: PathBuf| move |err: burn::store::RecordError| format!("{}: {err}", path.display());
+    // The network's weights (and their average) are in the run's precision; the optimizer's
+    // and scheduler's state in floats.
+    let weights = match config.precision {
+        Precision::F32 => DType::F32,
+        Precision::Bf16 => DType::BF16,
+    };
+    for part in PARTS.into_iter().chain([AVERAGE_PART]) {
+        let path = checkpoint_path(dir, part, epoch);
+        let expected = matches!(part, "model" | AVERAGE_PART).then_some(weights);
+        if part != AVERAGE_PART || (config.recipe.ema_decay.is_some() && path.exists()) {
+            check_element_types(&path, expected)?;
+        }
+    }
     let path = checkpoint_path(dir, "model", epoch);
     let record = ModuleRecord::load(&path).map_err(failed(path.clone()))?;
-    template
+    let model = template
         .clone()
         .try_load_record(record)
-        .map_err(failed(path))?;
+        .map_err(failed(path.clone()))?;
+    check_values(&model.net, &path)?;
     let path = checkpoint_path(dir, "optim", epoch);
     OptimizerRecord::load(&path).map_err(failed(path))?;
     let path = checkpoint_path(dir, "scheduler", epoch);
     LrSchedulerRecord::load(&path).map_err(failed(path))?;
     let path = checkpoint_path(dir, AVERAGE_PART, epoch);
     if config.recipe.ema_decay.is_some() && path.exists() {
-        template
+        let average = template
             .net
             .clone()
             .try_load_file(&path)
-            .map_err(failed(path))?;
+            .map_err(failed(path.clone()))?;
+        check_values(&average, &path)?;
     }
     Ok(())
+}
+
+/// An error naming the first tensor of `net` (loaded from `path`) that holds NaN or infinity:
+/// a run that diverged before its checkpoint is no place to continue from.
+fn check_values(net: &RepVgg, path: &Path) -> Result<(), String> {
+    let weights = Weights::from_module(net).map_err(|err| format!("{}: {err}", path.display()))?;
+    match weights.first_non_finite() {
+        Some(name) => Err(format!(
+            "{}: tensor `{name}` holds NaN or infinite values (the run diverged?)",
+            path.display()
+        )),
+        None => Ok(()),
+    }
 }

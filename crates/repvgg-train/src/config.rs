@@ -187,6 +187,15 @@ impl TrainingConfig {
         count("recipe.epochs", recipe.epochs)?;
         count("recipe.batch_size", recipe.batch_size)?;
         count("recipe.accumulation", recipe.accumulation)?;
+        // Bounds far beyond any real run, so that a damaged config file is refused before a
+        // batch of its size is allocated.
+        let batch = recipe.batch_size;
+        check(
+            "recipe.batch_size",
+            batch,
+            batch <= 1 << 16,
+            "at most 65536",
+        )?;
         positive("recipe.lr", recipe.lr)?;
         fraction("recipe.momentum", recipe.momentum)?;
         let decay = recipe.weight_decay;
@@ -211,18 +220,19 @@ impl TrainingConfig {
             fraction("recipe.ema_decay", decay)?;
         }
         let augmentation = &self.augmentation;
-        if augmentation.image_size < 32 {
-            return Err(InvalidTrainingConfig::OutOfRange {
-                field: "augmentation.image_size",
-                value: augmentation.image_size.to_string(),
-                allowed: "at least 32 (RepVGG downsamples by 32)",
-            });
-        }
+        let size = augmentation.image_size;
+        check(
+            "augmentation.image_size",
+            size,
+            (32..=8192).contains(&size),
+            "from 32 (RepVGG downsamples by 32) to 8192",
+        )?;
         let scale = augmentation.min_crop_scale;
         let in_range = scale > 0.0 && scale <= 1.0;
         check("augmentation.min_crop_scale", scale, in_range, "in (0, 1]")?;
         if let Some(workers) = self.loader.workers {
-            count("loader.workers", workers)?;
+            let in_range = (1..=1024).contains(&workers);
+            check("loader.workers", workers, in_range, "from 1 to 1024")?;
         }
         Ok(())
     }

@@ -102,18 +102,23 @@ impl Mutation {
     }
 }
 
-/// Damage for `format`: byte damage always, structural damage where the format has a crate to
-/// re-encode it.
-pub fn mutation(format: Format) -> BoxedStrategy<Mutation> {
+/// Damage to the bytes of any file: truncation and flipped bytes.
+pub fn byte_damage() -> BoxedStrategy<Mutation> {
     let flips = |range: std::ops::Range<usize>| prop::collection::vec((range, 1..=255u8), 1..8);
-    let bytes = prop_oneof![
+    prop_oneof![
         (0.0..1.0f64).prop_map(Mutation::Truncate),
         prop::collection::vec((0.0..1.0f64, 1..=255u8), 1..8).prop_map(Mutation::Flip),
         flips(0..4096).prop_map(Mutation::FlipHeader),
         flips(0..1024).prop_map(Mutation::FlipTail),
-    ];
+    ]
+    .boxed()
+}
+
+/// Damage for `format`: byte damage always, structural damage where the format has a crate to
+/// re-encode it.
+pub fn mutation(format: Format) -> BoxedStrategy<Mutation> {
     if format == Format::Pytorch {
-        return bytes.boxed();
+        return byte_damage();
     }
     let dtype = prop::sample::select(vec![
         DType::F16,
@@ -134,7 +139,7 @@ pub fn mutation(format: Format) -> BoxedStrategy<Mutation> {
         any::<usize>().prop_map(Edit::Enormous),
         Just(Edit::HugeHeader),
     ];
-    prop_oneof![bytes, edit.prop_map(Mutation::Edit)].boxed()
+    prop_oneof![byte_damage(), edit.prop_map(Mutation::Edit)].boxed()
 }
 
 /// `bytes` (a valid file of `format`) damaged by `mutation`.

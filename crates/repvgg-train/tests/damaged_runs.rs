@@ -1,0 +1,158 @@
+//! A run directory damaged on disk: its `training.json` and each of its checkpoint files,
+//! damaged byte by byte and (checkpoints) structurally as the readers' mutation test damages
+//! them, make `resume` return an error (or resume, where the damage missed what is read), never
+//! panic; a checkpoint with NaN weights or weights that do not fit is never resumed from. The
+//! `repvgg-train` binary exits 1 on them, without a panic.
+
+use std::cell::RefCell;
+use std::fs;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::process::Command;
+
+use burn::tensor::Device;
+use proptest::strategy::BoxedStrategy;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use repvgg_data::write_synthetic_set;
+use repvgg_train::demo::demo_config;
+use repvgg_train::{AugmentationConfig, LoaderConfig, RecipeConfig, TrainingConfig, resume, train};
+
+#[path = "../../repvgg-deploy/tests/common/mutation.rs"]
+mod mutation;
+
+use mutation::{Format, Mutation, apply, byte_damage};
+
+/// What the damaged copies of one file did.
+#[derive(Debug, Default)]
+struct Tally {
+    tried: usize,
+    refused: usize,
+    panics: usize,
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Resumes `cases` copies of the finished run `run` with `file` (relative to it) damaged by
+/// `damage`; damage that must fail must be refused.
+fn mutate(
+    run: &Path,
+    data: &Path,
+    file: &str,
+    damage: BoxedStrategy<Mutation>,
+    cases: u32,
+) -> Tally {
+    let bytes = fs::read(run.join(file)).unwrap();
+    let copy = run.with_file_name("damaged");
+    let tally = RefCell::new(Tally::default());
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&damage, |mutation| {
+        let _ = fs::remove_dir_all(&copy);
+        copy_dir(run, &copy);
+        fs::write(copy.join(file), apply(&bytes, Format::Burnpack, &mutation)).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| resume(&copy, data, &[Device::flex()])));
+        let mut tally = tally.borrow_mut();
+        tally.tried += 1;
+        let Ok(outcome) = outcome else {
+            tally.panics += 1;
+            return Err(TestCaseError::fail(format!(
+                "{file}: {mutation:?} panicked"
+            )));
+        };
+        tally.refused += usize::from(outcome.is_err());
+        match outcome {
+            Ok(_) if mutation.must_fail() => Err(TestCaseError::fail(format!(
+                "{file}: resumed from {mutation:?}"
+            ))),
+            _ => Ok(()),
+        }
+    });
+    if let Err(err) = result {
+        panic!("{err}");
+    }
+    tally.into_inner()
+}
+
+#[test]
+fn damaged_run_directories_are_refused_not_panicked_on() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (data, run) = (scratch.path().join("data"), scratch.path().join("run"));
+    write_synthetic_set(&data, 1, 2, 5).unwrap();
+    let config = TrainingConfig::new(demo_config())
+        .with_recipe(
+            RecipeConfig::new()
+                .with_epochs(1)
+                .with_batch_size(16)
+                .with_ema_decay(Some(0.9)),
+        )
+        .with_augmentation(AugmentationConfig::new().with_image_size(32))
+        .with_loader(LoaderConfig::new().with_workers(Some(2)));
+    train(&config, &data, &[Device::flex()], &run).unwrap();
+
+    let structural = || mutation::mutation(Format::Burnpack);
+    let files = [
+        ("training.json", byte_damage(), 60),
+        ("checkpoint/model-1.bpk", structural(), 80),
+        ("checkpoint/ema-1.bpk", structural(), 40),
+        ("checkpoint/optim-1.bpk", byte_damage(), 40),
+        ("checkpoint/scheduler-1.bpk", byte_damage(), 40),
+    ];
+    let mut total = Tally::default();
+    for (file, damage, cases) in files {
+        let tally = mutate(&run, &data, file, damage, cases);
+        eprintln!(
+            "resume with a damaged {file}: {} mutated inputs, {} refused, {} panics",
+            tally.tried, tally.refused, tally.panics
+        );
+        total.tried += tally.tried;
+        total.refused += tally.refused;
+        total.panics += tally.panics;
+    }
+    eprintln!(
+        "resume: {} mutated inputs, {} refused, {} panics",
+        total.tried, total.refused, total.panics
+    );
+    assert_eq!(total.panics, 0);
+
+    // The binary: a damaged config or model checkpoint is a message and exit code 1.
+    for (file, garbage) in [
+        ("training.json", &b"{\"model\": {\"num_blocks\": [1e999"[..]),
+        (
+            "checkpoint/model-1.bpk",
+            &b"BURN\x01\x00\xff\xff\xff\xff"[..],
+        ),
+    ] {
+        let copy = run.with_file_name(format!("binary-{}", file.replace('/', "-")));
+        copy_dir(&run, &copy);
+        fs::write(copy.join(file), garbage).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_repvgg-train"))
+            .args(["--resume", "--device", "cpu", "--output"])
+            .arg(&copy)
+            .arg("--data")
+            .arg(&data)
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{file}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{file}: {stderr}");
+        assert!(
+            stderr.contains(file.rsplit('/').next().unwrap()),
+            "{file}: {stderr}"
+        );
+    }
+}
