@@ -48,12 +48,15 @@ struct Tally {
 /// Runs `entry` on `cases` damaged copies of `source` and checks each run against the library's
 /// verdict on the same bytes.
 fn mutate(entry: &EntryPoint, source: &Path, config: Option<&Path>, scratch: &Path) -> Tally {
-    let format = Format::of(source);
+    let format = Format::of(source).unwrap();
     let arch = config.map_or(ArchSource::Auto, |c| {
         ArchSource::ConfigFile(c.to_path_buf())
     });
     let bytes = std::fs::read(source).unwrap();
-    let input = scratch.join(format!("mutated.{}", format.name()));
+    let input = scratch.join(format!(
+        "mutated.{}",
+        source.extension().unwrap().to_string_lossy()
+    ));
     let output = scratch.join("out");
     std::fs::create_dir_all(&output).unwrap();
     let tally = RefCell::new(Tally::default());
@@ -191,7 +194,11 @@ fn damaged_checkpoints_fail_cleanly_through_the_binary() {
     for entry in &entry_points {
         let mut total = Tally::default();
         for (source, config) in &sources {
-            let work = root.join(format!("{}-{}", entry.name, Format::of(source).name()));
+            let work = root.join(format!(
+                "{}-{}",
+                entry.name,
+                source.file_name().unwrap().to_string_lossy()
+            ));
             let tally = mutate(entry, source, *config, &work);
             total.tried += tally.tried;
             total.refused += tally.refused;

@@ -58,11 +58,14 @@ struct Tally {
 
 /// Reads and converts `cases` damaged copies of `source` (its architecture from `arch`).
 fn mutate(source: &Path, arch: &ArchSource, cases: u32) -> Tally {
-    let format = Format::of(source);
+    let format = Format::of(source).unwrap();
     let original = convert(source, arch).expect("the undamaged file converts");
     let bytes = std::fs::read(source).unwrap();
     let scratch = tempfile::tempdir().unwrap();
-    let file = scratch.path().join(format!("mutated.{}", format.name()));
+    let file = scratch.path().join(format!(
+        "mutated.{}",
+        source.extension().unwrap().to_string_lossy()
+    ));
     let tally = RefCell::new(Tally::default());
     let mut runner = TestRunner::new(Config {
         cases,

@@ -17,10 +17,13 @@ use repvgg_data::write_synthetic_set;
 use repvgg_train::demo::demo_config;
 use repvgg_train::{AugmentationConfig, LoaderConfig, RecipeConfig, TrainingConfig, resume, train};
 
+mod support;
+
 #[path = "../../repvgg-deploy/tests/common/mutation.rs"]
 mod mutation;
 
 use mutation::{Format, Mutation, apply, byte_damage};
+use support::copy_dir;
 
 /// What the damaged copies of one file did.
 #[derive(Debug, Default)]
@@ -28,19 +31,6 @@ struct Tally {
     tried: usize,
     refused: usize,
     panics: usize,
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// Resumes `cases` copies of the finished run `run` with `file` (relative to it) damaged by

@@ -19,6 +19,10 @@ use repvgg_train::{
 };
 use tempfile::TempDir;
 
+mod support;
+
+use support::copy_dir;
+
 /// Burn's CPU backend draws initial weights from one process-wide generator: runs that overlap
 /// would draw each other's numbers, so the tests train one at a time, each from its own seed.
 fn one_at_a_time() -> MutexGuard<'static, ()> {
@@ -362,19 +366,6 @@ fn scratch_files(dir: &Path) -> Vec<String> {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .filter(|name| name.ends_with(".tmp"))
         .collect()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    fs::create_dir_all(to).unwrap();
-    for entry in fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 #[test]

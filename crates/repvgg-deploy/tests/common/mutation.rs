@@ -6,39 +6,13 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use burn::tensor::{DType, TensorData};
 use burn_store::burn_pack;
 use proptest::prelude::*;
 use safetensors::{Dtype, SafeTensors};
 
-/// The checkpoint formats, by extension.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    Pytorch,
-    Safetensors,
-    Burnpack,
-}
-
-impl Format {
-    pub fn of(path: &Path) -> Self {
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("pth") => Format::Pytorch,
-            Some("safetensors") => Format::Safetensors,
-            Some("bpk") => Format::Burnpack,
-            other => panic!("no mutations for {other:?}"),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Format::Pytorch => "pth",
-            Format::Safetensors => "safetensors",
-            Format::Burnpack => "bpk",
-        }
-    }
-}
+pub use repvgg_deploy::Format;
 
 /// How one valid file is damaged.
 #[derive(Clone, Debug)]
