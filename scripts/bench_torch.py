@@ -1,36 +1,118 @@
-"""PyTorch eager CPU inference timings for `cargo xtask bench`, measured the same way.
+"""Python-side CPU inference timings for `cargo xtask bench`, measured the same way.
 
-Builds each RepVGG with timm (random weights: speed does not depend on them), times the
-training-time model in eval mode and the re-parameterized one, plus timm's ResNet-18 and
-ResNet-50, and prints one JSON object on stdout:
+PyTorch eager (torch + timm): each RepVGG built by timm (random weights: speed does not depend
+on them), the training-time model in eval mode and the re-parameterized one, plus timm's
+ResNet-18 and ResNet-50. Deployment engines, given --onnx-dir (the project's own exported files,
+`<ARCH>.onnx`): ONNX Runtime (CPU, f32) and OpenVINO (CPU, latency hint) in f32 and in its
+default precision (bf16 on CPUs with AVX512_BF16 or AMX). A package that is missing skips its
+figures with a note. Prints one JSON object on stdout:
 
-    {"torch": "2.15.0", "threads": 2,
-     "models": {"A0/training/8": {"median_ms": ..}, "A0/deploy/8": .., "ResNet-18/-/8": ..}}
+    {"threads": 2, "torch": "2.15.0", "models": {"A0/deploy/8": {"median_ms": ..}, ..},
+     "engines": {"onnxruntime": {"version": "1.32.0", "models": {"A0/8": ..}}, ..},
+     "notes": [..]}
 
 Usage: python scripts/bench_torch.py --archs A0,B0 --batches 1,8 --size 224 --runs 10
+       [--onnx-dir DIR]
 """
 
 import argparse
 import json
+import os
 import statistics
 import time
 
-import timm
-import torch
-from timm.utils.model import reparameterize_model
 
-
-def median_ms(model, batch, size, runs, warmup):
-    images = torch.randn(batch, 3, size, size)
-    with torch.inference_mode():
-        for _ in range(warmup):
-            model(images)
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            model(images)
-            times.append(time.perf_counter() - start)
+def median_ms(run, runs, warmup):
+    for _ in range(warmup):
+        run()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
+
+
+def torch_figures(args, batches, threads, notes):
+    try:
+        import timm
+        import torch
+        from timm.utils.model import reparameterize_model
+    except ImportError as err:
+        notes.append(f"no PyTorch figures: {err}")
+        return None, {}
+    torch.set_num_threads(threads)
+
+    def timed(model, batch):
+        images = torch.randn(batch, 3, args.size, args.size)
+        with torch.inference_mode():
+            return median_ms(lambda: model(images), args.runs, args.warmup)
+
+    models = {}
+    for arch in args.archs.split(","):
+        name = "repvgg_" + arch.lower()
+        training = timm.create_model(name, pretrained=False).eval()
+        deploy = reparameterize_model(timm.create_model(name, pretrained=False).eval())
+        for form, model in (("training", training), ("deploy", deploy)):
+            for batch in batches:
+                models[f"{arch}/{form}/{batch}"] = {"median_ms": timed(model, batch)}
+    for label, name in (("ResNet-18", "resnet18"), ("ResNet-50", "resnet50")):
+        model = timm.create_model(name, pretrained=False).eval()
+        for batch in batches:
+            models[f"{label}/-/{batch}"] = {"median_ms": timed(model, batch)}
+    return torch.__version__.split("+")[0], models
+
+
+def random_images(batch, size):
+    import numpy as np
+
+    return np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+
+
+def onnxruntime_figures(args, batches, threads, notes):
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        notes.append(f"no ONNX Runtime figures: {err}")
+        return None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    models = {}
+    for arch in args.archs.split(","):
+        path = os.path.join(args.onnx_dir, f"{arch}.onnx")
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        for batch in batches:
+            feed = {"images": random_images(batch, args.size)}
+            models[f"{arch}/{batch}"] = median_ms(
+                lambda: session.run(None, feed), args.runs, args.warmup
+            )
+    return {"version": ort.__version__, "precision": "f32", "models": models}
+
+
+def openvino_figures(args, batches, threads, precision, notes):
+    """OpenVINO with the latency hint; `precision` "f32" forces f32, None keeps its default."""
+    try:
+        import openvino as ov
+    except ImportError as err:
+        notes.append(f"no OpenVINO figures: {err}")
+        return None
+    core = ov.Core()
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
+    models, used = {}, None
+    for arch in args.archs.split(","):
+        model = core.read_model(os.path.join(args.onnx_dir, f"{arch}.onnx"))
+        compiled = core.compile_model(model, "CPU", config)
+        used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        request = compiled.create_infer_request()
+        for batch in batches:
+            images = random_images(batch, args.size)
+            models[f"{arch}/{batch}"] = median_ms(
+                lambda: request.infer({0: images}), args.runs, args.warmup
+            )
+    return {"version": ov.__version__.split("-")[0], "precision": used, "models": models}
 
 
 def main():
@@ -40,31 +122,24 @@ def main():
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=0, help="0: PyTorch's default")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--onnx-dir", help="the exported <ARCH>.onnx files")
     args = parser.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
 
-    models = {}
-    for arch in args.archs.split(","):
-        name = "repvgg_" + arch.lower()
-        training = timm.create_model(name, pretrained=False).eval()
-        deploy = reparameterize_model(timm.create_model(name, pretrained=False).eval())
-        for form, model in (("training", training), ("deploy", deploy)):
-            for batch in batches:
-                ms = median_ms(model, batch, args.size, args.runs, args.warmup)
-                models[f"{arch}/{form}/{batch}"] = {"median_ms": ms}
-    for label, name in (("ResNet-18", "resnet18"), ("ResNet-50", "resnet50")):
-        model = timm.create_model(name, pretrained=False).eval()
-        for batch in batches:
-            ms = median_ms(model, batch, args.size, args.runs, args.warmup)
-            models[f"{label}/-/{batch}"] = {"median_ms": ms}
-
+    notes = []
+    torch_version, models = torch_figures(args, batches, args.threads, notes)
+    engines = {}
+    if args.onnx_dir:
+        engines["onnxruntime"] = onnxruntime_figures(args, batches, args.threads, notes)
+        engines["openvino-f32"] = openvino_figures(args, batches, args.threads, "f32", notes)
+        engines["openvino-default"] = openvino_figures(args, batches, args.threads, None, notes)
     print(json.dumps({
-        "torch": torch.__version__.split("+")[0],
-        "threads": torch.get_num_threads(),
+        "threads": args.threads,
+        "torch": torch_version,
         "models": models,
+        "engines": {name: figures for name, figures in engines.items() if figures},
+        "notes": notes,
     }))
 
 

@@ -8,8 +8,10 @@ with random weights and random batch-norm statistics, an input batch and PyTorch
 both forms. The reference side is written here from the architecture's definition
 (../shared/REPVGG.md); the timm side uses timm itself.
 
-    python3 -m venv .venv && .venv/bin/pip install torch timm safetensors
-    .venv/bin/python scripts/make_fixtures.py
+    python3 -m venv .venv && .venv/bin/pip install torch timm safetensors onnxruntime
+    cargo build --workspace && .venv/bin/python scripts/make_fixtures.py
+
+It ends with scripts/check_onnx.py: ONNX Runtime on the exported fixture networks.
 
 Deterministic: the same torch version writes the same files.
 """
@@ -267,6 +269,10 @@ def main():
     generator = torch.Generator().manual_seed(20210111)
     reference_fixtures(generator)
     timm_fixture(generator)
+    # The ONNX export of the new fixtures, run by ONNX Runtime, against PyTorch's logits.
+    import check_onnx
+
+    check_onnx.main()
 
 
 if __name__ == "__main__":

@@ -98,6 +98,68 @@ fn converts_a_reference_checkpoint_and_verifies_it() {
 }
 
 #[test]
+fn writes_onnx_from_a_training_checkpoint() {
+    let scratch = scratch("onnx");
+    let dir = scratch.path();
+    let input = fixture("narrow_train_wrapped.pth");
+    let config = fixture("narrow.json");
+    let out = dir.join("narrow.onnx");
+    let args = |extra: &[&str]| {
+        let mut args = vec!["--input", path(&input), "--config", path(&config)];
+        args.extend_from_slice(extra);
+        args.iter().map(|a| a.to_string()).collect::<Vec<_>>()
+    };
+    let run = |extra: &[&str]| {
+        let args = args(extra);
+        convert(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+
+    let stdout = assert_succeeds(&run(&[
+        "--output",
+        path(&out),
+        "--verify",
+        "--verify-size",
+        "32",
+    ]));
+    assert!(
+        stdout.contains(
+            "ONNX opset 17: input images [batch, 3, height, width] (f32, ImageNet-normalised); \
+             outputs logits [batch, 10]"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("the deploy weights in the graph"),
+        "{stdout}"
+    );
+    let bytes = std::fs::read(&out).unwrap();
+    let contains = |text: &str| bytes.windows(text.len()).any(|w| w == text.as_bytes());
+    assert!(contains("stage3.1.rbr_reparam.weight") && contains("repvgg.config"));
+
+    let stdout = assert_succeeds(&run(&[
+        "--output",
+        path(&out),
+        "--without-head",
+        "--stage-outputs",
+    ]));
+    assert!(
+        stdout.contains(
+            "outputs features [batch, 64], stage0 [batch, 16, height/2, width/2], stage1 \
+             [batch, 16, height/4, width/4], stage2 [batch, 32, height/8, width/8], stage3 \
+             [batch, 64, height/16, width/16]"
+        ),
+        "{stdout}"
+    );
+
+    let bpk = dir.join("narrow.bpk");
+    assert_fails(
+        &run(&["--output", path(&bpk), "--stage-outputs"]),
+        &["shape an ONNX graph"],
+    );
+    assert!(!bpk.exists());
+}
+
+#[test]
 fn detects_a_reference_architecture() {
     let scratch = scratch("detect");
     let dir = scratch.path();

@@ -326,6 +326,22 @@ pub fn write_checkpoint(
     path: &Path,
 ) -> Result<(), DeployError> {
     let format = Format::of(path)?;
+    write_atomically(path, |temporary| match format {
+        Format::Burnpack => write_burnpack(weights, config, classes, temporary),
+        Format::Safetensors => write_safetensors(weights, temporary),
+        Format::Pytorch => Err(DeployError::PthOutput {
+            path: path.to_path_buf(),
+        }),
+    })
+}
+
+/// Writes `path` through `write`, which is given a temporary path in the same directory: the
+/// file appears complete under its name (a rename) or not at all (the temporary file is removed
+/// on failure).
+pub(crate) fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&Path) -> Result<(), DeployError>,
+) -> Result<(), DeployError> {
     let io_error = |source| DeployError::Io {
         path: path.to_path_buf(),
         source,
@@ -342,14 +358,7 @@ pub fn write_checkpoint(
     }
     let file_name = path.file_name().and_then(|n| n.to_str()).unwrap_or("out");
     let temporary = directory.join(format!(".{file_name}.{}.tmp", std::process::id()));
-    let written = match format {
-        Format::Burnpack => write_burnpack(weights, config, classes, &temporary),
-        Format::Safetensors => write_safetensors(weights, &temporary),
-        Format::Pytorch => Err(DeployError::PthOutput {
-            path: path.to_path_buf(),
-        }),
-    };
-    match written.and_then(|()| fs::rename(&temporary, path).map_err(io_error)) {
+    match write(&temporary).and_then(|()| fs::rename(&temporary, path).map_err(io_error)) {
         Ok(()) => Ok(()),
         Err(err) => {
             let _ = fs::remove_file(&temporary);

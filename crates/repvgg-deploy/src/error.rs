@@ -45,6 +45,16 @@ pub enum DeployError {
         shape: Vec<usize>,
         expected: &'static str,
     },
+    /// A tensor of the deploy weights does not have the shape the ONNX graph needs.
+    #[error("tensor `{name}` has shape {shape:?}; the ONNX graph needs {expected:?}")]
+    OnnxTensorShape {
+        name: String,
+        shape: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    /// The ONNX model is beyond protobuf's 2 GiB limit (ONNX's external data is not written).
+    #[error("the ONNX model would take {bytes} bytes, beyond protobuf's 2 GiB limit for one file")]
+    OnnxTooLarge { bytes: usize },
     /// The tensors are not the network's, or the transform failed.
     #[error(transparent)]
     Weights(#[from] WeightsError),

@@ -1,6 +1,7 @@
 //! RepVGG deployment: reading checkpoints of every kind users have (our burnpack files, the
 //! PyTorch reference's `.pth`, timm's safetensors) into a ready network with its architecture
-//! resolved, writing deploy checkpoints the reference loads, and [`DeployModel`], the deploy
+//! resolved, writing deploy checkpoints the reference loads and ONNX graphs for the deployment
+//! engines ([`onnx`], default feature `onnx`), and [`DeployModel`], the deploy
 //! network for inference with a fast path on the CPU ([`CpuDeploy`], default feature
 //! `cpu-path`). The re-parameterization itself lives with the networks, in `repvgg-model`.
 //!
@@ -24,6 +25,8 @@ mod deploy_model;
 mod detect;
 mod error;
 mod load;
+#[cfg(feature = "onnx")]
+pub mod onnx;
 #[cfg(feature = "pretrained")]
 mod pretrained;
 mod timing;

@@ -1,10 +1,12 @@
-//! `cargo xtask bench`: inference speed of both RepVGG forms beside ResNet baselines and
-//! PyTorch, re-parameterization time, inference memory and the data pipeline, written to
-//! BENCHMARKS.md.
+//! `cargo xtask bench`: inference speed of both RepVGG forms beside ResNet baselines,
+//! PyTorch and the deployment engines (ONNX Runtime and OpenVINO running the project's own ONNX
+//! export), re-parameterization and export time, inference memory and the data pipeline,
+//! written to BENCHMARKS.md.
 
 mod machine;
 mod resnet;
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -14,6 +16,7 @@ use anyhow::{Context, Result, ensure};
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
+use repvgg_deploy::onnx::{OnnxOptions, network_to_onnx};
 use repvgg_deploy::{DeployModel, median_millis};
 use repvgg_model::{DeviceChoice, RepVggArch, Weights, reparameterize};
 use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
@@ -51,7 +54,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     warmup: usize,
 
-    /// Python with torch and timm, for the PyTorch columns (CPU only); "none" skips them.
+    /// Python for the PyTorch columns (torch, timm) and the deployment engines (onnxruntime,
+    /// openvino), CPU only; a missing package skips its figures, "none" skips them all.
     #[arg(long, env = "REPVGG_PYTHON", default_value = "python3")]
     python: String,
 
@@ -92,6 +96,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let size = args.size as usize;
     let started = Instant::now();
 
+    let onnx_dir = tempfile::tempdir().context("cannot create a directory for the ONNX files")?;
+    let mut exports = Vec::new();
     let mut rows = Vec::new();
     for &arch in &args.arch {
         let config = arch.config();
@@ -99,6 +105,17 @@ pub fn run(args: BenchArgs) -> Result<()> {
         let weights = Weights::from_module(&training)?;
         let deploy = reparameterize(&weights, &config, &device)?
             .load_into(config.init_deploy(&device), "the deploy model")?;
+        // The file the engines run: this deploy model, exported as `convert --output X.onnx`
+        // would.
+        let exporting = Instant::now();
+        let onnx = network_to_onnx(&deploy, &OnnxOptions::default())?;
+        let path = onnx_dir.path().join(format!("{}.onnx", arch.name()));
+        std::fs::write(&path, &onnx).with_context(|| format!("cannot write {}", path.display()))?;
+        exports.push((
+            arch.to_string(),
+            exporting.elapsed().as_secs_f64() * 1e3,
+            onnx.len(),
+        ));
         for &batch in &args.batch {
             let images = random_images(batch, size, &device);
             eprintln!("{arch} batch {batch}");
@@ -133,11 +150,11 @@ pub fn run(args: BenchArgs) -> Result<()> {
 
     let torch = match (args.device, args.python.as_str()) {
         (DeviceChoice::Cpu, python) if python != "none" => {
-            eprintln!("PyTorch ({python} scripts/bench_torch.py)");
-            match run_torch(&args) {
+            eprintln!("PyTorch and the deployment engines ({python} scripts/bench_torch.py)");
+            match run_torch(&args, onnx_dir.path()) {
                 Ok(torch) => Some(torch),
                 Err(err) => {
-                    eprintln!("warning: no PyTorch figures: {err:#}");
+                    eprintln!("warning: no Python figures: {err:#}");
                     None
                 }
             }
@@ -145,6 +162,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
         _ => None,
     };
     if let Some(torch) = &torch {
+        for note in &torch.notes {
+            eprintln!("note: {note}");
+        }
         for row in &mut rows {
             // PyTorch has one deploy model: both of ours are compared with it.
             let form = row.form.trim_end_matches("-cpu");
@@ -167,6 +187,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         &args,
         &rows,
         &reparameterization,
+        &exports,
         torch.as_ref(),
         loader.as_ref().and_then(|l| l.first()),
     );
@@ -308,13 +329,28 @@ fn time_reparameterization(archs: &[RepVggArch], device: &Device) -> Result<Vec<
     Ok(times)
 }
 
+/// What `scripts/bench_torch.py` measured.
 struct TorchFigures {
-    version: String,
+    /// PyTorch's version, when torch and timm were there.
+    version: Option<String>,
     threads: usize,
-    models: std::collections::HashMap<String, f64>,
+    /// PyTorch eager, by "RepVGG-A0/deploy/8".
+    models: HashMap<String, f64>,
+    /// The engines that ran the exported files.
+    engines: Vec<EngineFigures>,
+    /// What was skipped, and why.
+    notes: Vec<String>,
 }
 
-fn run_torch(args: &BenchArgs) -> Result<TorchFigures> {
+/// One deployment engine's latencies on the exported files.
+struct EngineFigures {
+    /// "ONNX Runtime 1.32.0 (f32)".
+    label: String,
+    /// Median ms, by "RepVGG-A0/8".
+    models: HashMap<String, f64>,
+}
+
+fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures> {
     let script = workspace_root().join("scripts/bench_torch.py");
     let join = |items: Vec<String>| items.join(",");
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
@@ -334,6 +370,8 @@ fn run_torch(args: &BenchArgs) -> Result<TorchFigures> {
             "--threads",
             &threads.to_string(),
         ])
+        .arg("--onnx-dir")
+        .arg(onnx_dir)
         .output()
         .with_context(|| format!("cannot run {}", args.python))?;
     ensure!(
@@ -353,10 +391,44 @@ fn run_torch(args: &BenchArgs) -> Result<TorchFigures> {
         .iter()
         .filter_map(|(key, value)| Some((torch_key(key), value["median_ms"].as_f64()?)))
         .collect();
+    let names = [
+        ("onnxruntime", "ONNX Runtime"),
+        ("openvino-f32", "OpenVINO"),
+        ("openvino-default", "OpenVINO"),
+    ];
+    let engines = names
+        .iter()
+        .filter_map(|(key, name)| {
+            let engine = json["engines"].get(key)?;
+            Some(EngineFigures {
+                label: format!(
+                    "{name} {} ({})",
+                    engine["version"].as_str().unwrap_or("?"),
+                    engine["precision"].as_str().unwrap_or("?")
+                ),
+                models: engine["models"]
+                    .as_object()?
+                    .iter()
+                    .filter_map(|(key, ms)| Some((torch_key(key), ms.as_f64()?)))
+                    .collect(),
+            })
+        })
+        .collect();
+    let notes = json["notes"]
+        .as_array()
+        .map(|notes| {
+            notes
+                .iter()
+                .filter_map(|note| Some(note.as_str()?.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
     Ok(TorchFigures {
-        version: json["torch"].as_str().unwrap_or("?").to_string(),
+        version: json["torch"].as_str().map(str::to_string),
         threads: json["threads"].as_u64().unwrap_or(0) as usize,
         models,
+        engines,
+        notes,
     })
 }
 
@@ -380,6 +452,7 @@ fn report(
     args: &BenchArgs,
     rows: &[Measurement],
     reparameterization: &[(String, f64)],
+    exports: &[(String, f64, usize)],
     torch: Option<&TorchFigures>,
     loader: Option<&repvgg_train::throughput::LoaderThroughput>,
 ) -> String {
@@ -403,13 +476,17 @@ fn report(
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(out, "Produced by `{command}`.\n");
     let _ = writeln!(out, "{}\n", machine::describe(args.device.description()));
-    if let Some(torch) = torch {
+    if let Some(TorchFigures {
+        version: Some(version),
+        threads,
+        ..
+    }) = torch
+    {
         let _ = writeln!(
             out,
-            "PyTorch {} eager, {} threads, `torch.inference_mode()`, models built by timm \
-             (deploy form by `timm.utils.reparameterize_model`), measured in the same run by \
-             `scripts/bench_torch.py`.\n",
-            torch.version, torch.threads
+            "PyTorch {version} eager, {threads} threads, `torch.inference_mode()`, models built by \
+             timm (deploy form by `timm.utils.reparameterize_model`), measured in the same run by \
+             `scripts/bench_torch.py`.\n"
         );
     }
     let _ = writeln!(
@@ -462,6 +539,9 @@ fn report(
          weights), makes one input batch and runs it twice on the CPU; \"inference MB\": how far \
          that peak rose above the memory held once model and input existed.\n"
     );
+    if let Some(torch) = torch.filter(|torch| !torch.engines.is_empty()) {
+        engines_table(&mut out, rows, torch);
+    }
     let _ = writeln!(
         out,
         "## Re-parameterization (training-time weights to deploy weights)\n"
@@ -469,6 +549,14 @@ fn report(
     let _ = writeln!(out, "| architecture | time ms |\n|---|---:|");
     for (arch, ms) in reparameterization {
         let _ = writeln!(out, "| {arch} | {ms:.1} |");
+    }
+    let _ = writeln!(
+        out,
+        "\n## ONNX export (deploy weights to an opset-17 graph in memory)\n\n| architecture | \
+         time ms | size MB |\n|---|---:|---:|"
+    );
+    for (arch, ms, bytes) in exports {
+        let _ = writeln!(out, "| {arch} | {ms:.1} | {:.1} |", *bytes as f64 / 1e6);
     }
     if let Some(loader) = loader {
         let _ = writeln!(
@@ -479,4 +567,49 @@ fn report(
         );
     }
     out
+}
+
+/// The deploy model through the CPU path beside PyTorch eager and the engines running its ONNX
+/// export, in images/s.
+fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
+    let _ = writeln!(
+        out,
+        "\n## Deployment engines (the same deploy model: ours, and its ONNX export)\n\n\
+         ONNX Runtime (CPU execution provider, all graph optimisations) and OpenVINO (CPU, \
+         latency hint; in f32, and in its default precision) run the file `cargo xtask convert \
+         --output X.onnx` writes, with {} threads, in the same run. Images/s:\n",
+        torch.threads
+    );
+    let mut header = "| model | batch | this project (deploy-cpu, f32) | PyTorch eager".to_string();
+    for engine in &torch.engines {
+        header += &format!(" | {}", engine.label);
+    }
+    let _ = writeln!(out, "{header} |");
+    let _ = writeln!(
+        out,
+        "|---|---:|---:|---:{}|",
+        "|---:".repeat(torch.engines.len())
+    );
+    let per_second = |batch: usize, ms: Option<f64>| {
+        ms.map_or("-".to_string(), |ms| {
+            format!("{:.1}", batch as f64 * 1000.0 / ms)
+        })
+    };
+    for row in rows.iter().filter(|row| row.form == "deploy-cpu") {
+        let mut line = format!(
+            "| {} | {} | {:.1} | {}",
+            row.model,
+            row.batch,
+            row.images_per_second(),
+            per_second(row.batch, row.torch_ms)
+        );
+        for engine in &torch.engines {
+            let key = format!("{}/{}", row.model, row.batch);
+            line += &format!(
+                " | {}",
+                per_second(row.batch, engine.models.get(&key).copied())
+            );
+        }
+        let _ = writeln!(out, "{line} |");
+    }
 }
