@@ -105,7 +105,8 @@ def openvino_figures(args, batches, threads, precision, notes):
     for arch in args.archs.split(","):
         model = core.read_model(os.path.join(args.onnx_dir, f"{arch}.onnx"))
         compiled = core.compile_model(model, "CPU", config)
-        used = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+        used = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
         request = compiled.create_infer_request()
         for batch in batches:
             images = random_images(batch, args.size)

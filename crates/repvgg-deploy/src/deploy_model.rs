@@ -122,6 +122,13 @@ impl DeployModel {
     pub fn into_model(self) -> RepVggDeploy {
         self.model
     }
+
+    /// The ONNX model of this network (the bytes of a `.onnx` file), for ONNX Runtime,
+    /// OpenVINO or TensorRT: see [`onnx`](crate::onnx).
+    #[cfg(feature = "onnx")]
+    pub fn to_onnx(&self, options: &crate::onnx::OnnxOptions) -> Result<Vec<u8>, DeployError> {
+        crate::onnx::network_to_onnx(&self.model, options)
+    }
 }
 
 impl From<RepVggDeploy> for DeployModel {

@@ -580,7 +580,8 @@ fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
          --output X.onnx` writes, with {} threads, in the same run. Images/s:\n",
         torch.threads
     );
-    let mut header = "| model | batch | this project (deploy-cpu, f32) | PyTorch eager".to_string();
+    let mut header =
+        "| model | batch | this project (deploy-cpu, f32) | PyTorch eager (f32)".to_string();
     for engine in &torch.engines {
         header += &format!(" | {}", engine.label);
     }
@@ -612,4 +613,5 @@ fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
         }
         let _ = writeln!(out, "{line} |");
     }
+    out.push('\n');
 }

@@ -13,7 +13,7 @@ mod proto;
 use std::path::Path;
 
 use burn::config::config_to_json;
-use burn::tensor::TensorData;
+use burn::tensor::{DType, TensorData};
 use prost::Message;
 use repvgg_model::{BlockSpec, IN_CHANNELS, RepVggConfig, RepVggDeploy, Weights};
 
@@ -253,8 +253,13 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// The values of `data` as little-endian f32 bytes (ONNX's `raw_data`): its own bytes where they
+/// already are, converted otherwise.
 fn little_endian_f32(data: &TensorData) -> Vec<u8> {
-    data.iter::<f32>().flat_map(f32::to_le_bytes).collect()
+    match data.dtype() == DType::F32 && cfg!(target_endian = "little") {
+        true => data.as_bytes().to_vec(),
+        false => data.iter::<f32>().flat_map(f32::to_le_bytes).collect(),
+    }
 }
 
 fn int(name: &str, value: i64) -> AttributeProto {
