@@ -12,6 +12,7 @@ both forms. The reference side is written here from the architecture's definitio
     cargo build --workspace && .venv/bin/python scripts/make_fixtures.py
 
 It ends with scripts/check_onnx.py: ONNX Runtime on the exported fixture networks.
+`--eval-transform-only` writes only the evaluation transform's fixtures (timm's crops).
 
 Deterministic: the same torch version writes the same files.
 """
@@ -262,8 +263,51 @@ def image_fixtures():
     (IMAGES / "truncated.jpg").write_bytes(full[: len(full) // 3])
 
 
+# The evaluation transform's cases: (crop size, crop_pct); and the source images' sizes.
+EVAL_CASES = ((224, 0.875), (224, 1.0), (320, 1.0), (57, 0.9))
+EVAL_SOURCES = ((500, 375), (375, 500), (333, 333))
+
+
+def eval_transform_fixtures():
+    """What timm's evaluation transform (torchvision Resize of the shorter side to
+    floor(size / crop_pct), bilinear with PIL's antialiasing, then CenterCrop) makes of a few
+    real-sized images, before ToTensor: crops the Rust transform must reproduce. The sources are
+    smooth patterns with some fine detail, saved as PNG so that no JPEG decoder is involved."""
+    import numpy as np
+    from PIL import Image
+    from timm.data import create_transform
+
+    folder = IMAGES / "eval_transform"
+    folder.mkdir(parents=True, exist_ok=True)
+    for width, height in EVAL_SOURCES:
+        y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+        rgb = np.stack([
+            127 + 120 * np.sin(x / 23.0) * np.cos(y / 31.0),
+            127 + 120 * np.sin((x + y) / 9.0),
+            255 * (x / width) * (1 - y / height) + 20 * np.sin(x / 2.5),
+        ], axis=-1).clip(0, 255).astype(np.uint8)
+        source = Image.fromarray(rgb)
+        source.save(folder / f"source_{width}x{height}.png")
+        for size, crop_pct in EVAL_CASES:
+            transform = create_transform(size, crop_pct=crop_pct, interpolation="bilinear")
+            # Everything up to ToTensor: Resize and CenterCrop, on the PIL image.
+            crop = source
+            for step in transform.transforms:
+                if type(step).__name__ == "ToTensor" or type(step).__name__ == "MaybeToTensor":
+                    break
+                crop = step(crop)
+            crop.save(folder / f"timm_{width}x{height}_{size}_{crop_pct}.png")
+    print(f"eval transform: {len(EVAL_SOURCES)} images x {len(EVAL_CASES)} cases in {folder}")
+
+
 def main():
+    import sys
+
+    if sys.argv[1:] == ["--eval-transform-only"]:
+        eval_transform_fixtures()
+        return
     image_fixtures()
+    eval_transform_fixtures()
     OUT.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(20210111)

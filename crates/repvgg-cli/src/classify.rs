@@ -6,7 +6,7 @@ use anyhow::{Result, bail};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
-use repvgg_data::{EvalTransform, decode_rgb, normalize};
+use repvgg_data::{DEFAULT_CROP_PCT, EvalTransform, decode_rgb, normalize};
 use repvgg_deploy::{DeployModel, ResolvedCheckpoint};
 use repvgg_model::DeviceChoice;
 #[cfg(feature = "pretrained")]
@@ -39,9 +39,14 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub arch: ArchArgs,
 
-    /// Centre crop fed to the network (after resizing the shorter side to size / 0.875).
+    /// Centre crop fed to the network (after resizing the shorter side to
+    /// floor(size / crop_pct)).
     #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
     pub image_size: u32,
+
+    /// Fraction of the resized image the centre crop keeps (timm's crop_pct).
+    #[arg(long, default_value_t = DEFAULT_CROP_PCT, value_parser = repvgg_data::parse_crop_pct)]
+    pub crop_pct: f64,
 
     /// Where the network runs: cpu, wgpu or cuda.
     #[arg(long, default_value_t = DeviceChoice::Cpu)]
@@ -72,7 +77,8 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
 /// Every class of the image's prediction, most likely first.
 pub fn classify(args: &ClassifyArgs) -> Result<Vec<Prediction>> {
     let device = args.device.device()?;
-    let images = load_image(&args.image, args.image_size, &device)?;
+    let transform = EvalTransform::with_crop_pct(args.image_size, args.crop_pct);
+    let images = load_image(&args.image, &transform, &device)?;
     let (model, classes) = match &args.weights {
         Some(path) => {
             let resolved = ResolvedCheckpoint::read(path, &args.arch.source())?;
@@ -118,10 +124,10 @@ fn pretrained_model(_: &ClassifyArgs, _: &Device) -> Result<DeployModel> {
 }
 
 /// The image through the evaluation transform, as a `[1, 3, size, size]` batch.
-fn load_image(path: &Path, size: u32, device: &Device) -> Result<Tensor<4>> {
+fn load_image(path: &Path, transform: &EvalTransform, device: &Device) -> Result<Tensor<4>> {
     let image = decode_rgb(path)?;
-    let pixels = normalize(&EvalTransform::new(size).apply(&image));
-    let size = size as usize;
+    let pixels = normalize(&transform.apply(&image));
+    let size = transform.size as usize;
     Ok(Tensor::from_data(
         TensorData::new(pixels, [1, 3, size, size]),
         device,

@@ -66,7 +66,16 @@ fn both_forms_of_a_model_score_the_same() {
     write_checkpoint(&fused, &config, None, &deploy).unwrap();
 
     let data = dir.join("data");
-    let common = ["--image-size", "32", "--batch-size", "7", "--workers", "2"];
+    let common = [
+        "--image-size",
+        "32",
+        "--crop-pct",
+        "1.0",
+        "--batch-size",
+        "7",
+        "--workers",
+        "2",
+    ];
     let from_training = eval(
         &[
             &[
@@ -153,6 +162,19 @@ fn bad_input_is_refused_with_a_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("headless network"), "{stderr}");
+
+    // A crop fraction outside (0, 1] is a usage error naming the rule.
+    let output = eval(&[
+        "--weights",
+        file.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--crop-pct",
+        "1.5",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("crop_pct must be in (0, 1]"), "{stderr}");
 }
 
 /// A small network for the ten synthetic classes (the training demo's layout).

@@ -27,8 +27,8 @@ pub use loader::{
 };
 pub use synthetic::{SYNTHETIC_CLASSES, write_synthetic_set};
 pub use transform::{
-    Crop, EVAL_CROP_FRACTION, EvalTransform, IMAGENET_MEAN, IMAGENET_STD, RandomResizedCrop,
-    TrainTransform, decode_rgb, normalize,
+    Crop, DEFAULT_CROP_PCT, EvalTransform, IMAGENET_MEAN, IMAGENET_STD, RandomResizedCrop,
+    TrainTransform, check_crop_pct, decode_rgb, normalize, parse_crop_pct,
 };
 
 /// A data set that cannot be read, or an image that cannot be decoded.

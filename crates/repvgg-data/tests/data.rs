@@ -266,7 +266,9 @@ fn augmentation_is_reproducible_from_a_seed() {
 #[test]
 fn evaluation_resizes_the_shorter_side_and_crops_the_centre() {
     assert_eq!(EvalTransform::new(224).resize, 256);
-    assert_eq!(EvalTransform::new(32).resize, 37);
+    // timm floors: 32 / 0.875 = 36.57 -> 36.
+    assert_eq!(EvalTransform::new(32).resize, 36);
+    assert_eq!(EvalTransform::with_crop_pct(320, 1.0).resize, 320);
     let out = EvalTransform::new(224).apply(&coordinates(500, 375));
     assert_eq!(out.dimensions(), (224, 224));
     // 500x375 becomes 341x256; the crop starts at (58.5, 16) there, i.e. about (86, 23) in
@@ -276,6 +278,47 @@ fn evaluation_resizes_the_shorter_side_and_crops_the_centre() {
     assert!((21..=26).contains(&corner[1]), "{corner:?}");
     let tall = EvalTransform::new(32).apply(&coordinates(40, 90));
     assert_eq!(tall.dimensions(), (32, 32));
+}
+
+/// The crops timm's evaluation transform made (`scripts/make_fixtures.py`): real-sized images,
+/// landscape, portrait and square, at four (size, crop_pct) cases.
+#[test]
+fn evaluation_agrees_with_timm() {
+    let folder = image_file("eval_transform");
+    let mut worst = (0u8, 0f64);
+    for source in ["500x375", "375x500", "333x333"] {
+        let image = decode_rgb(&folder.join(format!("source_{source}.png"))).unwrap();
+        for (size, crop_pct) in [(224, "0.875"), (224, "1.0"), (320, "1.0"), (57, "0.9")] {
+            let transform = EvalTransform::with_crop_pct(size, crop_pct.parse().unwrap());
+            let ours = transform.apply(&image);
+            let timm =
+                decode_rgb(&folder.join(format!("timm_{source}_{size}_{crop_pct}.png"))).unwrap();
+            assert_eq!(
+                ours.dimensions(),
+                timm.dimensions(),
+                "{source} {size} {crop_pct}"
+            );
+            let differences: Vec<u8> = ours
+                .as_raw()
+                .iter()
+                .zip(timm.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .collect();
+            let max = *differences.iter().max().unwrap();
+            let mean =
+                differences.iter().map(|&d| f64::from(d)).sum::<f64>() / differences.len() as f64;
+            // Both resample with an antialiased triangle filter; PIL works in fixed point.
+            assert!(
+                max <= 2 && mean <= 0.3,
+                "{source} at {size}/{crop_pct}: max {max}, mean {mean:.3} (of 255)"
+            );
+            worst = (worst.0.max(max), worst.1.max(mean));
+        }
+    }
+    eprintln!(
+        "evaluation transform vs timm: largest difference {} of 255, largest mean {:.3}",
+        worst.0, worst.1
+    );
 }
 
 #[test]

@@ -17,6 +17,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::config::Config;
+use repvgg_data::{DEFAULT_CROP_PCT, EvalTransform, check_crop_pct};
 use repvgg_model::{InvalidConfig, RepVggConfig};
 
 /// Everything a training run needs besides its data, devices and output directory.
@@ -97,6 +98,20 @@ pub struct AugmentationConfig {
     /// Smallest area fraction of RandomResizedCrop (0.08 as in the paper).
     #[config(default = 0.08)]
     pub min_crop_scale: f64,
+    /// Side of the evaluation centre crop when it differs from `image_size` (timm's
+    /// `--eval-image-size`: RepVGGplus-L2pse trains at 256 and is tested at 320).
+    pub eval_image_size: Option<u32>,
+    /// Fraction of the resized image the evaluation crop keeps (timm's `crop_pct`; `None`:
+    /// 0.875, i.e. 224 out of 256).
+    pub crop_pct: Option<f64>,
+}
+
+impl AugmentationConfig {
+    /// The validation set's transform: resize to `floor(eval size / crop_pct)`, centre crop.
+    pub fn eval_transform(&self) -> EvalTransform {
+        let size = self.eval_image_size.unwrap_or(self.image_size);
+        EvalTransform::with_crop_pct(size, self.crop_pct.unwrap_or(DEFAULT_CROP_PCT))
+    }
 }
 
 /// How images are decoded and batched.
@@ -227,6 +242,18 @@ impl TrainingConfig {
             (32..=8192).contains(&size),
             "from 32 (RepVGG downsamples by 32) to 8192",
         )?;
+        if let Some(size) = augmentation.eval_image_size {
+            check(
+                "augmentation.eval_image_size",
+                size,
+                (32..=8192).contains(&size),
+                "from 32 to 8192",
+            )?;
+        }
+        if let Some(crop_pct) = augmentation.crop_pct {
+            let in_range = check_crop_pct(crop_pct).is_ok();
+            check("augmentation.crop_pct", crop_pct, in_range, "in (0, 1]")?;
+        }
         let scale = augmentation.min_crop_scale;
         let in_range = scale > 0.0 && scale <= 1.0;
         check("augmentation.min_crop_scale", scale, in_range, "in (0, 1]")?;

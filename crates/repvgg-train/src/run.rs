@@ -12,8 +12,8 @@ use burn::tensor::{Device, FloatDType};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use repvgg_data::{
-    Augmentation, EvalTransform, ImageFolder, ImageLoader, LoaderOptions, RandomResizedCrop,
-    SkippedImages, TrainTransform,
+    Augmentation, ImageFolder, ImageLoader, LoaderOptions, RandomResizedCrop, SkippedImages,
+    TrainTransform,
 };
 use repvgg_model::{RepVggArch, RepVggConfig};
 
@@ -257,7 +257,7 @@ impl Run<'_> {
         .start_at_epoch(self.resume_after.unwrap_or(0));
         let val = ImageLoader::new(
             self.data.val.samples.clone(),
-            Augmentation::Eval(EvalTransform::new(size)),
+            Augmentation::Eval(config.augmentation.eval_transform()),
             eval_options,
             main_device,
         )?;

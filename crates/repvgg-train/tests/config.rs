@@ -2,8 +2,11 @@
 //! refused field by field when it cannot be trained.
 
 use burn::config::Config;
+use repvgg_data::EvalTransform;
 use repvgg_model::{RepVggArch, RepVggConfig};
-use repvgg_train::{InvalidTrainingConfig, Precision, RecipeConfig, TrainingConfig};
+use repvgg_train::{
+    AugmentationConfig, InvalidTrainingConfig, Precision, RecipeConfig, TrainingConfig,
+};
 
 fn a0() -> TrainingConfig {
     TrainingConfig::new(RepVggArch::A0.config())
@@ -109,6 +112,12 @@ fn untrainable_configs_name_the_field() {
     let mut config = a0();
     config.loader.workers = Some(0);
     assert_eq!(out_of_range(config), "loader.workers");
+    let mut config = a0();
+    config.augmentation.crop_pct = Some(1.5);
+    assert_eq!(out_of_range(config), "augmentation.crop_pct");
+    let mut config = a0();
+    config.augmentation.eval_image_size = Some(8);
+    assert_eq!(out_of_range(config), "augmentation.eval_image_size");
 
     let error = recipe(|r| r.with_epochs(3).with_warmup_epochs(5)).validate();
     assert_eq!(
@@ -125,4 +134,23 @@ fn untrainable_configs_name_the_field() {
         broken.validate(),
         Err(InvalidTrainingConfig::Model(_))
     ));
+}
+
+#[test]
+fn evaluation_size_and_crop_follow_timm() {
+    let augmentation = AugmentationConfig::new().with_image_size(256);
+    // By default the validation crop is the training size, out of floor(size / 0.875).
+    assert_eq!(augmentation.eval_transform(), EvalTransform::new(256));
+    assert_eq!(augmentation.eval_transform().resize, 292);
+    // RepVGGplus-L2pse: trained at 256, tested at 320 with crop_pct 1.0.
+    let plus = augmentation
+        .with_eval_image_size(Some(320))
+        .with_crop_pct(Some(1.0));
+    assert_eq!(plus.eval_transform().size, 320);
+    assert_eq!(plus.eval_transform().resize, 320);
+    // A training.json written before these fields existed still loads.
+    let old = r#"{"image_size": 224, "min_crop_scale": 0.08}"#;
+    let loaded = AugmentationConfig::load_binary(old.as_bytes()).unwrap();
+    assert_eq!(loaded.eval_image_size, None);
+    assert_eq!(loaded.eval_transform(), EvalTransform::new(224));
 }

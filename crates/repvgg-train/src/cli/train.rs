@@ -19,12 +19,14 @@ use crate::cli::report::print_report;
 
 /// The flags that set the network and the recipe: refused with `--config-file` and `--resume`,
 /// whose config comes from a file.
-const RECIPE_FLAGS: [&str; 20] = [
+const RECIPE_FLAGS: [&str; 22] = [
     "arch",
     "config",
     "num_classes",
     "image_size",
     "min_crop_scale",
+    "eval_image_size",
+    "crop_pct",
     "epochs",
     "batch_size",
     "accumulation",
@@ -70,6 +72,14 @@ pub struct TrainArgs {
     /// Smallest area fraction of RandomResizedCrop (0.08 as in the paper).
     #[arg(long, default_value_t = AugmentationConfig::new().min_crop_scale)]
     pub min_crop_scale: f64,
+    /// Side of the evaluation centre crop, when it differs from --image-size (e.g. train 256,
+    /// test 320).
+    #[arg(long, value_name = "SIZE")]
+    pub eval_image_size: Option<u32>,
+    /// Fraction of the resized image the evaluation crop keeps: the shorter side is resized to
+    /// floor(size / crop_pct) (timm's rule; default 0.875, 1.0 for RepVGGplus and D2se).
+    #[arg(long, value_parser = repvgg_data::parse_crop_pct)]
+    pub crop_pct: Option<f64>,
     #[arg(long, default_value_t = RecipeConfig::new().epochs)]
     pub epochs: usize,
     /// Global batch size (split evenly across --devices).
@@ -163,7 +173,9 @@ impl TrainArgs {
             .with_custom_l2(self.custom_l2);
         let augmentation = AugmentationConfig::new()
             .with_image_size(self.image_size)
-            .with_min_crop_scale(self.min_crop_scale);
+            .with_min_crop_scale(self.min_crop_scale)
+            .with_eval_image_size(self.eval_image_size)
+            .with_crop_pct(self.crop_pct);
         Ok(TrainingConfig::new(model.with_num_classes(num_classes))
             .with_recipe(recipe)
             .with_augmentation(augmentation)
