@@ -11,8 +11,11 @@ figures with a note. Prints one JSON object on stdout:
      "engines": {"onnxruntime": {"version": "1.32.0", "models": {"A0/8": ..}}, ..},
      "notes": [..]}
 
+With --train (for `cargo xtask bench-train`): full training steps of timm's RepVGG instead,
+{"torch": .., "training": {"A0": {"step_ms": .., "forward_ms": .., ..}}}.
+
 Usage: python scripts/bench_torch.py --archs A0,B0 --batches 1,8 --size 224 --runs 10
-       [--onnx-dir DIR]
+       [--onnx-dir DIR] [--train]
 """
 
 import argparse
@@ -61,6 +64,48 @@ def torch_figures(args, batches, threads, notes):
         for batch in batches:
             models[f"{label}/-/{batch}"] = {"median_ms": timed(model, batch)}
     return torch.__version__.split("+")[0], models
+
+
+def training_figures(args, batch, threads, notes):
+    """Full training steps of timm's RepVGG: forward in training mode, cross-entropy, backward,
+    SGD with momentum 0.9 and weight decay 1e-4; the whole step and each part, median ms."""
+    try:
+        import timm
+        import torch
+    except ImportError as err:
+        notes.append(f"no PyTorch training figures: {err}")
+        return None, {}
+    torch.set_num_threads(threads)
+    figures = {}
+    for arch in args.archs.split(","):
+        model = timm.create_model("repvgg_" + arch.lower(), pretrained=False).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1 * batch / 256, momentum=0.9,
+                                    weight_decay=1e-4)
+        images = torch.randn(batch, 3, args.size, args.size)
+        targets = torch.randint(0, 1000, (batch,))
+        loss_fn = torch.nn.CrossEntropyLoss()
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss_fn(model(images), targets).backward()
+            optimizer.step()
+
+        step_ms = median_ms(step, args.runs, args.warmup)
+        parts = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
+        for _ in range(args.runs):
+            optimizer.zero_grad(set_to_none=True)
+            start = time.perf_counter()
+            loss = loss_fn(model(images), targets)
+            parts["forward_ms"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            loss.backward()
+            parts["backward_ms"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            optimizer.step()
+            parts["optimizer_ms"].append(time.perf_counter() - start)
+        figures[arch] = {"step_ms": step_ms}
+        figures[arch].update({k: 1000.0 * statistics.median(v) for k, v in parts.items()})
+    return torch.__version__.split("+")[0], figures
 
 
 def random_images(batch, size):
@@ -125,10 +170,17 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--onnx-dir", help="the exported <ARCH>.onnx files")
+    parser.add_argument("--train", action="store_true",
+                        help="time training steps instead (at the first --batches size)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 
     notes = []
+    if args.train:
+        version, training = training_figures(args, batches[0], args.threads, notes)
+        print(json.dumps({"threads": args.threads, "torch": version, "training": training,
+                          "notes": notes}))
+        return
     torch_version, models = torch_figures(args, batches, args.threads, notes)
     engines = {}
     if args.onnx_dir:

@@ -1,6 +1,6 @@
 //! Developer commands for the workspace: `cargo xtask <command>`. `convert`, `eval` and `archs`
 //! are the installable `repvgg` tool's commands (crate `repvgg-cli`), kept here under the names
-//! people are told; `bench` is the developers' own.
+//! people are told; `bench` and `bench-train` are the developers' own.
 
 use std::process::ExitCode;
 
@@ -28,6 +28,9 @@ enum Command {
     Convert(convert::ConvertArgs),
     Eval(eval::EvalArgs),
     Bench(bench::BenchArgs),
+    /// Time full training steps (forward, backward, SGD) beside PyTorch eager, and write
+    /// BENCHMARKS-training.md.
+    BenchTrain(bench::training::TrainBenchArgs),
     /// One memory measurement of `bench`, in a fresh process.
     #[command(hide = true)]
     BenchMemory(bench::MemoryArgs),
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         Command::Convert(args) => convert::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::BenchTrain(args) => bench::training::run(args),
         Command::BenchMemory(args) => bench::run_memory(args),
     };
     match result {

@@ -5,6 +5,7 @@
 
 mod machine;
 mod resnet;
+pub mod training;
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -259,11 +260,20 @@ pub struct MemoryArgs {
     batch: usize,
     #[arg(long)]
     size: usize,
+    /// Two training steps (`bench-train`) instead of two forward passes.
+    #[arg(long)]
+    train: bool,
 }
 
 /// Builds one model on the CPU, runs it twice and prints `PEAK_MB INFERENCE_MB`: the
 /// process's peak resident memory, and how far it rose above the loaded model and input.
 pub fn run_memory(args: MemoryArgs) -> Result<()> {
+    if args.train {
+        let memory = machine::PeakMemory::start().context("/proc/self is not available")?;
+        training::two_steps(RepVggArch::from_name(&args.model)?, args.batch, args.size);
+        println!("{:.1} {:.1}", memory.peak_mb(), memory.growth_mb());
+        return Ok(());
+    }
     let device = Device::flex();
     let images = random_images(args.batch, args.size, &device);
     // Parameters are created lazily: touch them all, so that the weights count as the model's.

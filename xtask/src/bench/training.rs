@@ -1,0 +1,365 @@
+//! `cargo xtask bench-train`: the speed of full training steps, what training spends its time
+//! on, beside PyTorch eager doing the same steps on the same machine in the same run.
+//!
+//! A step is what `repvgg-train` runs for every batch: the training-time network forward in
+//! training mode (BN statistics updated), the recipe's loss, backward, and SGD with momentum 0.9
+//! and weight decay 1e-4 (the paper's optimizer, `repvgg_train::recipe::sgd`), on a synthetic
+//! batch already on the device.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::train::TrainStep;
+use clap::Args;
+use repvgg_data::ImageBatch;
+use repvgg_model::{DeviceChoice, RepVggArch};
+use repvgg_train::RecipeConfig;
+use repvgg_train::classifier::{Classifier, Objective};
+use repvgg_train::recipe::{scaled_lr, sgd};
+
+use super::{machine, workspace_root};
+
+/// Time training steps of RepVGG on synthetic batches, beside PyTorch eager (CPU), and write
+/// the report to --output.
+#[derive(Args, Debug)]
+pub struct TrainBenchArgs {
+    /// Architectures, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "A0,B0")]
+    arch: Vec<RepVggArch>,
+
+    /// Images per step.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+
+    /// Square input size.
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
+    size: u32,
+
+    #[arg(long, default_value_t = DeviceChoice::Cpu)]
+    device: DeviceChoice,
+
+    /// Timed steps per measurement (their mean, and the median of each part, are reported).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+
+    /// Untimed steps before timing.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+
+    /// Python with torch and timm for the PyTorch column (CPU only); "none" skips it.
+    #[arg(long, env = "REPVGG_PYTHON", default_value = "python3")]
+    python: String,
+
+    /// Where the report goes.
+    #[arg(long, default_value = "BENCHMARKS-training.md")]
+    output: PathBuf,
+}
+
+/// Median milliseconds of one step and of its parts.
+#[derive(Clone, Copy, Debug, Default)]
+struct StepTimes {
+    step: f64,
+    forward: f64,
+    backward: f64,
+    optimizer: f64,
+}
+
+/// One architecture's training steps, in Burn and (when measured) in PyTorch.
+struct Row {
+    model: String,
+    burn: StepTimes,
+    torch: Option<StepTimes>,
+    /// Peak resident memory of a fresh process running two steps (CPU).
+    peak_mb: Option<f64>,
+}
+
+pub fn run(args: TrainBenchArgs) -> Result<()> {
+    ensure!(
+        args.runs > 0 && args.batch > 0,
+        "--runs and --batch must be positive"
+    );
+    let device = args.device.device()?;
+    let mut rows = Vec::new();
+    for &arch in &args.arch {
+        eprintln!(
+            "{arch}: {} + {} training steps of {}",
+            args.warmup, args.runs, args.batch
+        );
+        let burn = time_steps(arch, args.batch, args.size as usize, &device, &args)?;
+        let peak_mb = (args.device == DeviceChoice::Cpu)
+            .then(|| peak_memory_of(arch, args.batch, args.size))
+            .flatten();
+        rows.push(Row {
+            model: arch.to_string(),
+            burn,
+            torch: None,
+            peak_mb,
+        });
+    }
+    let torch = match (args.device, args.python.as_str()) {
+        (DeviceChoice::Cpu, python) if python != "none" => match run_torch(&args) {
+            Ok(torch) => Some(torch),
+            Err(err) => {
+                eprintln!("warning: no PyTorch figures: {err:#}");
+                None
+            }
+        },
+        _ => None,
+    };
+    if let Some((_, figures)) = &torch {
+        for row in &mut rows {
+            row.torch = figures
+                .iter()
+                .find(|(model, _)| *model == row.model)
+                .map(|(_, times)| *times);
+        }
+    }
+    let report = report(
+        &args,
+        &rows,
+        torch.as_ref().map(|(version, _)| version.as_str()),
+    );
+    println!("{report}");
+    std::fs::write(&args.output, &report)
+        .with_context(|| format!("cannot write {}", args.output.display()))?;
+    eprintln!("wrote {}", args.output.display());
+    Ok(())
+}
+
+/// A synthetic batch on `device`: normal images and random labels of the network's classes.
+fn synthetic_batch(batch: usize, size: usize, classes: usize, device: &Device) -> ImageBatch {
+    ImageBatch {
+        images: Tensor::random(
+            [batch, 3, size, size],
+            Distribution::Normal(0.0, 1.0),
+            device,
+        ),
+        targets: Tensor::<1, Int>::random(
+            [batch],
+            Distribution::Uniform(0.0, classes as f64),
+            device,
+        ),
+        mixup: None,
+    }
+}
+
+/// Times `args.runs` training steps of `arch` after `args.warmup`: whole steps (the device
+/// synchronised once, at the end), then each part separately (synchronised after each part).
+fn time_steps(
+    arch: RepVggArch,
+    batch: usize,
+    size: usize,
+    device: &Device,
+    args: &TrainBenchArgs,
+) -> Result<StepTimes> {
+    let device = device.clone().autodiff();
+    let recipe = RecipeConfig::new();
+    let config = arch.config();
+    let data = synthetic_batch(batch, size, config.num_classes, &device);
+    let mut model = Classifier::new(config.init(&device), Objective::of(&recipe));
+    let mut optimizer = sgd(&recipe);
+    let lr = scaled_lr(recipe.lr, batch);
+    for _ in 0..args.warmup {
+        let output = TrainStep::step(&model, data.clone());
+        model = optimizer.step(lr, model, output.grads);
+    }
+    let started = Instant::now();
+    for _ in 0..args.runs {
+        let output = TrainStep::step(&model, data.clone());
+        model = optimizer.step(lr, model, output.grads);
+    }
+    sync(&model);
+    let step = started.elapsed().as_secs_f64() * 1e3 / args.runs as f64;
+
+    let (mut forward, mut backward, mut update) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        let loss = model.loss(model.net.forward(data.images.clone()), &data);
+        let _ = loss.clone().into_data();
+        forward.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        backward.push(started.elapsed().as_secs_f64() * 1e3);
+        let started = Instant::now();
+        model = optimizer.step(lr, model, grads);
+        sync(&model);
+        update.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(StepTimes {
+        step,
+        forward: median(forward),
+        backward: median(backward),
+        optimizer: median(update),
+    })
+}
+
+/// Waits for the device: reads one value of the network's last weights.
+fn sync(model: &Classifier) {
+    if let Some(linear) = &model.net.linear {
+        let _ = linear.bias.as_ref().map(|bias| bias.val().into_data());
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Runs `cargo xtask bench-memory --train` for one architecture in a fresh process.
+fn peak_memory_of(arch: RepVggArch, batch: usize, size: u32) -> Option<f64> {
+    let output = Command::new(std::env::current_exe().ok()?)
+        .args([
+            "bench-memory",
+            "--train",
+            "--model",
+            arch.name(),
+            "--form",
+            "training",
+        ])
+        .args(["--batch", &batch.to_string(), "--size", &size.to_string()])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Two training steps of `arch` on the CPU, for `bench-memory --train`.
+pub fn two_steps(arch: RepVggArch, batch: usize, size: usize) {
+    let device = Device::flex().autodiff();
+    let recipe = RecipeConfig::new();
+    let config = arch.config();
+    let data = synthetic_batch(batch, size, config.num_classes, &device);
+    let mut model = Classifier::new(config.init(&device), Objective::of(&recipe));
+    let mut optimizer = sgd(&recipe);
+    for _ in 0..2 {
+        let output = TrainStep::step(&model, data.clone());
+        model = optimizer.step(0.1, model, output.grads);
+    }
+    sync(&model);
+}
+
+/// PyTorch's version and its step times per architecture ("RepVGG-A0").
+fn run_torch(args: &TrainBenchArgs) -> Result<(String, Vec<(String, StepTimes)>)> {
+    let script = workspace_root().join("scripts/bench_torch.py");
+    let archs: Vec<&str> = args.arch.iter().map(|a| a.name()).collect();
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    eprintln!("PyTorch ({} {})", args.python, script.display());
+    let output = Command::new(&args.python)
+        .arg(&script)
+        .args(["--train", "--archs", &archs.join(",")])
+        .args([
+            "--batches",
+            &args.batch.to_string(),
+            "--size",
+            &args.size.to_string(),
+        ])
+        .args([
+            "--runs",
+            &args.runs.to_string(),
+            "--warmup",
+            &args.warmup.to_string(),
+        ])
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {}", args.python))?;
+    ensure!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&output.stdout).context("unexpected output of bench_torch.py")?;
+    let version = json["torch"]
+        .as_str()
+        .context("no PyTorch in this Python")?
+        .to_string();
+    let steps = json["training"]
+        .as_object()
+        .context("no training figures")?
+        .iter()
+        .filter_map(|(arch, times)| {
+            let get = |key: &str| times[key].as_f64();
+            Some((
+                format!("RepVGG-{arch}"),
+                StepTimes {
+                    step: get("step_ms")?,
+                    forward: get("forward_ms")?,
+                    backward: get("backward_ms")?,
+                    optimizer: get("optimizer_ms")?,
+                },
+            ))
+        })
+        .collect();
+    Ok((version, steps))
+}
+
+fn report(args: &TrainBenchArgs, rows: &[Row], torch: Option<&str>) -> String {
+    let mut out = String::new();
+    let archs: Vec<&str> = args.arch.iter().map(|a| a.name()).collect();
+    let _ = writeln!(out, "# Training benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Produced by `cargo xtask bench-train --arch {} --batch {} --size {} --device {} --runs {}`.\n",
+        archs.join(","),
+        args.batch,
+        args.size,
+        format!("{:?}", args.device).to_lowercase(),
+        args.runs
+    );
+    let _ = writeln!(out, "{}\n", machine::describe(args.device.description()));
+    let _ = writeln!(
+        out,
+        "A step: the training-time network forward in training mode (BN statistics updated), \
+         cross-entropy, backward, SGD (momentum 0.9, weight decay 1e-4 on conv and linear \
+         weights), on a synthetic batch of {} images of {}x{} already on the device; f32. \
+         \"step\" is the mean of {} steps after {} warm-up (the device synchronised at the \
+         end); the parts are the medians of separate steps, each part synchronised.{}\n",
+        args.batch,
+        args.size,
+        args.size,
+        args.runs,
+        args.warmup,
+        torch.map_or(String::new(), |version| format!(
+            " PyTorch {version} eager runs the same steps on timm's RepVGG in the same run \
+             (`scripts/bench_torch.py --train`)."
+        ))
+    );
+    let _ = writeln!(
+        out,
+        "| model | batch | burn img/s | burn ms/step | forward / backward / optimizer ms | PyTorch img/s | PyTorch forward / backward / optimizer ms | burn / PyTorch | peak MB |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---|---:|---|---:|---:|");
+    let per_second = |ms: f64| args.batch as f64 * 1000.0 / ms;
+    let parts =
+        |t: &StepTimes| format!("{:.0} / {:.0} / {:.0}", t.forward, t.backward, t.optimizer);
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} |",
+            row.model,
+            args.batch,
+            per_second(row.burn.step),
+            row.burn.step,
+            parts(&row.burn),
+            row.torch
+                .map_or("-".into(), |t| format!("{:.1}", per_second(t.step))),
+            row.torch.as_ref().map_or("-".into(), parts),
+            row.torch
+                .map_or("-".into(), |t| format!("{:.2}", t.step / row.burn.step)),
+            row.peak_mb.map_or("-".into(), |mb| format!("{mb:.0}")),
+        );
+    }
+    out
+}
