@@ -2,14 +2,19 @@
 //! checkpoints load into our networks, reproduce PyTorch's logits, convert to PyTorch's deploy
 //! logits, and export to safetensors that read back identically.
 
+#[path = "../../repvgg-model/tests/support/test_device.rs"]
+mod test_device;
+
 use std::path::PathBuf;
 
 use burn::config::Config;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use repvgg_deploy::{Form, detect_arch, read_checkpoint, write_checkpoint};
 use repvgg_model::{RepVggConfig, RepVggDeploy};
 use repvgg_model::{Weights, reparameterize};
 use tempfile::TempDir;
+
+use test_device::test_device;
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -46,7 +51,7 @@ fn max_abs_difference(actual: &TensorData, expected: &TensorData) -> f32 {
 /// Loads a training-time checkpoint, checks its logits and those of its conversion against
 /// PyTorch's; returns the deploy weights.
 fn check_training_checkpoint(fixture_name: &str, file: &str) -> Weights {
-    let device = Device::flex();
+    let device = test_device();
     let config = config(fixture_name);
     let (input, logits_train, logits_deploy) = io(fixture_name);
     let input = Tensor::<4>::from_data(input, &device);
@@ -92,7 +97,7 @@ fn wrapped_and_prefixed_checkpoints_load() {
 #[test]
 fn timm_checkpoints_match_pytorch() {
     check_training_checkpoint("timm", "timm_train.safetensors");
-    let device = Device::flex();
+    let device = test_device();
     let (input, _, logits_deploy) = io("timm");
     let checkpoint = read_checkpoint(&fixture("timm_deploy.safetensors")).unwrap();
     assert_eq!(checkpoint.form, Form::Deploy);
@@ -108,7 +113,7 @@ fn timm_checkpoints_match_pytorch() {
 
 #[test]
 fn reference_deploy_checkpoints_load_and_match_our_conversion() {
-    let device = Device::flex();
+    let device = test_device();
     for name in ["narrow", "grouped", "se"] {
         let (input, _, logits_deploy) = io(name);
         let checkpoint = read_checkpoint(&fixture(&format!("{name}_deploy.pth"))).unwrap();
@@ -139,7 +144,7 @@ fn reference_deploy_checkpoints_load_and_match_our_conversion() {
 fn exports_round_trip_in_both_formats() {
     let scratch = scratch("export");
     let dir = scratch.path();
-    let device = Device::flex();
+    let device = test_device();
     let config = config("se");
     let checkpoint = read_checkpoint(&fixture("se_train.pth")).unwrap();
     let deploy = reparameterize(&checkpoint.weights, &config, &device).unwrap();
@@ -158,7 +163,7 @@ fn exports_round_trip_in_both_formats() {
 fn safetensors_export_uses_reference_names_and_pytorch_layout() {
     let scratch = scratch("names");
     let dir = scratch.path();
-    let device = Device::flex();
+    let device = test_device();
     let config = config("narrow");
     let checkpoint = read_checkpoint(&fixture("narrow_train.pth")).unwrap();
     let deploy = reparameterize(&checkpoint.weights, &config, &device).unwrap();
@@ -189,7 +194,7 @@ fn safetensors_export_uses_reference_names_and_pytorch_layout() {
 
 #[test]
 fn architecture_is_detected_from_shapes() {
-    let device = Device::flex();
+    let device = test_device();
     for arch in [
         repvgg_model::RepVggArch::A0,
         repvgg_model::RepVggArch::B1g4,
@@ -214,7 +219,7 @@ fn burn_module_records_read_as_checkpoints() {
     use burn::module::Module;
     let scratch = scratch("record");
     let dir = scratch.path();
-    let device = Device::flex();
+    let device = test_device();
     let config = config("grouped");
     let model = config.init(&device);
     let expected = Weights::from_module(&model).unwrap();

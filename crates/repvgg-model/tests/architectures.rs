@@ -1,10 +1,14 @@
 //! The reference architectures: names, parameter counts, branch layout, grouping and SE.
 
+#[path = "support/test_device.rs"]
+mod test_device;
+
 use std::collections::BTreeMap;
 
 use burn::config::Config;
-use burn::tensor::Device;
 use repvgg_model::{RepVggArch, RepVggConfig, tensor_infos};
+
+use test_device::test_device;
 
 /// Exact trainable-parameter counts of the reference implementation (training-time, deploy).
 const REFERENCE_PARAMS: [(RepVggArch, usize, usize); 14] = [
@@ -33,7 +37,7 @@ fn shape_of(model: &impl burn::module::Module, path: &str) -> Option<Vec<usize>>
 
 #[test]
 fn every_preset_has_the_reference_parameter_counts() {
-    let device = Device::flex();
+    let device = test_device();
     for (arch, training, deploy) in REFERENCE_PARAMS {
         let config = arch.config();
         let counts = config.num_params();
@@ -104,7 +108,7 @@ fn stage_widths_follow_the_multipliers() {
 
 #[test]
 fn identity_branch_exists_only_where_shape_is_kept() {
-    let device = Device::flex();
+    let device = test_device();
     let model = RepVggArch::A0.config().init(&device);
     assert!(model.stage0.rbr_identity.is_none());
     for (number, stage) in [&model.stage1, &model.stage2, &model.stage3, &model.stage4]
@@ -140,7 +144,7 @@ fn identity_branch_exists_only_where_shape_is_kept() {
 
 #[test]
 fn reference_paths_are_complete() {
-    let device = Device::flex();
+    let device = test_device();
     let model = RepVggArch::A0.config().init(&device);
     let tensors = tensor_infos(&model);
     // 22 blocks: 2 convs and 2 BNs (4 tensors each) per block, identity BNs in 17 of them,
@@ -161,7 +165,7 @@ fn reference_paths_are_complete() {
 
 #[test]
 fn grouped_layers_match_the_reference_indices() {
-    let device = Device::flex();
+    let device = test_device();
     let model = RepVggArch::B1g4.config().init(&device);
     // Global index: stage1.i = 1 + i, stage2.i = 5 + i, stage3.i = 11 + i, stage4.0 = 27.
     let dense = |path: &str| shape_of(&model, &format!("{path}.rbr_dense.conv.weight")).unwrap();
@@ -197,7 +201,7 @@ fn grouped_layers_match_the_reference_indices() {
 
 #[test]
 fn squeeze_excitation_only_in_d2se() {
-    let device = Device::flex();
+    let device = test_device();
     for arch in RepVggArch::ALL {
         let specs = arch.config().block_specs();
         let with_se = specs.iter().filter(|s| s.se_channels.is_some()).count();

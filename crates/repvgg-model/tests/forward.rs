@@ -1,5 +1,8 @@
 //! Forward passes: classification and feature shapes of both forms, SE pooling, training.
 
+#[path = "support/test_device.rs"]
+mod test_device;
+
 use std::collections::BTreeMap;
 
 use burn::module::Module;
@@ -7,6 +10,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData, Tolerance};
 use repvgg_model::{RepVggArch, RepVggConfig, SqueezeExcite, tensor_infos};
+
+use test_device::test_device;
 
 fn images(shape: [usize; 4], device: &Device) -> Tensor<4> {
     Tensor::random(shape, Distribution::Normal(0.0, 1.0), device)
@@ -18,7 +23,7 @@ fn dims(features: &[Tensor<4>]) -> Vec<[usize; 4]> {
 
 #[test]
 fn a0_shapes_at_224() {
-    let device = Device::flex();
+    let device = test_device();
     let config = RepVggArch::A0.config();
     let expected = vec![
         [1, 48, 112, 112],
@@ -40,7 +45,7 @@ fn a0_shapes_at_224() {
 
 #[test]
 fn a0_shapes_at_non_square_and_odd_sizes() {
-    let device = Device::flex();
+    let device = test_device();
     let config = RepVggArch::A0.config().with_num_classes(7);
     let model = config.init(&device);
     let deployed = config.init_deploy(&device);
@@ -80,7 +85,7 @@ fn narrow_config() -> RepVggConfig {
 
 #[test]
 fn custom_network_with_groups_and_se_runs_on_non_square_input() {
-    let device = Device::flex();
+    let device = test_device();
     let config = narrow_config();
     let input = images([3, 3, 32, 48], &device);
     for features in [
@@ -102,7 +107,7 @@ fn custom_network_with_groups_and_se_runs_on_non_square_input() {
 
 #[test]
 fn se_pools_over_the_whole_map_whatever_its_shape() {
-    let device = Device::flex();
+    let device = test_device();
     let se = SqueezeExcite::new(8, 2, &device);
     let input = images([2, 8, 3, 5], &device);
     // Tiling the map leaves the global average, and so the attention weights, unchanged.
@@ -115,7 +120,7 @@ fn se_pools_over_the_whole_map_whatever_its_shape() {
 
 #[test]
 fn batch_norms_start_as_identity_maps() {
-    let device = Device::flex();
+    let device = test_device();
     let model = narrow_config().init(&device);
     let record = tensor_infos(&model);
     let mut checked = 0;
@@ -147,7 +152,7 @@ fn all_floats(module: &impl Module) -> Vec<TensorData> {
 
 #[test]
 fn the_training_time_network_learns() {
-    let device = Device::flex().autodiff();
+    let device = test_device().autodiff();
     device.seed(7);
     let config = RepVggConfig::new(vec![1, 1], vec![0.125, 0.125]).with_num_classes(2);
     let mut model = config.init(&device);

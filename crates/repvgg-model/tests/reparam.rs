@@ -3,22 +3,25 @@
 
 mod support {
     pub mod random_model;
+    pub mod test_device;
 }
 
 use std::collections::BTreeMap;
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use repvgg_model::{
     RepVgg, RepVggArch, RepVggConfig, RepVggDeploy, Reparameterize, Weights, WeightsError,
     reparameterize, reparameterize_nested,
 };
 use support::random_model::{random_training_model, relative_difference};
 
+use support::test_device::test_device;
+
 /// Fuses a randomly initialised network and compares logits on a random batch.
 fn agreement(config: &RepVggConfig, size: [usize; 2]) -> f32 {
-    let device = Device::flex();
+    let device = test_device();
     let model = random_training_model(config, &device);
     let deployed = model.reparameterize().unwrap();
     let images = Tensor::<4>::random(
@@ -68,7 +71,7 @@ fn d2se_with_se_agrees() {
 
 #[test]
 fn transform_checks_its_input_layout() {
-    let device = Device::flex();
+    let device = test_device();
     let config = RepVggConfig::new(vec![1, 2], vec![0.25, 0.25]).with_num_classes(3);
     let weights = Weights::from_module(&config.init(&device)).unwrap();
 
@@ -107,7 +110,7 @@ fn transform_checks_its_input_layout() {
 
 #[test]
 fn deploy_weights_are_the_deploy_layout() {
-    let device = Device::flex();
+    let device = test_device();
     let config = RepVggArch::A0.config().with_num_classes(4);
     let model = random_training_model(&config, &device);
     let deploy = reparameterize(&Weights::from_module(&model).unwrap(), &config, &device).unwrap();
@@ -121,7 +124,7 @@ fn deploy_weights_are_the_deploy_layout() {
 
 #[test]
 fn headless_networks_convert_to_headless_deploy_networks() {
-    let device = Device::flex();
+    let device = test_device();
     let config = RepVggConfig::new(vec![1, 2], vec![0.25, 0.5]).with_num_classes(0);
     let model = random_training_model(&config, &device);
     assert!(model.linear.is_none());
@@ -164,7 +167,7 @@ impl Detector<RepVggDeploy> {
 
 #[test]
 fn a_nested_backbone_converts_and_the_rest_is_carried() {
-    let device = Device::flex();
+    let device = test_device();
     let config = RepVggConfig::new(vec![2, 2], vec![0.25, 0.25])
         .with_grouped_layers(BTreeMap::from([(2, 2)]))
         .with_num_classes(0);

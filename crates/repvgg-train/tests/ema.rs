@@ -1,13 +1,17 @@
 //! The moving average of the weights: the blend, parameter by parameter and statistic by
 //! statistic.
 
-use burn::tensor::Device;
+#[path = "../../repvgg-model/tests/support/test_device.rs"]
+mod test_device;
+
 use repvgg_model::{RepVggConfig, Weights};
 use repvgg_train::ema::WeightAverage;
 
+use test_device::test_device;
+
 #[test]
 fn the_average_blends_every_tensor_with_the_warmed_up_decay() {
-    let device = Device::flex();
+    let device = test_device();
     let config = RepVggConfig::new(vec![1, 2], vec![0.125, 0.125]).with_num_classes(3);
     let first = config.init(&device);
     let second = config.init(&device);

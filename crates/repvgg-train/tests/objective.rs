@@ -1,10 +1,15 @@
 //! The training objective (mixup, custom L2) and the accuracy counts, against values computed
 //! by hand.
 
-use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+#[path = "../../repvgg-model/tests/support/test_device.rs"]
+mod test_device;
+
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use repvgg_data::{ImageBatch, MixedTargets};
 use repvgg_model::{RepVggConfig, Weights};
 use repvgg_train::classifier::{Classifier, Objective, custom_l2};
+
+use test_device::test_device;
 
 fn tiny_config() -> RepVggConfig {
     RepVggConfig::new(vec![1, 2], vec![0.125, 0.125]).with_num_classes(4)
@@ -12,7 +17,7 @@ fn tiny_config() -> RepVggConfig {
 
 #[test]
 fn custom_l2_matches_the_reference_formula() {
-    let device = Device::flex();
+    let device = test_device();
     let config = tiny_config();
     let mut weights = Weights::from_module(&config.init(&device)).unwrap();
     // Non-trivial BN scales, so that the equivalent-kernel term is weighted.
@@ -76,7 +81,7 @@ fn reference_custom_l2(config: &RepVggConfig, weights: &Weights) -> f64 {
 
 #[test]
 fn the_mixup_loss_weighs_both_targets() {
-    let device = Device::flex();
+    let device = test_device();
     let net = tiny_config().init(&device);
     let plain = Classifier::new(net.clone(), Objective::default());
     let images = Tensor::<4>::random([4, 3, 32, 32], Distribution::Default, &device);

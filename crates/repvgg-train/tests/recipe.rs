@@ -1,19 +1,24 @@
 //! The recipe: which parameters decay (on real module paths), the learning-rate schedule and
 //! its resumption.
 
+#[path = "../../repvgg-model/tests/support/test_device.rs"]
+mod test_device;
+
 use std::collections::BTreeMap;
 
 use burn::module::ParamId;
 use burn::optim::GradientsParams;
 use burn::optim::lr_scheduler::LrScheduler;
-use burn::tensor::{Device, Distribution, Tensor};
+use burn::tensor::{Distribution, Tensor};
 use repvgg_model::{RepVggArch, RepVggConfig, Weights, tensor_infos};
 use repvgg_train::RecipeConfig;
 use repvgg_train::recipe::{WarmupCosine, decays, no_decay_group, scaled_lr, sgd};
 
+use test_device::test_device;
+
 #[test]
 fn only_conv_and_linear_weights_decay() {
-    let device = Device::flex();
+    let device = test_device();
     let model = RepVggArch::D2se.config().init(&device);
     for custom_l2 in [false, true] {
         let group = no_decay_group(custom_l2);
@@ -46,7 +51,7 @@ fn only_conv_and_linear_weights_decay() {
 
 #[test]
 fn the_optimizer_decays_exactly_those_parameters() {
-    let device = Device::flex().autodiff();
+    let device = test_device().autodiff();
     let config = RepVggConfig::new(vec![1, 2], vec![0.125, 0.125])
         .with_use_se(true)
         .with_se_reduction(4)

@@ -1,13 +1,15 @@
 //! Whole training runs on the CPU on a tiny synthetic set: the loss falls, the model is
 //! converted and agrees, resuming continues the same schedule, bad input is refused.
 
+#[path = "../../repvgg-model/tests/support/test_device.rs"]
+mod test_device;
+
 use std::f64::consts::PI;
 use std::fs;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use burn::config::Config;
-use burn::tensor::Device;
 use repvgg_data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_deploy::{Form, read_checkpoint};
 use repvgg_model::RepVggConfig;
@@ -22,6 +24,8 @@ use tempfile::TempDir;
 mod support;
 
 use support::copy_dir;
+
+use test_device::test_device;
 
 /// Burn's CPU backend draws initial weights from one process-wide generator: runs that overlap
 /// would draw each other's numbers, so the tests train one at a time, each from its own seed.
@@ -60,7 +64,7 @@ fn train_in(root: &Path, run: &str, config: &TrainingConfig) -> Result<TrainRepo
     train(
         config,
         &root.join("data"),
-        &[Device::flex()],
+        &[test_device()],
         &root.join(run),
     )
 }
@@ -176,7 +180,7 @@ fn resuming_continues_the_same_schedule_and_counters() {
     );
 
     // Nothing but the run directory: the config comes from its training.json.
-    let resumed = resume(&killed, &root.join("data"), &[Device::flex()]).unwrap();
+    let resumed = resume(&killed, &root.join("data"), &[test_device()]).unwrap();
     assert_eq!(resumed.resumed_after, Some(2));
     assert_eq!(resumed.config, config);
     assert_eq!(
@@ -247,7 +251,7 @@ fn bad_runs_are_refused_with_a_reason() {
     let error = message(train(
         &one_epoch,
         &root.join("no-such-dir"),
-        &[Device::flex()],
+        &[test_device()],
         &root.join("missing"),
     ));
     assert!(error.contains("no-such-dir"), "{error}");
@@ -256,13 +260,13 @@ fn bad_runs_are_refused_with_a_reason() {
         "a refused run leaves nothing"
     );
 
-    let error = message(resume(&root.join("nowhere"), &data, &[Device::flex()]));
+    let error = message(resume(&root.join("nowhere"), &data, &[test_device()]));
     assert!(error.contains("no training.json"), "{error}");
     fs::create_dir_all(root.join("unstarted")).unwrap();
     one_epoch
         .save(root.join("unstarted/training.json"))
         .unwrap();
-    let error = message(resume(&root.join("unstarted"), &data, &[Device::flex()]));
+    let error = message(resume(&root.join("unstarted"), &data, &[test_device()]));
     assert!(error.contains("no checkpoint to resume"), "{error}");
 
     let error = message(train_in(root, "zero", &config(|r| r.with_epochs(0))));
@@ -303,7 +307,7 @@ fn failed_and_damaged_checkpoints_lose_nothing() {
     let (run, data) = (root.join("run"), root.join("data"));
     let dir = run.join("checkpoint");
     let config = config(|recipe| recipe.with_epochs(2).with_ema_decay(Some(0.9)));
-    let resume_run = || resume(&run, &data, &[Device::flex()]);
+    let resume_run = || resume(&run, &data, &[test_device()]);
 
     // Epoch 2's model checkpoint cannot be written (a directory stands where it goes): the run
     // stops with an error naming the file, epoch 1's checkpoint is intact, and no scratch file
