@@ -361,40 +361,24 @@ struct EngineFigures {
 }
 
 fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures> {
-    let script = workspace_root().join("scripts/bench_torch.py");
     let join = |items: Vec<String>| items.join(",");
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    let output = Command::new(&args.python)
-        .arg(&script)
-        .args([
-            "--archs",
-            &join(args.arch.iter().map(|a| a.name().to_string()).collect()),
-            "--batches",
-            &join(args.batch.iter().map(usize::to_string).collect()),
-            "--size",
-            &args.size.to_string(),
-            "--runs",
-            &args.runs.to_string(),
-            "--warmup",
-            &args.warmup.to_string(),
-            "--threads",
-            &threads.to_string(),
-        ])
-        .arg("--onnx-dir")
-        .arg(onnx_dir)
-        .output()
-        .with_context(|| format!("cannot run {}", args.python))?;
-    ensure!(
-        output.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .last()
-            .unwrap_or_default()
-    );
-    let json: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("unexpected output of bench_torch.py")?;
+    let json = run_bench_script(
+        &args.python,
+        &[
+            "--archs".into(),
+            join(args.arch.iter().map(|a| a.name().to_string()).collect()),
+            "--batches".into(),
+            join(args.batch.iter().map(usize::to_string).collect()),
+            "--size".into(),
+            args.size.to_string(),
+            "--runs".into(),
+            args.runs.to_string(),
+            "--warmup".into(),
+            args.warmup.to_string(),
+            "--onnx-dir".into(),
+            onnx_dir.display().to_string(),
+        ],
+    )?;
     let models = json["models"]
         .as_object()
         .context("no models in bench_torch.py's output")?
@@ -440,6 +424,29 @@ fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures> {
         engines,
         notes,
     })
+}
+
+/// Runs `scripts/bench_torch.py` with `python`, `args` and one thread per core, and parses the
+/// JSON object it prints.
+fn run_bench_script(python: &str, args: &[String]) -> Result<serde_json::Value> {
+    let script = workspace_root().join("scripts/bench_torch.py");
+    let threads = std::thread::available_parallelism().map_or(1, usize::from);
+    let output = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .args(["--threads", &threads.to_string()])
+        .output()
+        .with_context(|| format!("cannot run {python}"))?;
+    ensure!(
+        output.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+            .lines()
+            .last()
+            .unwrap_or_default()
+    );
+    serde_json::from_slice(&output.stdout).context("unexpected output of bench_torch.py")
 }
 
 /// bench_torch.py names RepVGG models by the short preset name ("A0"); the rows use "RepVGG-A0".

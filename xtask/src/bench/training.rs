@@ -22,7 +22,7 @@ use repvgg_train::RecipeConfig;
 use repvgg_train::classifier::{Classifier, Objective};
 use repvgg_train::recipe::{scaled_lr, sgd};
 
-use super::{machine, workspace_root};
+use super::{machine, run_bench_script};
 
 /// Time training steps of RepVGG on synthetic batches, beside PyTorch eager (CPU), and write
 /// the report to --output.
@@ -248,39 +248,24 @@ pub fn two_steps(arch: RepVggArch, batch: usize, size: usize) {
 
 /// PyTorch's version and its step times per architecture ("RepVGG-A0").
 fn run_torch(args: &TrainBenchArgs) -> Result<(String, Vec<(String, StepTimes)>)> {
-    let script = workspace_root().join("scripts/bench_torch.py");
     let archs: Vec<&str> = args.arch.iter().map(|a| a.name()).collect();
-    let threads = std::thread::available_parallelism().map_or(1, usize::from);
-    eprintln!("PyTorch ({} {})", args.python, script.display());
-    let output = Command::new(&args.python)
-        .arg(&script)
-        .args(["--train", "--archs", &archs.join(",")])
-        .args([
-            "--batches",
-            &args.batch.to_string(),
-            "--size",
-            &args.size.to_string(),
-        ])
-        .args([
-            "--runs",
-            &args.runs.to_string(),
-            "--warmup",
-            &args.warmup.to_string(),
-        ])
-        .args(["--threads", &threads.to_string()])
-        .output()
-        .with_context(|| format!("cannot run {}", args.python))?;
-    ensure!(
-        output.status.success(),
-        "{} failed: {}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-            .lines()
-            .last()
-            .unwrap_or_default()
-    );
-    let json: serde_json::Value =
-        serde_json::from_slice(&output.stdout).context("unexpected output of bench_torch.py")?;
+    eprintln!("PyTorch ({} scripts/bench_torch.py --train)", args.python);
+    let json = run_bench_script(
+        &args.python,
+        &[
+            "--train".into(),
+            "--archs".into(),
+            archs.join(","),
+            "--batches".into(),
+            args.batch.to_string(),
+            "--size".into(),
+            args.size.to_string(),
+            "--runs".into(),
+            args.runs.to_string(),
+            "--warmup".into(),
+            args.warmup.to_string(),
+        ],
+    )?;
     let version = json["torch"]
         .as_str()
         .context("no PyTorch in this Python")?
