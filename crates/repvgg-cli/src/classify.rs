@@ -6,13 +6,13 @@ use anyhow::{Result, bail};
 use burn::tensor::activation::softmax;
 use burn::tensor::{Device, Tensor, TensorData};
 use clap::Args;
-use repvgg_data::{DEFAULT_CROP_PCT, EvalTransform, decode_rgb, normalize};
+use repvgg_data::{EvalTransform, decode_rgb, normalize};
 use repvgg_deploy::{DeployModel, ResolvedCheckpoint};
 use repvgg_model::DeviceChoice;
 #[cfg(feature = "pretrained")]
 use repvgg_model::RepVggArch;
 
-use crate::ArchArgs;
+use crate::{ArchArgs, CropArgs};
 
 /// The 1000 ImageNet class names, in the index order of ImageNet checkpoints.
 const IMAGENET_CLASSES: &str = include_str!("imagenet_classes.txt");
@@ -39,14 +39,8 @@ pub struct ClassifyArgs {
     #[command(flatten)]
     pub arch: ArchArgs,
 
-    /// Centre crop fed to the network (after resizing the shorter side to
-    /// floor(size / crop_pct)).
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
-    pub image_size: u32,
-
-    /// Fraction of the resized image the centre crop keeps (timm's crop_pct).
-    #[arg(long, default_value_t = DEFAULT_CROP_PCT, value_parser = repvgg_data::parse_crop_pct)]
-    pub crop_pct: f64,
+    #[command(flatten)]
+    pub crop: CropArgs,
 
     /// Where the network runs: cpu, wgpu or cuda.
     #[arg(long, default_value_t = DeviceChoice::Cpu)]
@@ -77,8 +71,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
 /// Every class of the image's prediction, most likely first.
 pub fn classify(args: &ClassifyArgs) -> Result<Vec<Prediction>> {
     let device = args.device.device()?;
-    let transform = EvalTransform::with_crop_pct(args.image_size, args.crop_pct);
-    let images = load_image(&args.image, &transform, &device)?;
+    let images = load_image(&args.image, &args.crop.transform(), &device)?;
     let (model, classes) = match &args.weights {
         Some(path) => {
             let resolved = ResolvedCheckpoint::read(path, &args.arch.source())?;

@@ -8,14 +8,11 @@ use burn::data::dataloader::DataLoader;
 use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use repvgg_data::{
-    Augmentation, DEFAULT_CROP_PCT, EvalTransform, Evaluation, ImageFolder, ImageLoader,
-    LoaderOptions, evaluate,
-};
+use repvgg_data::{Augmentation, Evaluation, ImageFolder, ImageLoader, LoaderOptions, evaluate};
 use repvgg_deploy::{DeployModel, LoadedModel, ResolvedCheckpoint};
 use repvgg_model::DeviceChoice;
 
-use crate::ArchArgs;
+use crate::{ArchArgs, CropArgs};
 
 /// Evaluate weights on an ImageFolder validation set: top-1 and top-5 accuracy.
 ///
@@ -36,14 +33,8 @@ pub struct EvalArgs {
     #[command(flatten)]
     pub arch: ArchArgs,
 
-    /// Centre crop size (the network's input size).
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
-    pub image_size: u32,
-
-    /// Fraction of the resized image the centre crop keeps: the shorter side is resized to
-    /// floor(size / crop_pct), timm's rule (1.0 for RepVGGplus-L2pse and D2se at 320).
-    #[arg(long, default_value_t = DEFAULT_CROP_PCT, value_parser = repvgg_data::parse_crop_pct)]
-    pub crop_pct: f64,
+    #[command(flatten)]
+    pub crop: CropArgs,
 
     /// Where the network runs: cpu, wgpu or cuda.
     #[arg(long, default_value_t = DeviceChoice::Cpu)]
@@ -143,7 +134,7 @@ fn loader(args: &EvalArgs, folder: &ImageFolder, device: &Device) -> Result<Imag
     ensure!(workers > 0, "--workers must be at least 1");
     Ok(ImageLoader::new(
         folder.samples.clone(),
-        Augmentation::Eval(EvalTransform::with_crop_pct(args.image_size, args.crop_pct)),
+        Augmentation::Eval(args.crop.transform()),
         LoaderOptions {
             batch_size: args.batch_size,
             workers,

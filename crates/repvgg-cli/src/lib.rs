@@ -10,6 +10,7 @@ pub mod eval;
 
 use std::path::PathBuf;
 
+use repvgg_data::{DEFAULT_CROP_PCT, EvalTransform};
 use repvgg_deploy::ArchSource;
 use repvgg_model::RepVggArch;
 
@@ -34,6 +35,28 @@ impl ArchArgs {
             (None, Some(arch)) => ArchSource::Preset(arch),
             (None, None) => ArchSource::Auto,
         }
+    }
+}
+
+/// The evaluation crop of `eval` and `classify`: its size and how much of the resized image it
+/// keeps.
+#[derive(clap::Args, Clone, Debug)]
+pub struct CropArgs {
+    /// Centre crop size, the network's input (after resizing the shorter side to
+    /// floor(size / crop_pct)).
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
+    pub image_size: u32,
+
+    /// Fraction of the resized image the centre crop keeps, timm's rule (1.0 for
+    /// RepVGGplus-L2pse and D2se at 320).
+    #[arg(long, default_value_t = DEFAULT_CROP_PCT, value_parser = repvgg_data::parse_crop_pct)]
+    pub crop_pct: f64,
+}
+
+impl CropArgs {
+    /// The evaluation transform the flags describe.
+    pub fn transform(&self) -> EvalTransform {
+        EvalTransform::with_crop_pct(self.image_size, self.crop_pct)
     }
 }
 

@@ -301,7 +301,7 @@ fn transpose(data: TensorData) -> Result<TensorData, DeployError> {
         return Err(DeployError::TensorShape {
             name: "linear.weight".into(),
             shape: data.shape().to_vec(),
-            expected: "2 dimensions",
+            expected: "2 dimensions".into(),
         });
     };
     let (rows, cols) = (*rows, *cols);

@@ -38,19 +38,12 @@ pub enum DeployError {
     /// A class name that a burnpack file cannot record (one name per line).
     #[error("class name {name:?} contains a line break and cannot be recorded")]
     ClassName { name: String },
-    /// A tensor whose shape the format's conventions rule out (e.g. a 3-D linear weight).
+    /// A tensor whose shape the format or the ONNX graph rules out (e.g. a 3-D linear weight).
     #[error("tensor `{name}` has shape {shape:?}; expected {expected}")]
     TensorShape {
         name: String,
         shape: Vec<usize>,
-        expected: &'static str,
-    },
-    /// A tensor of the deploy weights does not have the shape the ONNX graph needs.
-    #[error("tensor `{name}` has shape {shape:?}; the ONNX graph needs {expected:?}")]
-    OnnxTensorShape {
-        name: String,
-        shape: Vec<usize>,
-        expected: Vec<usize>,
+        expected: String,
     },
     /// The ONNX model is beyond protobuf's 2 GiB limit (ONNX's external data is not written).
     #[error("the ONNX model would take {bytes} bytes, beyond protobuf's 2 GiB limit for one file")]

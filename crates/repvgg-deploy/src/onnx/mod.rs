@@ -120,11 +120,16 @@ pub fn to_onnx(
             value: config_to_json(config),
         }],
     };
-    let size = model.encoded_len();
-    if size > MAX_FILE_SIZE {
-        return Err(DeployError::OnnxTooLarge { bytes: size });
-    }
+    within_protobuf_limit(model.encoded_len())?;
     Ok(model.encode_to_vec())
+}
+
+/// `Ok` for an encoded model of `bytes` that one protobuf message can hold.
+fn within_protobuf_limit(bytes: usize) -> Result<(), DeployError> {
+    match bytes <= MAX_FILE_SIZE {
+        true => Ok(()),
+        false => Err(DeployError::OnnxTooLarge { bytes }),
+    }
 }
 
 /// Writes [`to_onnx`]'s model to `path`, atomically.
@@ -237,10 +242,10 @@ impl<'a> Graph<'a> {
     fn initializer(&mut self, name: &str, shape: &[usize]) -> Result<String, DeployError> {
         let data = self.weights.require(name, "the deploy-time network")?;
         if data.shape().as_slice() != shape {
-            return Err(DeployError::OnnxTensorShape {
+            return Err(DeployError::TensorShape {
                 name: name.to_string(),
                 shape: data.shape().to_vec(),
-                expected: shape.to_vec(),
+                expected: format!("{shape:?} in the ONNX graph"),
             });
         }
         self.initializers.push(TensorProto {
@@ -320,4 +325,19 @@ fn feature_map(name: &str, channels: usize) -> ValueInfoProto {
             symbolic(&format!("{name}_width")),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_beyond_two_gibibytes_are_refused_with_a_message() {
+        assert!(within_protobuf_limit(MAX_FILE_SIZE).is_ok());
+        let err = within_protobuf_limit(MAX_FILE_SIZE + 1).unwrap_err();
+        assert!(
+            err.to_string().contains("beyond protobuf's 2 GiB limit"),
+            "{err}"
+        );
+    }
 }
