@@ -6,14 +6,15 @@
 //! run resumes, the newest checkpoint is read back in full and fitted to the network, falling back
 //! to the one before when it does not.
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::OptimizerRecord;
 use burn::optim::lr_scheduler::LrSchedulerRecord;
 use burn::store::ModuleRecord;
-use burn::tensor::{DType, Device};
+use burn::tensor::{DType, Device, Tensor};
 use burn_store::burn_pack;
 
 use repvgg_model::{RepVgg, Weights};
@@ -169,6 +170,7 @@ fn check_checkpoint(
         .map_err(failed(path.clone()))?;
     check_values(&model.net, &path)?;
     let path = checkpoint_path(dir, "optim", epoch);
+    check_optimizer_state(&path, &model)?;
     OptimizerRecord::load(&path).map_err(failed(path))?;
     let path = checkpoint_path(dir, "scheduler", epoch);
     LrSchedulerRecord::load(&path).map_err(failed(path))?;
@@ -182,6 +184,45 @@ fn check_checkpoint(
         check_values(&average, &path)?;
     }
     Ok(())
+}
+
+/// An error naming the first optimizer state tensor in the burnpack file at `path` that does not
+/// fit `model`'s parameters: without a parameter id, for a parameter the network does not have,
+/// or of another shape than its parameter. Burn's optimizer would panic on each, when loading
+/// the record or at the next step.
+fn check_optimizer_state(path: &Path, model: &Classifier) -> Result<(), String> {
+    let mut parameters = ParameterShapes::default();
+    model.visit(&mut parameters);
+    let tensors = burn_pack::Reader::from_file(path)
+        .and_then(|reader| reader.into_tensors())
+        .map_err(|err| format!("{}: {err}", path.display()))?;
+    for tensor in tensors {
+        let problem = match tensor.param_id.map(|id| parameters.0.get(&id)) {
+            None => "has no parameter id".to_string(),
+            Some(None) => "belongs to no parameter of the network".to_string(),
+            Some(Some(shape)) if shape.as_slice() != tensor.shape.as_slice() => format!(
+                "has shape {:?} where its parameter has {shape:?}",
+                tensor.shape.as_slice()
+            ),
+            Some(Some(_)) => continue,
+        };
+        return Err(format!(
+            "{}: optimizer state `{}` {problem}",
+            path.display(),
+            tensor.name
+        ));
+    }
+    Ok(())
+}
+
+/// The shape of every float parameter of a module, by parameter id.
+#[derive(Default)]
+struct ParameterShapes(HashMap<u64, Vec<usize>>);
+
+impl ModuleVisitor for ParameterShapes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.insert(param.id.val(), param.val().dims().to_vec());
+    }
 }
 
 /// An error naming the first tensor of `net` (loaded from `path`) that holds NaN or infinity:

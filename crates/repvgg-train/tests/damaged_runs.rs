@@ -10,7 +10,8 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::process::Command;
 
-use burn::tensor::Device;
+use burn::tensor::{Bytes, Device};
+use burn_store::burn_pack;
 use proptest::strategy::BoxedStrategy;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use repvgg_data::write_synthetic_set;
@@ -118,6 +119,31 @@ fn damaged_run_directories_are_refused_not_panicked_on() {
     );
     assert_eq!(total.panics, 0);
 
+    // Optimizer state that parses but does not fit the network, which Burn's optimizer panics
+    // on (random damage found the first): a state without its parameter id, and one of another
+    // shape than its parameter.
+    let optim = fs::read(run.join("checkpoint/optim-1.bpk")).unwrap();
+    let damaged = [
+        with_first_state_changed(&optim, |_, id, _| *id = None),
+        with_first_state_changed(&optim, |shape, _, bytes| {
+            let slice = bytes.len() / shape[0];
+            shape[0] -= 1;
+            bytes.truncate(bytes.len() - slice);
+        }),
+    ];
+    for (bytes, problem) in damaged.iter().zip(["has no parameter id", "has shape"]) {
+        let copy = run.with_file_name("bad-optimizer");
+        let _ = fs::remove_dir_all(&copy);
+        copy_dir(&run, &copy);
+        fs::write(copy.join("checkpoint/optim-1.bpk"), bytes).unwrap();
+        let outcome = catch_unwind(AssertUnwindSafe(|| resume(&copy, &data, &[Device::flex()])));
+        let error = outcome.expect("no panic").unwrap_err().to_string();
+        assert!(
+            error.contains("optim-1.bpk") && error.contains(problem),
+            "{error}"
+        );
+    }
+
     // The binary: a damaged config or model checkpoint is a message and exit code 1.
     for (file, garbage) in [
         ("training.json", &b"{\"model\": {\"num_blocks\": [1e999"[..]),
@@ -145,4 +171,28 @@ fn damaged_run_directories_are_refused_not_panicked_on() {
             "{file}: {stderr}"
         );
     }
+}
+
+/// The optimizer checkpoint `bytes` with its first state tensor's shape, parameter id and data
+/// changed by `change`, everything else (metadata, scalars) kept.
+fn with_first_state_changed(
+    bytes: &[u8],
+    change: impl FnOnce(&mut Vec<usize>, &mut Option<u64>, &mut Vec<u8>),
+) -> Vec<u8> {
+    let reader = burn_pack::Reader::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).unwrap();
+    let (metadata, scalars) = (reader.metadata().clone(), reader.scalars().clone());
+    let mut tensors = reader.into_tensors().unwrap();
+    let (name, dtype, shape, id, data) = tensors.remove(0).into_parts().unwrap();
+    let (mut shape, mut id, mut data) = (shape.as_slice().to_vec(), id, data.to_vec());
+    change(&mut shape, &mut id, &mut data);
+    let data = Bytes::from_bytes_vec(data);
+    tensors.insert(0, burn_pack::Tensor::new(name, dtype, shape, id, data));
+    let mut writer = burn_pack::Writer::new(tensors);
+    for (key, value) in &metadata {
+        writer = writer.with_metadata(key, value);
+    }
+    for (key, value) in scalars {
+        writer = writer.with_scalar(&key, value);
+    }
+    writer.into_bytes().unwrap().to_vec()
 }
