@@ -8,11 +8,19 @@ with random weights and random batch-norm statistics, an input batch and PyTorch
 both forms. The reference side is written here from the architecture's definition
 (../shared/REPVGG.md); the timm side uses timm itself.
 
+`plus` is a narrow RepVGGplus (../shared/REPVGG-PLUS.md, written from its facts the same way):
+SE after each block's ReLU, stage 3 split into stage3_first and stage3_second, the reference's
+`{stage}.blocks.{i}` keys and its three auxiliary heads. It has a training form (aux heads included,
+plain and in main.py's {'model': ...} wrapper with `module.` prefixes) and deploy form (fused
+blocks, no aux heads), and the main and aux logits of the training form in eval mode.
+
     python3 -m venv .venv && .venv/bin/pip install torch timm safetensors onnxruntime
     cargo build --workspace && .venv/bin/python scripts/make_fixtures.py
 
 It ends with scripts/check_onnx.py: ONNX Runtime on the exported fixture networks.
-`--eval-transform-only` writes only the evaluation transform's fixtures (timm's crops).
+`--eval-transform-only` writes only the evaluation transform's fixtures (timm's crops);
+`--plus-only` writes only the RepVGGplus fixture (its own random generator: the same files as a
+full run).
 
 Deterministic: the same torch version writes the same files.
 """
@@ -133,26 +141,32 @@ def randomize(model, generator):
                 tensor.copy_(torch.randn(tensor.shape, generator=generator) * (2.0 / fan_in) ** 0.5)
 
 
-def fuse(train_state, cfg):
-    """The deploy state dict, fused from the facts: conv+BN, 1x1 padded, identity kernel."""
-    state = {}
+def fused_block(train_state, name, cin, cout, groups):
+    """One block's (kernel, bias), fused from the facts: conv+BN, 1x1 padded, identity kernel."""
 
     def conv_bn(kernel, prefix):
         std = (train_state[prefix + ".running_var"] + EPS).sqrt()
         t = train_state[prefix + ".weight"] / std
         return kernel * t.reshape(-1, 1, 1, 1), train_state[prefix + ".bias"] - train_state[prefix + ".running_mean"] * t
 
+    k3, b3 = conv_bn(train_state[f"{name}.rbr_dense.conv.weight"], f"{name}.rbr_dense.bn")
+    k1, b1 = conv_bn(train_state[f"{name}.rbr_1x1.conv.weight"], f"{name}.rbr_1x1.bn")
+    kernel, bias = k3 + F.pad(k1, [1, 1, 1, 1]), b3 + b1
+    if f"{name}.rbr_identity.weight" in train_state:
+        per_group = cin // groups
+        identity = torch.zeros(cout, per_group, 3, 3)
+        for i in range(cout):
+            identity[i, i % per_group, 1, 1] = 1.0
+        ki, bi = conv_bn(identity, f"{name}.rbr_identity")
+        kernel, bias = kernel + ki, bias + bi
+    return kernel, bias
+
+
+def fuse(train_state, cfg):
+    """The deploy state dict: every block fused, the SE and the head unchanged."""
+    state = {}
     for name, cin, cout, _, groups in block_specs(cfg):
-        k3, b3 = conv_bn(train_state[f"{name}.rbr_dense.conv.weight"], f"{name}.rbr_dense.bn")
-        k1, b1 = conv_bn(train_state[f"{name}.rbr_1x1.conv.weight"], f"{name}.rbr_1x1.bn")
-        kernel, bias = k3 + F.pad(k1, [1, 1, 1, 1]), b3 + b1
-        if f"{name}.rbr_identity.weight" in train_state:
-            per_group = cin // groups
-            identity = torch.zeros(cout, per_group, 3, 3)
-            for i in range(cout):
-                identity[i, i % per_group, 1, 1] = 1.0
-            ki, bi = conv_bn(identity, f"{name}.rbr_identity")
-            kernel, bias = kernel + ki, bias + bi
+        kernel, bias = fused_block(train_state, name, cin, cout, groups)
         state[f"{name}.rbr_reparam.weight"] = kernel
         state[f"{name}.rbr_reparam.bias"] = bias
     for key, value in train_state.items():
@@ -241,6 +255,168 @@ def timm_fixture(generator):
           f"max |train - deploy| in PyTorch {(logits_train - logits_deploy).abs().max().item():.3g}")
 
 
+# RepVGGplus: the stage modules in the reference's order; the aux heads follow these stages.
+PLUS_STAGES = ("stage1", "stage2", "stage3_first", "stage3_second", "stage4")
+PLUS_AUX = ("stage1", "stage2", "stage3_first")
+
+
+def plus_stage_specs(cfg):
+    """(stage, number of blocks, width, stride of the first block) of each RepVGGplus stage.
+    Stage 3 is split in two halves of the same width: n//2 blocks that downsample, then
+    n - n//2 at stride 1, whose first block therefore has an identity branch."""
+    widths = [int(b * m) for b, m in zip(BASE_WIDTHS, cfg["width_multipliers"])]
+    n = cfg["num_blocks"]
+    return [
+        ("stage1", n[0], widths[0], 2),
+        ("stage2", n[1], widths[1], 2),
+        ("stage3_first", n[2] // 2, widths[2], 2),
+        ("stage3_second", n[2] - n[2] // 2, widths[2], 1),
+        ("stage4", n[3], widths[3], 2),
+    ]
+
+
+def plus_block_specs(cfg):
+    """(key prefix, cin, cout, stride) of every RepVGGplus block, stem first. Groups are always 1."""
+    stem = min(64, int(64 * cfg["width_multipliers"][0]))
+    specs = [("stage0", 3, stem, 2)]
+    cin = stem
+    for stage, count, width, stride in plus_stage_specs(cfg):
+        for i in range(count):
+            specs.append((f"{stage}.blocks.{i}", cin, width, stride if i == 0 else 1))
+            cin = width
+    return specs
+
+
+class PlusBlock(nn.Module):
+    """RepVGGplus block: SE( ReLU( branches ) ), the SE after the ReLU so it survives fusion.
+    post_se is registered first, as in the reference, so the state dicts list it first."""
+
+    def __init__(self, cin, cout, stride, se_hidden, deploy):
+        super().__init__()
+        self.post_se = SqueezeExcite(cout, se_hidden)  # a true global mean, also for H != W
+        if deploy:
+            self.rbr_reparam = nn.Conv2d(cin, cout, 3, stride, 1, bias=True)
+        else:
+            if cin == cout and stride == 1:
+                self.rbr_identity = nn.BatchNorm2d(cout, eps=EPS)
+            self.rbr_dense = ConvBn(cin, cout, 3, stride, 1)
+            self.rbr_1x1 = ConvBn(cin, cout, 1, stride, 1)
+
+    def forward(self, x):
+        if hasattr(self, "rbr_reparam"):
+            y = self.rbr_reparam(x)
+        else:
+            y = self.rbr_dense(x) + self.rbr_1x1(x)
+            if hasattr(self, "rbr_identity"):
+                y = y + self.rbr_identity(x)
+        return self.post_se(F.relu(y))
+
+
+def aux_head(channels, num_classes):
+    """conv3x3/2 -> BN -> ReLU -> global mean -> flatten -> Linear. The ReLU sits inside index 0
+    (the reference's conv_bn_relu) and has no parameters, so the keys are .0.conv, .0.bn, .3."""
+    conv_bn_relu = ConvBn(channels, channels, 3, 2, 1)
+    conv_bn_relu.add_module("relu", nn.ReLU())
+    return nn.Sequential(conv_bn_relu, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+class RepVggPlus(nn.Module):
+    """forward gives (main logits, {aux name: aux logits}); the deploy form has no aux heads."""
+
+    def __init__(self, cfg, deploy):
+        super().__init__()
+        reduction = cfg["se_reduction"]
+        for name, cin, cout, stride in plus_block_specs(cfg):
+            block = PlusBlock(cin, cout, stride, cout // reduction, deploy)
+            if name == "stage0":
+                self.stage0 = block
+            else:
+                stage = name.split(".")[0]
+                if not hasattr(self, stage):
+                    self.add_module(stage, nn.Module())
+                    getattr(self, stage).blocks = nn.ModuleList()
+                getattr(self, stage).blocks.append(block)
+        self.linear = nn.Linear(plus_block_specs(cfg)[-1][2], cfg["num_classes"])
+        if not deploy:
+            for stage, _, width, _ in plus_stage_specs(cfg):
+                if stage in PLUS_AUX:
+                    self.add_module(f"{stage}_aux", aux_head(width, cfg["num_classes"]))
+
+    def forward(self, x):
+        x = self.stage0(x)
+        aux = {}
+        for stage in PLUS_STAGES:
+            for block in getattr(self, stage).blocks:
+                x = block(x)
+            if hasattr(self, f"{stage}_aux"):
+                aux[f"{stage}_aux"] = getattr(self, f"{stage}_aux")(x)
+        return self.linear(x.mean(dim=(2, 3))), aux
+
+
+def plus_fuse(train_state, cfg):
+    """The deploy state dict: each block fused as in `fuse`, its post_se and the head kept
+    unchanged, the aux heads dropped (the reference deletes them on switching to deploy)."""
+    state = {}
+    for name, cin, cout, _ in plus_block_specs(cfg):
+        for key, value in train_state.items():
+            if key.startswith(f"{name}.post_se."):
+                state[key] = value
+        state[f"{name}.rbr_reparam.weight"], state[f"{name}.rbr_reparam.bias"] = fused_block(
+            train_state, name, cin, cout, 1)
+    state["linear.weight"], state["linear.bias"] = train_state["linear.weight"], train_state["linear.bias"]
+    return state
+
+
+def plus_config():
+    """The RepVGG config fields (use_se false: the SE is the post-SE of post_se) and the
+    RepVGGplus switches, appended so the common fields keep their order."""
+    cfg = config([1, 1, 4, 1], [0.125, 0.09375, 0.09375, 0.0625], num_classes=7)
+    cfg["se_reduction"] = 4
+    cfg["post_se"] = True
+    cfg["aux_heads"] = True
+    return cfg
+
+
+def parameter_count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def plus_fixture():
+    """The narrow RepVGGplus: stage 3 has 4 blocks so that stage3_second holds an identity
+    block that is not its first; a non-square input because the reference's SE pooling is
+    wrong there and ours is a true global mean."""
+    cfg = plus_config()
+    # Its own generator: `--plus-only` then writes the same files as a full run.
+    generator = torch.Generator().manual_seed(20220122)
+    train = RepVggPlus(cfg, deploy=False).eval()
+    randomize(train, generator)
+    deploy = RepVggPlus(cfg, deploy=True).eval()
+    deploy.load_state_dict(plus_fuse(train.state_dict(), cfg), strict=True)
+    x = torch.randn(2, 3, 64, 48, generator=generator)
+    with torch.no_grad():
+        (logits_train, aux), (logits_deploy, _) = train(x), deploy(x)
+    difference = (logits_train - logits_deploy).abs().max().item()
+    assert difference < 1e-4, f"plus: deploy and train logits differ by {difference}"
+    state = train.state_dict()
+    torch.save(state, OUT / "plus_train.pth")
+    # As main.py saves it: under 'model', with DistributedDataParallel's `module.` prefixes.
+    wrapped = {
+        "model": {"module." + k: v for k, v in state.items()},
+        "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(3)}}, "param_groups": []},
+        "lr_scheduler": {"t_initial": 300, "last_epoch": 3},
+        "max_accuracy": 12.5,
+        "epoch": 3,
+    }
+    torch.save(wrapped, OUT / "plus_train_wrapped.pth")
+    torch.save(deploy.state_dict(), OUT / "plus_deploy.pth")
+    save_file({"input": x, "train_logits": logits_train, **aux, "deploy_logits": logits_deploy},
+              OUT / "plus_io.safetensors")
+    save_json(OUT / "plus.json", cfg)
+    print(f"plus: max |logit| {logits_train.abs().max().item():.3g}, "
+          f"max |train - deploy| in PyTorch {difference:.3g}, "
+          f"parameters {parameter_count(train)} (train) {parameter_count(deploy)} (deploy)")
+
+
 def image_fixtures():
     """Image files of the kinds ImageNet-like folders hold besides plain RGB JPEGs: grayscale,
     CMYK, RGBA, 16-bit, a PNG named .JPEG, and a truncated JPEG. Each is a 40x30 gradient whose
@@ -306,6 +482,10 @@ def main():
     if sys.argv[1:] == ["--eval-transform-only"]:
         eval_transform_fixtures()
         return
+    if sys.argv[1:] == ["--plus-only"]:
+        OUT.mkdir(parents=True, exist_ok=True)
+        plus_fixture()
+        return
     image_fixtures()
     eval_transform_fixtures()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -313,6 +493,7 @@ def main():
     generator = torch.Generator().manual_seed(20210111)
     reference_fixtures(generator)
     timm_fixture(generator)
+    plus_fixture()
     # The ONNX export of the new fixtures, run by ONNX Runtime, against PyTorch's logits.
     import check_onnx
 
