@@ -1,6 +1,7 @@
 //! The RepVGG block in its two forms: training-time (three branches) and deploy-time (one fused
 //! 3x3 convolution). Field names follow the reference checkpoints (`rbr_dense`, `rbr_1x1`,
-//! `rbr_identity`, `rbr_reparam`, `se`), so module paths equal PyTorch state-dict keys.
+//! `rbr_identity`, `rbr_reparam`, `se`, `post_se`), so module paths equal PyTorch state-dict
+//! keys.
 
 use burn::module::{Module, ModuleDisplay};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -13,6 +14,9 @@ use crate::se::SqueezeExcite;
 
 /// What the network needs from a block, whichever form it takes.
 pub trait Block: Module + ModuleDisplay + Sized {
+    /// Whether this is the training-time form (which RepVGGplus gives auxiliary heads).
+    const TRAINING: bool;
+
     /// Builds the block described by `spec` with fresh weights.
     fn init(spec: &BlockSpec, config: &RepVggConfig, device: &Device) -> Self;
 
@@ -29,18 +33,37 @@ pub struct ConvBn {
 
 impl ConvBn {
     fn init(spec: &BlockSpec, kernel: usize, config: &RepVggConfig, device: &Device) -> Self {
+        Self::new(
+            [spec.in_channels, spec.out_channels],
+            kernel,
+            spec.stride,
+            spec.groups,
+            config,
+            device,
+        )
+    }
+
+    /// A `kernel x kernel` convolution (padding `kernel / 2`, no bias) and its batch norm.
+    pub(crate) fn new(
+        [in_channels, out_channels]: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        groups: usize,
+        config: &RepVggConfig,
+        device: &Device,
+    ) -> Self {
         let padding = kernel / 2;
-        let conv = Conv2dConfig::new([spec.in_channels, spec.out_channels], [kernel, kernel])
-            .with_stride([spec.stride, spec.stride])
+        let conv = Conv2dConfig::new([in_channels, out_channels], [kernel, kernel])
+            .with_stride([stride, stride])
             .with_padding(PaddingConfig2d::Explicit(
                 padding, padding, padding, padding,
             ))
-            .with_groups(spec.groups)
+            .with_groups(groups)
             .with_bias(false)
             .init(device);
         Self {
             conv,
-            bn: batch_norm(spec.out_channels, config, device),
+            bn: batch_norm(out_channels, config, device),
         }
     }
 
@@ -56,10 +79,11 @@ fn batch_norm(channels: usize, config: &RepVggConfig, device: &Device) -> BatchN
         .init(device)
 }
 
-/// Training-time block: `ReLU(SE(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x)))`.
+/// Training-time block: `ReLU(SE(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x)))`, or for
+/// RepVGGplus `post_SE(ReLU(...))`.
 ///
 /// The identity branch exists only where the block keeps its shape (`in == out`, stride 1); SE
-/// only in SE architectures.
+/// only in SE architectures, before the ReLU (`se`, RepVGG-D2se) or after it (`post_se`).
 #[derive(Module, Debug)]
 pub struct RepVggBlock {
     /// 3x3 convolution + BN.
@@ -69,17 +93,22 @@ pub struct RepVggBlock {
     /// Batch norm of the input itself.
     pub rbr_identity: Option<BatchNorm>,
     pub se: Option<SqueezeExcite>,
+    pub post_se: Option<SqueezeExcite>,
 }
 
 impl Block for RepVggBlock {
+    const TRAINING: bool = true;
+
     fn init(spec: &BlockSpec, config: &RepVggConfig, device: &Device) -> Self {
+        let (se, post_se) = SqueezeExcite::for_block(spec, device);
         Self {
             rbr_dense: ConvBn::init(spec, 3, config, device),
             rbr_1x1: ConvBn::init(spec, 1, config, device),
             rbr_identity: spec
                 .has_identity
                 .then(|| batch_norm(spec.out_channels, config, device)),
-            se: SqueezeExcite::for_block(spec, device),
+            se,
+            post_se,
         }
     }
 
@@ -89,20 +118,23 @@ impl Block for RepVggBlock {
             sum = sum + identity.forward(input.clone());
         }
         sum = sum + self.rbr_1x1.forward(input);
-        activate(sum, &self.se)
+        activate(sum, &self.se, &self.post_se)
     }
 }
 
-/// Deploy-time block: `ReLU(SE(conv3x3(x) + bias))`, the three training-time branches fused
-/// into one convolution.
+/// Deploy-time block: `ReLU(SE(conv3x3(x) + bias))` (or `post_SE(ReLU(...))`), the three
+/// training-time branches fused into one convolution.
 #[derive(Module, Debug)]
 pub struct RepVggDeployBlock {
     /// The fused 3x3 convolution, with bias.
     pub rbr_reparam: Conv2d,
     pub se: Option<SqueezeExcite>,
+    pub post_se: Option<SqueezeExcite>,
 }
 
 impl Block for RepVggDeployBlock {
+    const TRAINING: bool = false;
+
     fn init(spec: &BlockSpec, _config: &RepVggConfig, device: &Device) -> Self {
         let rbr_reparam = Conv2dConfig::new([spec.in_channels, spec.out_channels], [3, 3])
             .with_stride([spec.stride, spec.stride])
@@ -110,21 +142,31 @@ impl Block for RepVggDeployBlock {
             .with_groups(spec.groups)
             .with_bias(true)
             .init(device);
+        let (se, post_se) = SqueezeExcite::for_block(spec, device);
         Self {
             rbr_reparam,
-            se: SqueezeExcite::for_block(spec, device),
+            se,
+            post_se,
         }
     }
 
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        activate(self.rbr_reparam.forward(input), &self.se)
+        activate(self.rbr_reparam.forward(input), &self.se, &self.post_se)
     }
 }
 
-/// The tail shared by both forms: optional SE on the branch sum, then ReLU.
-fn activate(sum: Tensor<4>, se: &Option<SqueezeExcite>) -> Tensor<4> {
-    match se {
-        Some(se) => relu(se.forward(sum)),
+/// The tail shared by both forms: optional SE on the branch sum, ReLU, optional post-SE.
+fn activate(
+    sum: Tensor<4>,
+    se: &Option<SqueezeExcite>,
+    post_se: &Option<SqueezeExcite>,
+) -> Tensor<4> {
+    let sum = match se {
+        Some(se) => se.forward(sum),
+        None => sum,
+    };
+    match post_se {
+        Some(post_se) => post_se.forward(relu(sum)),
         None => relu(sum),
     }
 }

@@ -7,7 +7,8 @@ use crate::config::{BlockSpec, RepVggConfig};
 /// and are not counted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ParamCounts {
-    /// Training-time network: conv kernels, BN gamma/beta, SE, linear head.
+    /// Training-time network: conv kernels, BN gamma/beta, SE, linear head and (RepVGGplus)
+    /// the auxiliary heads.
     pub training: usize,
     /// Deploy-time network: fused kernels and biases, SE, linear head.
     pub deploy: usize,
@@ -18,7 +19,7 @@ pub struct ParamCounts {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MacCounts {
     /// Training-time network in eval mode (3x3 and 1x1 branches; BN and identity are
-    /// element-wise and not counted).
+    /// element-wise and not counted; RepVGGplus's auxiliary heads neither).
     pub training: u64,
     /// Deploy-time network (fused 3x3 convolutions).
     pub deploy: u64,
@@ -37,8 +38,15 @@ impl RepVggConfig {
             true => self.feature_width() * self.num_classes + self.num_classes,
             false => 0,
         };
+        let aux_heads: usize = self
+            .aux_head_widths()
+            .into_iter()
+            .map(|width| {
+                9 * width * width + 2 * width + width * self.num_classes + self.num_classes
+            })
+            .sum();
         let mut counts = ParamCounts {
-            training: head,
+            training: head + aux_heads,
             deploy: head,
         };
         for spec in specs {

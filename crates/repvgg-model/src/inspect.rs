@@ -4,7 +4,9 @@
 //! the reference count only what the optimizer trains.
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
+
+use crate::config::RepVggConfig;
 
 /// Names of the tensors that are state, not parameters.
 const BUFFER_NAMES: [&str; 2] = ["running_mean", "running_var"];
@@ -36,6 +38,30 @@ pub fn tensor_infos<M: Module>(module: &M) -> Vec<TensorInfo> {
     let mut collector = PathCollector::default();
     module.visit(&mut collector);
     collector.tensors
+}
+
+/// The tensors of the training-time network `config` describes (`RepVgg` or `RepVggPlus`),
+/// without allocating its weights.
+///
+/// # Panics
+/// If the configuration is invalid.
+pub fn training_layout(config: &RepVggConfig, device: &Device) -> Vec<TensorInfo> {
+    match config.is_plus() {
+        true => tensor_infos(&config.init_plus(device)),
+        false => tensor_infos(&config.init(device)),
+    }
+}
+
+/// The tensors of the deploy-time network `config` describes (`RepVggDeploy` or
+/// `RepVggPlusDeploy`), without allocating its weights.
+///
+/// # Panics
+/// If the configuration is invalid.
+pub fn deploy_layout(config: &RepVggConfig, device: &Device) -> Vec<TensorInfo> {
+    match config.is_plus() {
+        true => tensor_infos(&config.init_plus_deploy(device)),
+        false => tensor_infos(&config.init_deploy(device)),
+    }
 }
 
 /// Number of trainable parameters of `module` (BN running statistics excluded).

@@ -1,4 +1,5 @@
-//! RepVGG for Burn: every reference architecture, in its training-time (multi-branch) and
+//! RepVGG for Burn: every reference architecture (and RepVGGplus-L2pse, with its auxiliary
+//! heads: [`RepVggPlus`]), in its training-time (multi-branch) and
 //! deploy-time (plain 3x3 convolution) forms, on whichever backend the caller's `Device` picks,
 //! and the re-parameterization that turns one into the other: on a module
 //! ([`Reparameterize::reparameterize`]), on named tensors ([`reparameterize`]), or for a RepVGG
@@ -33,6 +34,7 @@ mod device;
 mod error;
 mod inspect;
 mod network;
+mod plus;
 mod reparam;
 mod se;
 mod weights;
@@ -42,12 +44,13 @@ pub use compare::{LogitDifference, logit_difference};
 pub use complexity::{MacCounts, ParamCounts};
 pub use config::{
     BlockSpec, IN_CHANNELS, InvalidConfig, MAX_BLOCKS_PER_STAGE, MAX_CHANNELS, MAX_CLASSES,
-    MAX_PARAMS, RepVggArch, RepVggConfig, UnknownArch,
+    MAX_PARAMS, PlusLayout, RepVggArch, RepVggConfig, UnknownArch,
 };
 pub use device::{DeviceChoice, DeviceError};
 pub use error::{WeightsError, list_names};
-pub use inspect::{TensorInfo, num_trainable_params, tensor_infos};
+pub use inspect::{TensorInfo, deploy_layout, num_trainable_params, tensor_infos, training_layout};
 pub use network::{RepVgg, RepVggDeploy, RepVggNetwork, global_average_pool};
+pub use plus::{AuxHead, PlusOutput, PlusStage, RepVggPlus, RepVggPlusDeploy, RepVggPlusNetwork};
 pub use reparam::{
     Reparameterize, bn_scale, reparameterize, reparameterize_at, reparameterize_nested,
 };

@@ -37,8 +37,13 @@ impl<B: Block> RepVggNetwork<B> {
     /// Builds the network that `config` describes, with fresh weights on `device`.
     ///
     /// # Panics
-    /// If the configuration is invalid (see [`RepVggConfig::validate`]).
+    /// If the configuration is invalid (see [`RepVggConfig::validate`]) or a RepVGGplus one
+    /// (which builds [`RepVggPlusNetwork`](crate::RepVggPlusNetwork)).
     pub fn new(config: &RepVggConfig, device: &Device) -> Self {
+        assert!(
+            !config.is_plus(),
+            "a RepVGGplus configuration builds `RepVggPlus`: call `init_plus`"
+        );
         let mut stages: [Vec<B>; 5] = Default::default();
         for spec in config.block_specs() {
             stages[spec.stage].push(B::init(&spec, config, device));

@@ -4,7 +4,8 @@
 //! conv + BN fuse to `W * gamma / std` and `beta - mean * gamma / std` with
 //! `std = sqrt(running_var + eps)`; the 1x1 kernel is zero-padded to 3x3; the identity branch is
 //! the (grouped) 3x3 kernel with a single 1 at the centre tap of each channel, fused with its BN.
-//! The three kernels and biases are summed. SE and the head pass through unchanged. Only running
+//! The three kernels and biases are summed. SE (before or after the ReLU) and the head pass
+//! through unchanged; RepVGGplus's auxiliary heads are dropped. Only running
 //! statistics are used, never batch statistics.
 //!
 //! Three entry points, all on the same transform: [`Reparameterize::reparameterize`] on a
@@ -17,8 +18,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{BlockSpec, RepVggConfig};
 use crate::error::WeightsError;
-use crate::inspect::tensor_infos;
+use crate::inspect::training_layout;
 use crate::network::{RepVgg, RepVggDeploy};
+use crate::plus::{RepVggPlus, RepVggPlusDeploy};
 use crate::weights::Weights;
 
 /// A training-time module that has a deploy-time equivalent computing the same function (in
@@ -56,6 +58,25 @@ impl Reparameterize for RepVgg {
         let deploy = reparameterize(&Weights::from_module(self)?, config, &device)?;
         deploy.load_into(
             config.init_deploy(&device),
+            "the deploy-time network of this configuration",
+        )
+    }
+}
+
+impl Reparameterize for RepVggPlus {
+    type Deploy = RepVggPlusDeploy;
+
+    /// The deploy form: fused blocks, post-SE and head carried over, auxiliary heads dropped.
+    fn reparameterize(&self) -> Result<RepVggPlusDeploy, WeightsError> {
+        let config = self.config();
+        let device = self.stage0.devices().into_iter().next().ok_or_else(|| {
+            WeightsError::NoTensorsUnder {
+                prefix: "stage0".into(),
+            }
+        })?;
+        let deploy = reparameterize(&Weights::from_module(self)?, config, &device)?;
+        deploy.load_into(
+            config.init_plus_deploy(&device),
             "the deploy-time network of this configuration",
         )
     }
@@ -124,7 +145,8 @@ pub fn reparameterize_at(
 ///
 /// The input must be exactly the training-time tensors of `config` (checked by name and shape,
 /// without materialising a network); the output is exactly the deploy-time network's tensors,
-/// ready for [`Weights::load_into`] a [`RepVggDeploy`].
+/// ready for [`Weights::load_into`] a [`RepVggDeploy`] (a [`RepVggPlusDeploy`] for RepVGGplus,
+/// whose auxiliary heads are dropped).
 pub fn reparameterize(
     training: &Weights,
     config: &RepVggConfig,
@@ -132,7 +154,7 @@ pub fn reparameterize(
 ) -> Result<Weights, WeightsError> {
     config.validate()?;
     // Parameters are lazy: this lists paths and shapes without allocating the weights.
-    let layout = tensor_infos(&config.init(device));
+    let layout = training_layout(config, device);
     training.check_layout(&layout, "the training-time network of this configuration")?;
 
     let mut deploy = Weights::default();
@@ -142,7 +164,7 @@ pub fn reparameterize(
         deploy.insert(format!("{}.rbr_reparam.bias", spec.path), bias);
     }
     for (name, data) in training.iter() {
-        if name.starts_with("linear.") || name.contains(".se.") {
+        if name.starts_with("linear.") || name.contains(".se.") || name.contains(".post_se.") {
             deploy.insert(name, data.clone());
         }
     }

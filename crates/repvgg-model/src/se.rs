@@ -1,4 +1,4 @@
-//! Squeeze-and-excitation, as used by RepVGG-D2se.
+//! Squeeze-and-excitation, as used by RepVGG-D2se (before the ReLU) and RepVGGplus (after it).
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -18,10 +18,15 @@ pub struct SqueezeExcite {
 }
 
 impl SqueezeExcite {
-    /// The SE layer of a block, if its spec has one.
-    pub fn for_block(spec: &BlockSpec, device: &Device) -> Option<Self> {
-        spec.se_channels
-            .map(|hidden| Self::new(spec.out_channels, hidden, device))
+    /// The SE layers of a block, `(before the ReLU, after it)`: at most one of them exists.
+    pub fn for_block(spec: &BlockSpec, device: &Device) -> (Option<Self>, Option<Self>) {
+        let se = spec
+            .se_channels
+            .map(|hidden| Self::new(spec.out_channels, hidden, device));
+        match spec.se_after_relu {
+            true => (None, se),
+            false => (se, None),
+        }
     }
 
     /// An SE layer over `channels` with a `hidden`-wide bottleneck.

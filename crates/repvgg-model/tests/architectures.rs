@@ -200,17 +200,18 @@ fn grouped_layers_match_the_reference_indices() {
 }
 
 #[test]
-fn squeeze_excitation_only_in_d2se() {
+fn squeeze_excitation_only_in_d2se_and_after_the_relu_in_l2pse() {
     let device = test_device();
     for arch in RepVggArch::ALL {
         let specs = arch.config().block_specs();
         let with_se = specs.iter().filter(|s| s.se_channels.is_some()).count();
-        let expected = if arch == RepVggArch::D2se {
-            specs.len()
-        } else {
-            0
+        let after_relu = specs.iter().filter(|s| s.se_after_relu).count();
+        let expected = match arch {
+            RepVggArch::D2se => (specs.len(), 0),
+            RepVggArch::L2pse => (specs.len(), specs.len()),
+            _ => (0, 0),
         };
-        assert_eq!(with_se, expected, "{arch}");
+        assert_eq!((with_se, after_relu), expected, "{arch}");
     }
     let model = RepVggArch::D2se.config().init(&device);
     assert_eq!(

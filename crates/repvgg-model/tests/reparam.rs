@@ -2,6 +2,7 @@
 //! whether converted alone, as named tensors, or nested in a bigger module.
 
 mod support {
+    #[allow(dead_code)] // the RepVGGplus builder serves tests/plus.rs
     pub mod random_model;
     pub mod test_device;
 }

@@ -1,13 +1,24 @@
 //! Training-time networks with random weights and random, non-trivial BN statistics, so that
 //! every branch of the fusion matters. Shared with repvgg-deploy's tests (`#[path]`).
 
+use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use repvgg_model::{RepVgg, RepVggConfig, Weights};
+use repvgg_model::{RepVgg, RepVggConfig, RepVggPlus, Weights};
 
 /// `config`'s training-time network on `device`, seeded.
 pub fn random_training_model(config: &RepVggConfig, device: &Device) -> RepVgg {
     device.seed(42);
-    let model = config.init(device);
+    with_random_bn(config.init(device), device)
+}
+
+/// `config`'s training-time RepVGGplus network (auxiliary heads included) on `device`, seeded.
+pub fn random_plus_model(config: &RepVggConfig, device: &Device) -> RepVggPlus {
+    device.seed(42);
+    with_random_bn(config.init_plus(device), device)
+}
+
+/// `model` with random BN affine parameters and running statistics.
+fn with_random_bn<M: Module>(model: M, device: &Device) -> M {
     let mut weights = Weights::from_module(&model).unwrap();
     let names: Vec<String> = weights.names().map(str::to_string).collect();
     for name in names {
