@@ -369,11 +369,10 @@ def plus_fuse(train_state, cfg):
 
 def plus_config():
     """The RepVGG config fields (use_se false: the SE is the post-SE of post_se) and the
-    RepVGGplus switches, appended so the common fields keep their order."""
+    RepVGGplus layout (RepVggConfig's `plus`), appended so the common fields keep their order."""
     cfg = config([1, 1, 4, 1], [0.125, 0.09375, 0.09375, 0.0625], num_classes=7)
     cfg["se_reduction"] = 4
-    cfg["post_se"] = True
-    cfg["aux_heads"] = True
+    cfg["plus"] = {"post_se": True, "aux_heads": True}
     return cfg
 
 

@@ -9,7 +9,7 @@ use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use repvgg_deploy::onnx::{OPSET, OnnxOptions, write_onnx};
 use repvgg_deploy::{
-    Form, Format, LoadedModel, ResolvedCheckpoint, read_checkpoint, write_checkpoint,
+    DeployNetwork, Form, Format, ResolvedCheckpoint, read_checkpoint, write_checkpoint,
 };
 use repvgg_model::{DeviceChoice, LogitDifference, RepVggConfig, Weights, logit_difference};
 
@@ -230,10 +230,8 @@ fn verify(
             "the written file reloaded",
         ),
     };
-    let deployed = LoadedModel::Deploy(Box::new(written.load_into(
-        config.init_deploy(device),
-        "the written deploy-time network",
-    )?));
+    let deployed =
+        DeployNetwork::load(&written, &config, device, "the written deploy-time network")?;
     let LogitDifference { max_abs, relative } = logit_difference(
         &deployed.forward(images).into_data(),
         &reference.into_data(),

@@ -104,7 +104,7 @@ pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
         LoadedModel::Training(net) => evaluate(&loader, |images| net.forward(images), on_batch)?,
         LoadedModel::Deploy(net) => {
             // On the CPU backend this runs the CPU deploy path.
-            let net = DeployModel::new(*net);
+            let net = DeployModel::new(net);
             evaluate(&loader, |images| net.forward(images), on_batch)?
         }
     };

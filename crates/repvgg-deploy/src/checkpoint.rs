@@ -225,10 +225,10 @@ fn from_pytorch_naming(tensors: NamedData) -> Result<Weights, DeployError> {
         if name.ends_with("num_batches_tracked") {
             continue;
         }
-        let name = burn_name(&reference_name(name));
-        let data = match name.as_str() {
-            "linear.weight" => transpose(data)?,
-            _ => data,
+        let name = burn_name(&aux_head_name(&reference_name(name), true));
+        let data = match is_linear_weight(&name) {
+            true => transpose(data, &name)?,
+            false => data,
         };
         weights.insert(name, data);
     }
@@ -274,6 +274,33 @@ fn reference_name(name: &str) -> String {
     .replacen("head.fc.", "linear.", 1)
 }
 
+/// RepVGGplus's auxiliary heads: the reference numbers their layers (`stage1_aux.0.conv.weight`,
+/// `stage1_aux.3.bias`), our modules name them (`conv_bn`, `linear`). `to_burn` picks the
+/// direction; other names are returned unchanged.
+fn aux_head_name(name: &str, to_burn: bool) -> String {
+    const LAYERS: [(&str, &str); 2] = [("0.", "conv_bn."), ("3.", "linear.")];
+    let Some((head, rest)) = name.split_once("_aux.") else {
+        return name.to_string();
+    };
+    for (numbered, named) in LAYERS {
+        let (from, to) = if to_burn {
+            (numbered, named)
+        } else {
+            (named, numbered)
+        };
+        if let Some(tail) = rest.strip_prefix(from) {
+            return format!("{head}_aux.{to}{tail}");
+        }
+    }
+    name.to_string()
+}
+
+/// Whether `name` is a linear layer's weight, stored `[d_out, d_in]` by PyTorch and
+/// `[d_in, d_out]` by Burn: the classifier's or an auxiliary head's.
+fn is_linear_weight(name: &str) -> bool {
+    name == "linear.weight" || (name.contains("_aux.") && name.ends_with(".linear.weight"))
+}
+
 /// PyTorch BN parameter names to Burn's (`weight`/`bias` of a BN become `gamma`/`beta`).
 fn burn_name(name: &str) -> String {
     match name.rsplit_once('.') {
@@ -296,10 +323,10 @@ fn is_batch_norm(module: &str) -> bool {
     module.ends_with(".bn") || module.ends_with(".rbr_identity")
 }
 
-fn transpose(data: TensorData) -> Result<TensorData, DeployError> {
+fn transpose(data: TensorData, name: &str) -> Result<TensorData, DeployError> {
     let [rows, cols] = data.shape().as_slice() else {
         return Err(DeployError::TensorShape {
-            name: "linear.weight".into(),
+            name: name.into(),
             shape: data.shape().to_vec(),
             expected: "2 dimensions".into(),
         });
@@ -394,13 +421,13 @@ fn write_burnpack(
 fn write_safetensors(weights: &Weights, path: &Path) -> Result<(), DeployError> {
     let mut tensors = Vec::with_capacity(weights.len());
     for (name, data) in weights.iter() {
-        let data = match name {
-            "linear.weight" => transpose(data.clone())?,
-            _ => data.clone(),
+        let data = match is_linear_weight(name) {
+            true => transpose(data.clone(), name)?,
+            false => data.clone(),
         };
         let shape = data.shape().to_vec();
         let bytes = data.into_bytes().to_vec();
-        tensors.push((pytorch_name(name), shape, bytes));
+        tensors.push((aux_head_name(&pytorch_name(name), false), shape, bytes));
     }
     let views = tensors
         .iter()

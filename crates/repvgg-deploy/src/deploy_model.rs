@@ -5,16 +5,18 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor};
-use repvgg_model::{RepVgg, RepVggConfig, RepVggDeploy, Reparameterize};
+use repvgg_model::{RepVgg, RepVggConfig, RepVggDeploy, RepVggPlus, Reparameterize};
 
 #[cfg(feature = "cpu-path")]
 use crate::CpuDeploy;
 use crate::error::DeployError;
 use crate::load::{ArchSource, ResolvedCheckpoint};
+use crate::network::DeployNetwork;
 
-/// A deploy-time RepVGG for inference. On a `Device::flex()` model, [`forward`](Self::forward)
-/// runs the [`CpuDeploy`] path (prepared once, here); on wgpu, CUDA or an autodiff device it is
-/// [`RepVggDeploy::forward`](repvgg_model::RepVggNetwork::forward). The weights cannot change
+/// A deploy-time RepVGG or RepVGGplus for inference. On a `Device::flex()` model,
+/// [`forward`](Self::forward) runs the [`CpuDeploy`] path (prepared once, here); on wgpu, CUDA or
+/// an autodiff device it is the network's own `forward`
+/// ([`RepVggDeploy::forward`](repvgg_model::RepVggNetwork::forward)). The weights cannot change
 /// behind the prepared path: the model is owned, and [`into_model`](Self::into_model) gives it
 /// back without the path.
 ///
@@ -32,19 +34,25 @@ use crate::load::{ArchSource, ResolvedCheckpoint};
 /// ```
 #[derive(Debug)]
 pub struct DeployModel {
-    model: RepVggDeploy,
+    model: DeployNetwork,
     #[cfg(feature = "cpu-path")]
     cpu: Option<CpuDeploy>,
 }
 
 impl DeployModel {
-    /// Wraps `model`, preparing the CPU path when it lives on Burn's CPU backend.
-    pub fn new(model: RepVggDeploy) -> Self {
+    /// Wraps `model` (a [`RepVggDeploy`], a [`RepVggPlusDeploy`](repvgg_model::RepVggPlusDeploy)
+    /// or a [`DeployNetwork`]), preparing the CPU path when it lives on Burn's CPU backend.
+    pub fn new(model: impl Into<DeployNetwork>) -> Self {
+        let model = model.into();
         Self {
             #[cfg(feature = "cpu-path")]
-            cpu: model_device(&model)
+            cpu: model
+                .device()
                 .filter(is_cpu_path_device)
-                .map(|_| CpuDeploy::new(&model)),
+                .map(|_| match &model {
+                    DeployNetwork::RepVgg(net) => CpuDeploy::new(net),
+                    DeployNetwork::Plus(net) => CpuDeploy::from_plus(net),
+                }),
             model,
         }
     }
@@ -64,6 +72,11 @@ impl DeployModel {
         Ok(Self::new(model.reparameterize()?))
     }
 
+    /// The deploy model of a training-time RepVGGplus (its auxiliary heads dropped).
+    pub fn from_training_plus(model: &RepVggPlus) -> Result<Self, DeployError> {
+        Ok(Self::new(model.reparameterize()?))
+    }
+
     /// Reads a checkpoint of either form and any supported format (re-parameterizing a
     /// training-time one) into a model on `device`.
     pub fn load(path: &Path, source: &ArchSource, device: &Device) -> Result<Self, DeployError> {
@@ -71,9 +84,9 @@ impl DeployModel {
         let config = resolved.config.clone();
         let weights = resolved.deploy_weights(device)?;
         let what = format!("{}, deploy form", resolved.description);
-        Ok(Self::new(
-            weights.load_into(config.init_deploy(device), &what)?,
-        ))
+        Ok(Self::new(DeployNetwork::load(
+            &weights, &config, device, &what,
+        )?))
     }
 
     /// The architecture.
@@ -113,13 +126,13 @@ impl DeployModel {
         false
     }
 
-    /// The Burn module, for everything else (records, devices, parameter counts).
-    pub fn model(&self) -> &RepVggDeploy {
+    /// The network, for everything else (weights, devices, parameter counts).
+    pub fn model(&self) -> &DeployNetwork {
         &self.model
     }
 
-    /// The Burn module back, e.g. to move it to another device or change its weights.
-    pub fn into_model(self) -> RepVggDeploy {
+    /// The network back, e.g. to move it to another device or change its weights.
+    pub fn into_model(self) -> DeployNetwork {
         self.model
     }
 
@@ -127,7 +140,7 @@ impl DeployModel {
     /// OpenVINO or TensorRT: see [`onnx`](crate::onnx).
     #[cfg(feature = "onnx")]
     pub fn to_onnx(&self, options: &crate::onnx::OnnxOptions) -> Result<Vec<u8>, DeployError> {
-        crate::onnx::network_to_onnx(&self.model, options)
+        crate::onnx::to_onnx(&self.model.weights()?, self.config(), options)
     }
 }
 
@@ -135,13 +148,6 @@ impl From<RepVggDeploy> for DeployModel {
     fn from(model: RepVggDeploy) -> Self {
         Self::new(model)
     }
-}
-
-/// The device of the model's weights.
-#[cfg(feature = "cpu-path")]
-fn model_device(model: &RepVggDeploy) -> Option<Device> {
-    use burn::module::Module;
-    model.stage0.devices().into_iter().next()
 }
 
 /// The devices the CPU path serves: Burn's pure-Rust CPU backend without autodiff (an autodiff

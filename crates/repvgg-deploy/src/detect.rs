@@ -5,12 +5,14 @@ use std::collections::BTreeMap;
 
 use repvgg_model::{IN_CHANNELS, RepVggArch, RepVggConfig, Weights};
 
+use crate::checkpoint::Form;
 use crate::error::DeployError;
 
 /// What the tensor shapes say about a network: everything a [`RepVggConfig`] holds except
 /// the width multipliers (only widths are visible) and BN hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DetectedLayout {
+    /// Blocks per stage (RepVGGplus: stage 3's two halves together).
     pub num_blocks: Vec<usize>,
     /// `[stem, stage1, ...]`.
     pub widths: Vec<usize>,
@@ -19,6 +21,11 @@ pub struct DetectedLayout {
     pub se_reduction: Option<usize>,
     /// Outputs of the classifier; `None` for a headless network.
     pub num_classes: Option<usize>,
+    /// Whether the names are RepVGGplus's (`stage1.blocks.0...`, `stage3_first...`).
+    pub plus: bool,
+    /// Whether RepVGGplus's auxiliary heads are there; `None` for deploy-time weights, which
+    /// never have them.
+    pub aux_heads: Option<bool>,
 }
 
 impl DetectedLayout {
@@ -36,43 +43,76 @@ impl DetectedLayout {
                     ))),
                 })
         };
-        let mut blocks = vec!["stage0".to_string()];
-        let mut num_blocks = Vec::new();
-        for stage in 1..=4 {
-            let count = (0..)
+        let plus = weights
+            .names()
+            .any(|name| name.starts_with("stage1.blocks.") || name.starts_with("stage3_first."));
+        let count = |stage: &str| {
+            let segment = if plus { ".blocks." } else { "." };
+            (0..)
                 .take_while(|i| {
-                    weights
-                        .names()
-                        .any(|n| n.starts_with(&format!("stage{stage}.{i}.")))
+                    let prefix = format!("{stage}{segment}{i}.");
+                    weights.names().any(|name| name.starts_with(&prefix))
                 })
-                .count();
-            if count == 0 {
-                break;
+                .count()
+        };
+        // Each stage as the module paths of its blocks.
+        let mut stages: Vec<Vec<String>> = Vec::new();
+        if plus {
+            let (first, second) = (count("stage3_first"), count("stage3_second"));
+            if first != (first + second) / 2 {
+                return Err(DeployError::Detection(format!(
+                    "RepVGGplus stage 3 splits into {first} + {second} blocks; the first half \
+                     must have half of them, rounded down"
+                )));
             }
-            num_blocks.push(count);
-            blocks.extend((0..count).map(|i| format!("stage{stage}.{i}")));
+            let blocks = |stage: &str, n: usize| -> Vec<String> {
+                (0..n).map(|i| format!("{stage}.blocks.{i}")).collect()
+            };
+            let mut stage3 = blocks("stage3_first", first);
+            stage3.extend(blocks("stage3_second", second));
+            stages.push(blocks("stage1", count("stage1")));
+            stages.push(blocks("stage2", count("stage2")));
+            stages.push(stage3);
+            stages.push(blocks("stage4", count("stage4")));
+        } else {
+            for stage in 1..=4 {
+                let n = count(&format!("stage{stage}"));
+                stages.push((0..n).map(|i| format!("stage{stage}.{i}")).collect());
+            }
         }
+        let num_blocks: Vec<usize> = stages.iter().map(Vec::len).take_while(|&n| n > 0).collect();
+        let blocks = std::iter::once(vec!["stage0".to_string()])
+            .chain(stages.into_iter().take(num_blocks.len()));
         let mut widths = Vec::new();
         let mut grouped_layers = BTreeMap::new();
         let mut in_channels = IN_CHANNELS;
-        for (index, block) in blocks.iter().enumerate() {
-            let [out_channels, per_group] = kernel(block)?;
-            if per_group == 0 || !in_channels.is_multiple_of(per_group) {
-                return Err(DeployError::Detection(format!(
-                    "block `{block}` has {per_group} input channels per group for {in_channels} inputs"
-                )));
+        let mut index = 0;
+        for stage in blocks {
+            for (i, block) in stage.iter().enumerate() {
+                let [out_channels, per_group] = kernel(block)?;
+                if per_group == 0 || !in_channels.is_multiple_of(per_group) {
+                    return Err(DeployError::Detection(format!(
+                        "block `{block}` has {per_group} input channels per group for {in_channels} inputs"
+                    )));
+                }
+                if per_group != in_channels {
+                    grouped_layers.insert(index, in_channels / per_group);
+                }
+                if i == 0 {
+                    widths.push(out_channels);
+                }
+                in_channels = out_channels;
+                index += 1;
             }
-            if per_group != in_channels {
-                grouped_layers.insert(index, in_channels / per_group);
-            }
-            if block == "stage0" || block.ends_with(".0") {
-                widths.push(out_channels);
-            }
-            in_channels = out_channels;
         }
-        let se_reduction = weights
-            .get("stage0.se.down.weight")
+        let se_reduction = ["stage0.se.down.weight", "stage0.post_se.down.weight"]
+            .iter()
+            .find_map(|name| weights.get(name))
             .map(|down| widths[0] / down.shape().first().copied().unwrap_or(1).max(1));
+        let aux_heads = match Form::of(weights) {
+            Form::Deploy => None,
+            Form::Training => Some(weights.names().any(|name| name.starts_with("stage1_aux."))),
+        };
         let num_classes = match weights.get("linear.bias").map(|bias| bias.shape().to_vec()) {
             None => None,
             Some(shape) => match shape.as_slice() {
@@ -90,6 +130,8 @@ impl DetectedLayout {
             grouped_layers,
             se_reduction,
             num_classes,
+            plus,
+            aux_heads,
         })
     }
 
@@ -98,7 +140,11 @@ impl DetectedLayout {
         config.num_blocks == self.num_blocks
             && config.stage_widths() == self.widths
             && config.grouped_layers == self.grouped_layers
-            && config.use_se == self.se_reduction.is_some()
+            && config.is_plus() == self.plus
+            && self
+                .aux_heads
+                .is_none_or(|aux| aux == config.has_aux_heads())
+            && config.has_se() == self.se_reduction.is_some()
             && self.se_reduction.is_none_or(|r| r == config.se_reduction)
             && config.has_head() == self.num_classes.is_some()
             && self.num_classes.is_none_or(|n| n == config.num_classes)
@@ -120,8 +166,9 @@ pub fn detect_arch(weights: &Weights) -> Result<(RepVggArch, RepVggConfig), Depl
         .find(|(_, config)| layout.matches(config))
         .ok_or_else(|| {
             DeployError::Detection(format!(
-                "the weights match no reference architecture (blocks per stage {:?}, widths {:?}, \
+                "the weights match no reference architecture ({}blocks per stage {:?}, widths {:?}, \
                  grouped layers {:?}, SE {}); give the architecture as a config file",
+                if layout.plus { "RepVGGplus, " } else { "" },
                 layout.num_blocks,
                 layout.widths,
                 layout.grouped_layers,

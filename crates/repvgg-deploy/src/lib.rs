@@ -1,6 +1,7 @@
 //! RepVGG deployment: reading checkpoints of every kind users have (our burnpack files, the
-//! PyTorch reference's `.pth`, timm's safetensors) into a ready network with its architecture
-//! resolved, writing deploy checkpoints the reference loads and ONNX graphs for the deployment
+//! PyTorch reference's `.pth`, RepVGGplus's `main.py` checkpoints, timm's safetensors) into a
+//! ready network ([`TrainingNetwork`] or [`DeployNetwork`], RepVGG or RepVGGplus) with its
+//! architecture resolved, writing deploy checkpoints the reference loads and ONNX graphs for the deployment
 //! engines ([`onnx`], default feature `onnx`), and [`DeployModel`], the deploy
 //! network for inference with a fast path on the CPU ([`CpuDeploy`], default feature
 //! `cpu-path`). The re-parameterization itself lives with the networks, in `repvgg-model`.
@@ -25,6 +26,7 @@ mod deploy_model;
 mod detect;
 mod error;
 mod load;
+mod network;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 #[cfg(feature = "pretrained")]
@@ -40,6 +42,7 @@ pub use error::{BoxedError, DeployError};
 pub use load::{
     ArchSource, LoadedModel, ResolvedCheckpoint, load_checkpoint, resolve_architecture,
 };
+pub use network::{DeployNetwork, TrainingNetwork};
 #[cfg(feature = "pretrained")]
 pub use pretrained::{
     DEFAULT_PRETRAINED_URL, PRETRAINED_ARCHS, PretrainedOptions, download_pretrained, pretrained,

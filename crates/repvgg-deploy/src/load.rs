@@ -7,14 +7,12 @@ use std::path::{Path, PathBuf};
 
 use burn::config::Config;
 use burn::tensor::{Device, Tensor};
-use repvgg_model::{
-    RepVgg, RepVggArch, RepVggConfig, RepVggDeploy, Reparameterize, Weights, WeightsError,
-    tensor_infos,
-};
+use repvgg_model::{RepVggArch, RepVggConfig, Weights, WeightsError, deploy_layout};
 
 use crate::checkpoint::{Checkpoint, Form, read_checkpoint};
 use crate::detect::detect_arch;
 use crate::error::DeployError;
+use crate::network::{DeployNetwork, TrainingNetwork};
 
 /// Where the architecture of a checkpoint comes from.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -65,16 +63,12 @@ impl ResolvedCheckpoint {
         let what = format!("{}, {} form", self.description, self.checkpoint.form);
         let explain = |err: WeightsError| explain_mismatch(err, weights);
         Ok(match self.checkpoint.form {
-            Form::Training => LoadedModel::Training(Box::new(
-                weights
-                    .load_into(self.config.init(device), &what)
-                    .map_err(explain)?,
-            )),
-            Form::Deploy => LoadedModel::Deploy(Box::new(
-                weights
-                    .load_into(self.config.init_deploy(device), &what)
-                    .map_err(explain)?,
-            )),
+            Form::Training => LoadedModel::Training(
+                TrainingNetwork::load(weights, &self.config, device, &what).map_err(explain)?,
+            ),
+            Form::Deploy => LoadedModel::Deploy(
+                DeployNetwork::load(weights, &self.config, device, &what).map_err(explain)?,
+            ),
         })
     }
 
@@ -89,7 +83,7 @@ impl ResolvedCheckpoint {
                 .map(Cow::Owned)
                 .map_err(explain),
             Form::Deploy => {
-                let layout = tensor_infos(&self.config.init_deploy(device));
+                let layout = deploy_layout(&self.config, device);
                 let what = format!("{}, deploy form", self.description);
                 weights.check_layout(&layout, &what).map_err(explain)?;
                 Ok(Cow::Borrowed(weights))
@@ -98,14 +92,13 @@ impl ResolvedCheckpoint {
     }
 }
 
-/// A network of either form, as a checkpoint or the pretrained weights give it (boxed: the
-/// modules are large values).
+/// A network of either form, as a checkpoint or the pretrained weights give it.
 #[derive(Debug)]
 pub enum LoadedModel {
     /// The three-branch training-time network (to fine-tune or evaluate it as trained).
-    Training(Box<RepVgg>),
+    Training(TrainingNetwork),
     /// The plain deploy-time network.
-    Deploy(Box<RepVggDeploy>),
+    Deploy(DeployNetwork),
 }
 
 impl LoadedModel {
@@ -126,18 +119,18 @@ impl LoadedModel {
     }
 
     /// The training-time network, if this is one.
-    pub fn into_training(self) -> Option<RepVgg> {
+    pub fn into_training(self) -> Option<TrainingNetwork> {
         match self {
-            Self::Training(model) => Some(*model),
+            Self::Training(model) => Some(model),
             Self::Deploy(_) => None,
         }
     }
 
     /// The deploy-time network: re-parameterized if this is the training-time one.
-    pub fn into_deploy(self) -> Result<RepVggDeploy, DeployError> {
+    pub fn into_deploy(self) -> Result<DeployNetwork, DeployError> {
         match self {
             Self::Training(model) => Ok(model.reparameterize()?),
-            Self::Deploy(model) => Ok(*model),
+            Self::Deploy(model) => Ok(model),
         }
     }
 }

@@ -129,14 +129,14 @@ pub fn pretrained_with(
                 config.init(device),
                 &format!("the {arch} training-time network"),
             )
-            .map(|model| LoadedModel::Training(Box::new(model)))
+            .map(|model| LoadedModel::Training(model.into()))
             .map_err(DeployError::from),
         Form::Deploy => reparameterize(&weights, &config, device)?
             .load_into(
                 config.init_deploy(device),
                 &format!("the {arch} deploy-time network"),
             )
-            .map(|model| LoadedModel::Deploy(Box::new(model)))
+            .map(|model| LoadedModel::Deploy(model.into()))
             .map_err(DeployError::from),
     }
 }

@@ -230,3 +230,153 @@ fn burn_module_records_read_as_checkpoints() {
     assert_eq!(checkpoint.config, None);
     assert_eq!(checkpoint.weights, expected);
 }
+
+/// Every fixture tensor of the RepVGGplus io file.
+fn plus_io() -> Weights {
+    read_checkpoint(&fixture("plus_io.safetensors"))
+        .expect("fixture io file")
+        .weights
+}
+
+#[test]
+fn repvggplus_checkpoints_match_pytorch_with_aux_heads() {
+    let device = test_device();
+    let config = config("plus");
+    assert!(config.is_plus() && config.has_aux_heads());
+    let io = plus_io();
+    let input = Tensor::<4>::from_data(io.get("input").unwrap().clone(), &device);
+    let reference_deploy = read_checkpoint(&fixture("plus_deploy.pth")).unwrap();
+    assert_eq!(reference_deploy.form, Form::Deploy);
+    // The plain state dict and main.py's checkpoint ({'model': {'module.…': …}, 'optimizer': …}).
+    for file in ["plus_train.pth", "plus_train_wrapped.pth"] {
+        let checkpoint = read_checkpoint(&fixture(file)).unwrap();
+        assert_eq!(checkpoint.form, Form::Training, "{file}");
+        let model = checkpoint
+            .weights
+            .load_into(config.init_plus(&device), "the fixture network")
+            .unwrap();
+        assert_eq!(model.num_trainable_params(), 40_147, "{file}");
+        let output = model.forward_with_aux(input.clone());
+        let heads = ["stage1_aux", "stage2_aux", "stage3_first_aux"];
+        for (name, logits) in
+            std::iter::once(("train_logits", output.main)).chain(heads.into_iter().zip(output.aux))
+        {
+            let diff = max_abs_difference(&logits.into_data(), io.get(name).unwrap());
+            eprintln!("{file}: {name} max |ours - PyTorch| {diff:.2e}");
+            assert!(diff <= TOLERANCE, "{file} {name}: {diff:e}");
+        }
+
+        let deploy = reparameterize(&checkpoint.weights, &config, &device).unwrap();
+        let deployed = deploy
+            .load_into(
+                config.init_plus_deploy(&device),
+                "the fixture deploy network",
+            )
+            .unwrap();
+        assert_eq!(deployed.num_trainable_params(), 29_094);
+        let logits = deployed.forward(input.clone()).into_data();
+        let diff = max_abs_difference(&logits, io.get("deploy_logits").unwrap());
+        eprintln!("{file}: max |our conversion - PyTorch deploy| {diff:.2e}");
+        assert!(
+            diff <= TOLERANCE,
+            "{file}: deploy logits differ by {diff:e}"
+        );
+        assert_eq!(
+            deploy.names().collect::<Vec<_>>(),
+            reference_deploy.weights.names().collect::<Vec<_>>()
+        );
+        for (tensor, data) in deploy.iter() {
+            let diff = max_abs_difference(data, reference_deploy.weights.get(tensor).unwrap());
+            assert!(diff <= 1e-5, "{tensor}: fused weights differ by {diff:e}");
+        }
+    }
+}
+
+#[test]
+fn repvggplus_exports_use_the_reference_keys() {
+    let scratch = scratch("plus-export");
+    let device = test_device();
+    let config = config("plus");
+    let training = read_checkpoint(&fixture("plus_train.pth")).unwrap().weights;
+    let deploy = reparameterize(&training, &config, &device).unwrap();
+    // Keys as PyTorch wrote them, read raw (no renaming).
+    let pytorch_keys = |file: &str| -> Vec<(String, Vec<usize>)> {
+        let reader = burn_store::pytorch_reader::PytorchReader::new(&fixture(file)).unwrap();
+        let mut keys: Vec<(String, Vec<usize>)> = reader
+            .into_tensors()
+            .into_iter()
+            .filter(|(name, _)| !name.ends_with("num_batches_tracked"))
+            .map(|(name, tensor)| (name, tensor.shape().to_vec()))
+            .collect();
+        keys.sort();
+        keys
+    };
+    for (weights, reference, file) in [
+        (&deploy, "plus_deploy.pth", "deploy.safetensors"),
+        (&training, "plus_train.pth", "train.safetensors"),
+    ] {
+        let path = scratch.path().join(file);
+        write_checkpoint(weights, &config, None, &path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        let written = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut keys: Vec<(String, Vec<usize>)> = written
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec()))
+            .collect();
+        keys.sort();
+        // What the reference's model loads with strict=True (BN counters aside).
+        assert_eq!(keys, pytorch_keys(reference), "{file}");
+        assert_eq!(&read_checkpoint(&path).unwrap().weights, weights, "{file}");
+    }
+}
+
+#[test]
+fn repvggplus_is_detected_and_served_by_the_cpu_path() {
+    use repvgg_deploy::{ArchSource, DeployModel};
+    use repvgg_model::RepVggArch;
+    let device = test_device();
+    for (form, layout) in [
+        (
+            "training",
+            repvgg_model::training_layout(&RepVggArch::L2pse.config(), &device),
+        ),
+        (
+            "deploy",
+            repvgg_model::deploy_layout(&RepVggArch::L2pse.config(), &device),
+        ),
+    ] {
+        let weights: Weights = layout
+            .into_iter()
+            .map(|info| (info.path, TensorData::zeros::<f32, _>(info.shape)))
+            .collect();
+        let (arch, _) = detect_arch(&weights).unwrap();
+        assert_eq!(arch, RepVggArch::L2pse, "{form}");
+    }
+    let custom = read_checkpoint(&fixture("plus_train.pth")).unwrap();
+    let err = detect_arch(&custom.weights).unwrap_err().to_string();
+    assert!(
+        err.contains("RepVGGplus, blocks per stage [1, 1, 4, 1]"),
+        "{err}"
+    );
+
+    let io = plus_io();
+    let input = || Tensor::<4>::from_data(io.get("input").unwrap().clone(), &device);
+    let source = ArchSource::Config(config("plus"));
+    let model = DeployModel::load(&fixture("plus_train_wrapped.pth"), &source, &device).unwrap();
+    let generic = model.model().forward(input()).into_data();
+    let served = model.forward(input()).into_data();
+    let expected = io.get("deploy_logits").unwrap();
+    for (path, logits) in [("generic", &generic), ("served", &served)] {
+        let diff = max_abs_difference(logits, expected);
+        eprintln!("RepVGGplus {path} path: max |ours - PyTorch deploy| {diff:.2e}");
+        assert!(diff <= TOLERANCE, "{path}: {diff:e}");
+    }
+    let features = model.forward_features(input());
+    let reference_features = model.model().forward_features(input());
+    assert_eq!(features.len(), 5);
+    for (ours, generic) in features.into_iter().zip(reference_features) {
+        let diff = max_abs_difference(&ours.into_data(), &generic.into_data());
+        assert!(diff <= TOLERANCE, "features: {diff:e}");
+    }
+}

@@ -7,7 +7,6 @@ mod wgpu_device;
 
 use std::collections::BTreeMap;
 
-use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor};
 use common::{random_training_model, relative_difference};
 use repvgg_deploy::DeployModel;

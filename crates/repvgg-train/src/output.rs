@@ -188,7 +188,7 @@ fn save_both_forms(
         &model_path,
     )?;
     write_checkpoint(
-        &Weights::from_module(deploy.model())?,
+        &deploy.model().weights()?,
         config,
         Some(classes),
         &deploy_path,

@@ -11,8 +11,9 @@ mod winograd;
 
 use std::sync::Mutex;
 
+use burn::nn::Linear;
 use burn::tensor::{Tensor, TensorData};
-use repvgg_model::{RepVggDeploy, RepVggDeployBlock};
+use repvgg_model::{RepVggDeploy, RepVggDeployBlock, RepVggPlusDeploy};
 
 use direct::DirectConv;
 use ops::{
@@ -64,11 +65,12 @@ struct Scratch {
 }
 
 /// One deploy block: its convolution, prepared for the algorithm that suits its stride, and its
-/// squeeze-excitation if any.
+/// squeeze-excitation if any, before the ReLU (RepVGG-D2se) or after it (RepVGGplus).
 #[derive(Clone, Debug)]
 struct Layer {
     conv: Conv,
     se: Option<Excitation>,
+    post_se: Option<Excitation>,
 }
 
 #[derive(Clone, Debug)]
@@ -80,17 +82,36 @@ enum Conv {
 impl CpuDeploy {
     /// Reads the model's weights (from any device) and prepares them for the CPU path.
     pub fn new(model: &RepVggDeploy) -> Self {
-        let layers = std::iter::once(&model.stage0)
-            .chain(model.stages().flatten())
+        let stages = model.stages().map(|stage| stage.iter().collect());
+        Self::from_blocks(&model.stage0, stages, model.linear.as_ref())
+    }
+
+    /// [`new`](Self::new) for RepVGGplus's deploy form (SE after the ReLU; stage 3's two halves
+    /// one stage, as its `forward_features` gives them).
+    pub fn from_plus(model: &RepVggPlusDeploy) -> Self {
+        Self::from_blocks(&model.stage0, model.stages(), model.linear.as_ref())
+    }
+
+    fn from_blocks<'a>(
+        stem: &'a RepVggDeployBlock,
+        stages: impl IntoIterator<Item = Vec<&'a RepVggDeployBlock>>,
+        linear: Option<&Linear>,
+    ) -> Self {
+        let stages: Vec<Vec<&RepVggDeployBlock>> = stages
+            .into_iter()
+            .filter(|stage| !stage.is_empty())
+            .collect();
+        let layers = std::iter::once(stem)
+            .chain(stages.iter().flatten().copied())
             .map(Layer::new)
             .collect();
         let stage_lengths = std::iter::once(1)
-            .chain(model.stages().map(<[_]>::len))
+            .chain(stages.iter().map(Vec::len))
             .collect();
         Self {
             layers,
             stage_lengths,
-            head: model.linear.as_ref().map(|linear| Head {
+            head: linear.map(|linear| Head {
                 weight: values(linear.weight.val()),
                 bias: linear
                     .bias
@@ -230,6 +251,7 @@ impl Layer {
         Self {
             conv,
             se: block.se.as_ref().map(Excitation::new),
+            post_se: block.post_se.as_ref().map(Excitation::new),
         }
     }
 
@@ -247,7 +269,7 @@ impl Layer {
         }
     }
 
-    /// Convolution + bias (+ SE) + ReLU of channels-last `input` `[batch, height, width, in]`
+    /// Convolution + bias (+ SE) + ReLU (+ post-SE) of channels-last `input` `[batch, height, width, in]`
     /// into `output`; returns the output's height and width.
     fn forward(
         &self,
@@ -270,9 +292,13 @@ impl Layer {
                 conv.output_size(height, width)
             }
         };
+        let positions = out_height * out_width;
         if let Some(se) = &self.se {
-            se.apply(output, batch, out_height * out_width, self.out_channels());
+            se.apply(output, batch, positions, self.out_channels());
             relu(output);
+        }
+        if let Some(post_se) = &self.post_se {
+            post_se.apply(output, batch, positions, self.out_channels());
         }
         (out_height, out_width)
     }

@@ -164,8 +164,8 @@ impl<'a> Graph<'a> {
         }
     }
 
-    /// One deploy block applied to `x`: fused convolution, optional SE, ReLU. Returns the name
-    /// of its output.
+    /// One deploy block applied to `x`: fused convolution, then ReLU with an optional SE before
+    /// it (`se`) or after it (`post_se`). Returns the name of its output.
     fn block(&mut self, spec: &BlockSpec, x: &str) -> Result<String, DeployError> {
         let path = &spec.path;
         let conv = format!("{path}.rbr_reparam");
@@ -184,10 +184,18 @@ impl<'a> Graph<'a> {
             int("group", spec.groups as i64),
         ];
         let mut y = self.node("Conv", &conv, &[x, &weight, &bias], attributes);
-        if let Some(hidden) = spec.se_channels {
-            y = self.squeeze_excite(&format!("{path}.se"), &y, spec.out_channels, hidden)?;
+        match spec.se_channels {
+            Some(hidden) if spec.se_after_relu => {
+                y = self.node("Relu", &format!("{path}.relu"), &[&y], vec![]);
+                let post_se = format!("{path}.post_se");
+                self.squeeze_excite(&post_se, &y, spec.out_channels, hidden)
+            }
+            Some(hidden) => {
+                y = self.squeeze_excite(&format!("{path}.se"), &y, spec.out_channels, hidden)?;
+                Ok(self.node("Relu", &format!("{path}.relu"), &[&y], vec![]))
+            }
+            None => Ok(self.node("Relu", &format!("{path}.relu"), &[&y], vec![])),
         }
-        Ok(self.node("Relu", &format!("{path}.relu"), &[&y], vec![]))
     }
 
     /// `x * sigmoid(up(relu(down(mean_hw(x)))))`.
