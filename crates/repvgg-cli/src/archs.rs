@@ -19,14 +19,18 @@ pub fn table(size: usize) -> String {
             .values()
             .max()
             .map_or("-".to_string(), |g| format!("{g} (layers 2-26, even)"));
-        let groups = if config.use_se {
-            format!("{groups}, SE")
-        } else {
-            groups
+        let groups = match (config.use_se, config.is_plus()) {
+            (true, _) => format!("{groups}, SE"),
+            (false, true) => format!("{groups}, post-SE, aux heads"),
+            (false, false) => groups,
+        };
+        let name = match config.is_plus() {
+            true => format!("{} (RepVGGplus)", arch.name()),
+            false => arch.name().to_string(),
         };
         out.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
-            arch.name(),
+            name,
             join(&config.num_blocks),
             join(&config.stage_widths()),
             groups,
@@ -37,7 +41,9 @@ pub fn table(size: usize) -> String {
         ));
     }
     out.push_str(&format!(
-        "\nMACs per {size}x{size} image (the paper's \"FLOPs\" column counts MACs; 1 MAC = 2 FLOPs).\n"
+        "\nMACs per {size}x{size} image (the paper's \"FLOPs\" column counts MACs; 1 MAC = 2 FLOPs). \
+         RepVGGplus's training-time parameters include its three auxiliary heads (5,963,640 for \
+         L2pse), which conversion drops; its MACs leave them out.\n"
     ));
     out
 }

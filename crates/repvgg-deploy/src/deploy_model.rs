@@ -140,7 +140,7 @@ impl DeployModel {
     /// OpenVINO or TensorRT: see [`onnx`](crate::onnx).
     #[cfg(feature = "onnx")]
     pub fn to_onnx(&self, options: &crate::onnx::OnnxOptions) -> Result<Vec<u8>, DeployError> {
-        crate::onnx::to_onnx(&self.model.weights()?, self.config(), options)
+        crate::onnx::network_to_onnx(&self.model, options)
     }
 }
 

@@ -1,13 +1,13 @@
 //! The exported ONNX graphs run in another engine (tract, a Rust ONNX runtime) and compute what
-//! Burn computes: plain, grouped and SE networks, with and without the head and the stage
+//! Burn computes: plain, grouped, SE and RepVGGplus networks, with and without the head and the stage
 //! outputs, one file at several batch sizes and odd, non-square image sizes.
 
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use repvgg_deploy::DeployError;
 use repvgg_deploy::onnx::{OnnxOptions, network_to_onnx, to_onnx};
-use repvgg_model::{RepVggConfig, RepVggDeploy, Weights, logit_difference};
+use repvgg_deploy::{DeployError, DeployNetwork};
+use repvgg_model::{PlusLayout, RepVggConfig, Weights, logit_difference};
 use tract_onnx::prelude::{
     DatumExt, Framework, InferenceModelExt, IntoRunnable, tract_ndarray, tvec,
 };
@@ -43,7 +43,7 @@ fn run_tract(bytes: &[u8], images: &TensorData) -> Vec<TensorData> {
 
 /// Exports `net` with `options` and checks every output of the graph against Burn's forward on
 /// batches of `(batch, height, width)`; returns the largest relative difference seen.
-fn assert_agrees(net: &RepVggDeploy, options: OnnxOptions, sizes: &[(usize, usize, usize)]) -> f32 {
+fn assert_agrees(net: &DeployNetwork, options: OnnxOptions, sizes: &[(usize, usize, usize)]) -> f32 {
     let bytes = network_to_onnx(net, &options).unwrap();
     let mut largest = 0f32;
     for &(batch, height, width) in sizes {
@@ -114,10 +114,23 @@ fn grouped_and_se_networks_agree_with_and_without_head_and_stage_outputs() {
     agrees_with_every_option("SE", &se);
 }
 
+#[test]
+fn a_repvggplus_network_agrees_with_and_without_head_and_stage_outputs() {
+    let plus = RepVggConfig::new(vec![1, 2, 4, 1], vec![0.25; 4])
+        .with_se_reduction(4)
+        .with_num_classes(10)
+        .with_plus(Some(PlusLayout::new()));
+    agrees_with_every_option("RepVGGplus", &plus);
+}
+
 /// [`assert_agrees`] for a random network of `config`, with and without its head and stage
 /// outputs, at every test size.
 fn agrees_with_every_option(name: &str, config: &RepVggConfig) {
-    let net = config.init_deploy(&Device::flex());
+    let device = Device::flex();
+    let net: DeployNetwork = match config.is_plus() {
+        true => config.init_plus_deploy(&device).into(),
+        false => config.init_deploy(&device).into(),
+    };
     for options in EVERY_OPTION {
         let net = match options.without_head {
             // Without the head, Burn's reference is the headless network's forward (pooled
@@ -131,17 +144,15 @@ fn agrees_with_every_option(name: &str, config: &RepVggConfig) {
 }
 
 /// `net` without its classifier, its other weights unchanged.
-fn headless(net: &RepVggDeploy) -> RepVggDeploy {
+fn headless(net: &DeployNetwork) -> DeployNetwork {
     let config = net.config().clone().with_num_classes(0);
     let mut weights = Weights::default();
-    for (name, data) in Weights::from_module(net).unwrap().iter() {
+    for (name, data) in net.weights().unwrap().iter() {
         if !name.starts_with("linear.") {
             weights.insert(name, data.clone());
         }
     }
-    weights
-        .load_into(config.init_deploy(&Device::flex()), "the headless network")
-        .unwrap()
+    DeployNetwork::load(&weights, &config, &Device::flex(), "the headless network").unwrap()
 }
 
 #[test]

@@ -301,7 +301,7 @@ fn repvggplus_exports_use_the_reference_keys() {
     let deploy = reparameterize(&training, &config, &device).unwrap();
     // Keys as PyTorch wrote them, read raw (no renaming).
     let pytorch_keys = |file: &str| -> Vec<(String, Vec<usize>)> {
-        let reader = burn_store::pytorch_reader::PytorchReader::new(&fixture(file)).unwrap();
+        let reader = burn_store::pytorch_reader::PytorchReader::new(fixture(file)).unwrap();
         let mut keys: Vec<(String, Vec<usize>)> = reader
             .into_tensors()
             .into_iter()

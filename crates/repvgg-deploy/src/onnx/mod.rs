@@ -15,10 +15,11 @@ use std::path::Path;
 use burn::config::config_to_json;
 use burn::tensor::{DType, TensorData};
 use prost::Message;
-use repvgg_model::{BlockSpec, IN_CHANNELS, RepVggConfig, RepVggDeploy, Weights};
+use repvgg_model::{BlockSpec, IN_CHANNELS, RepVggConfig, Weights};
 
 use crate::checkpoint::write_atomically;
 use crate::error::DeployError;
+use crate::network::DeployNetwork;
 use proto::{
     ATTRIBUTE_INT, ATTRIBUTE_INTS, AttributeProto, Dimension, DimensionValue, FLOAT, GraphProto,
     ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
@@ -44,9 +45,9 @@ pub struct OnnxOptions {
     pub stage_outputs: bool,
 }
 
-/// The ONNX model (the bytes of a `.onnx` file) of a deploy-time network.
-pub fn network_to_onnx(net: &RepVggDeploy, options: &OnnxOptions) -> Result<Vec<u8>, DeployError> {
-    to_onnx(&Weights::from_module(net)?, net.config(), options)
+/// The ONNX model (the bytes of a `.onnx` file) of a deploy-time network, RepVGG or RepVGGplus.
+pub fn network_to_onnx(net: &DeployNetwork, options: &OnnxOptions) -> Result<Vec<u8>, DeployError> {
+    to_onnx(&net.weights()?, net.config(), options)
 }
 
 /// The ONNX model of the deploy-time weights `weights` (Burn naming, as
