@@ -1,6 +1,6 @@
 //! RepVGG's image data, for training and for inference alike: ImageFolder indexing, decoding of
-//! whatever ImageNet-like folders hold, the paper's augmentation and timm's evaluation transform,
-//! a parallel loader of batches on any device, top-1/top-5 evaluation over it, and a synthetic
+//! whatever ImageNet-like folders hold, the paper's augmentation (with the longer recipe's
+//! RandAugment and random erasing) and timm's evaluation transform, a parallel loader of batches on any device, top-1/top-5 evaluation over it, and a synthetic
 //! set for runs with nothing to download. It needs no burn-train and no autodiff, so that
 //! applications that only classify images do not build them.
 //!
@@ -12,18 +12,26 @@
 //! assert_eq!(IMAGENET_MEAN[0], 0.485);
 //! ```
 
+mod erasing;
 mod evaluate;
 mod folder;
+pub mod image_ops;
 mod loader;
+mod rand_augment;
 mod synthetic;
 mod transform;
 
 use std::path::PathBuf;
 
+pub use erasing::RandomErasing;
 pub use evaluate::{Evaluation, evaluate};
 pub use folder::{IMAGE_EXTENSIONS, ImageFolder, Sample};
 pub use loader::{
     Augmentation, ImageBatch, ImageLoader, LoaderOptions, MixedTargets, SkippedImages,
+};
+pub use rand_augment::{
+    AugmentOp, InvalidPolicy, LEVEL_DENOM, Magnitude, PolicyProblem, RAND_INCREASING_OPS, RAND_OPS,
+    RAUG15_OPS, REFERENCE_FILL, RandAugment, TIMM_FILL,
 };
 pub use synthetic::{SYNTHETIC_CLASSES, write_synthetic_set};
 pub use transform::{

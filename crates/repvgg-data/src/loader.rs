@@ -23,7 +23,8 @@ use crate::{EvalTransform, Sample, TrainTransform, decode_rgb, normalize};
 /// How images are turned into network inputs.
 #[derive(Clone, Debug)]
 pub enum Augmentation {
-    /// Random resized crop and flip, a new draw every epoch.
+    /// Random resized crop and flip (and RandAugment and random erasing when set), a new draw
+    /// every epoch.
     Train(TrainTransform),
     /// Resize and centre crop, the same every time.
     Eval(EvalTransform),
@@ -275,14 +276,14 @@ impl BatchProducer {
                 return None;
             }
         };
-        let image = match self.augmentation.as_ref() {
+        let input = match self.augmentation.as_ref() {
             Augmentation::Train(transform) => {
                 let seed = stream_seed(self.options.seed, self.epoch, Stream::Image(position));
-                transform.apply(&image, &mut StdRng::seed_from_u64(seed))
+                transform.input(&image, &mut StdRng::seed_from_u64(seed))
             }
-            Augmentation::Eval(transform) => transform.apply(&image),
+            Augmentation::Eval(transform) => normalize(&transform.apply(&image)),
         };
-        Some((normalize(&image), sample.label))
+        Some((input, sample.label))
     }
 
     fn stack(&self, loaded: Vec<(Vec<f32>, usize)>, offset: usize) -> ImageBatch {

@@ -1,5 +1,6 @@
-//! Decoding and the paper's augmentation: RandomResizedCrop + horizontal flip for training,
-//! resize + center crop for evaluation, then ImageNet normalization.
+//! Decoding and the paper's augmentation: RandomResizedCrop + horizontal flip for training (and
+//! the longer recipe's RandAugment and random erasing), resize + center crop for evaluation,
+//! then ImageNet normalization.
 
 use std::path::Path;
 
@@ -7,7 +8,7 @@ use image::imageops::{self, FilterType};
 use image::{ImageReader, RgbImage};
 use rand::RngExt;
 
-use crate::DataError;
+use crate::{DataError, RandAugment, RandomErasing};
 
 /// ImageNet per-channel mean (RGB, on pixel values scaled to [0, 1]).
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -110,28 +111,52 @@ impl RandomResizedCrop {
 }
 
 /// The training augmentation: [`RandomResizedCrop`], then a horizontal flip with probability
-/// `flip_probability`.
+/// `flip_probability`, then [`RandAugment`] if set (timm's order); [`RandomErasing`], if set,
+/// works on the normalised image ([`TrainTransform::input`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainTransform {
     pub crop: RandomResizedCrop,
     pub flip_probability: f64,
+    /// RandAugment after the crop and flip (the longer recipe's; `None` in the paper's).
+    pub rand_augment: Option<RandAugment>,
+    /// Random erasing of the normalised image (`None`: none).
+    pub random_erasing: Option<RandomErasing>,
 }
 
 impl TrainTransform {
-    /// The paper's augmentation at `size x size` (flip probability 0.5).
+    /// The paper's augmentation at `size x size` (flip probability 0.5, no RandAugment, no
+    /// erasing).
     pub fn new(size: u32) -> Self {
         Self {
             crop: RandomResizedCrop::new(size),
             flip_probability: 0.5,
+            rand_augment: None,
+            random_erasing: None,
         }
     }
 
+    /// The augmented image before normalisation (random erasing, which needs the normalised
+    /// values, excepted). Every draw comes from `rng`.
     pub fn apply(&self, image: &RgbImage, rng: &mut impl RngExt) -> RgbImage {
         let mut image = self.crop.apply(image, rng);
         if rng.random_bool(self.flip_probability) {
             imageops::flip_horizontal_in_place(&mut image);
         }
+        if let Some(policy) = &self.rand_augment {
+            policy.apply(&mut image, rng);
+        }
         image
+    }
+
+    /// The network's input: [`apply`](Self::apply), [`normalize`], then random erasing. Every
+    /// draw comes from `rng`.
+    pub fn input(&self, image: &RgbImage, rng: &mut impl RngExt) -> Vec<f32> {
+        let image = self.apply(image, rng);
+        let mut input = normalize(&image);
+        if let Some(erasing) = &self.random_erasing {
+            erasing.apply(&mut input, image.height(), image.width(), rng);
+        }
+        input
     }
 }
 

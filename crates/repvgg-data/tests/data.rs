@@ -240,10 +240,12 @@ fn flips_mirror_the_image() {
     let never = TrainTransform {
         crop: whole.clone(),
         flip_probability: 0.0,
+        ..TrainTransform::new(40)
     };
     let always = TrainTransform {
         crop: whole,
         flip_probability: 1.0,
+        ..TrainTransform::new(40)
     };
     let straight = never.apply(&image, &mut rng);
     let flipped = always.apply(&image, &mut rng);

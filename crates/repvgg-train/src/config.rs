@@ -17,7 +17,10 @@ use std::fmt;
 use std::str::FromStr;
 
 use burn::config::Config;
-use repvgg_data::{DEFAULT_CROP_PCT, EvalTransform, check_crop_pct};
+use repvgg_data::{
+    DEFAULT_CROP_PCT, EvalTransform, InvalidPolicy, RandAugment, RandomErasing, RandomResizedCrop,
+    TrainTransform, check_crop_pct,
+};
 use repvgg_model::{InvalidConfig, RepVggConfig};
 
 /// Everything a training run needs besides its data, devices and output directory.
@@ -89,7 +92,7 @@ pub struct RecipeConfig {
 }
 
 /// The paper's augmentation: RandomResizedCrop + flip for training, resize + centre crop for
-/// evaluation.
+/// evaluation; the longer recipe adds RandAugment and random erasing for training.
 #[derive(Config, Debug, PartialEq)]
 pub struct AugmentationConfig {
     /// Side of the training crops and of the evaluation centre crop.
@@ -104,9 +107,31 @@ pub struct AugmentationConfig {
     /// Fraction of the resized image the evaluation crop keeps (timm's `crop_pct`; `None`:
     /// 0.875, i.e. 224 out of 256).
     pub crop_pct: Option<f64>,
+    /// RandAugment after the crop and flip: timm's policy string (`rand-m9-mstd0.5-inc1`) or
+    /// the reference's `raug15` (RepVGGplus-L2pse); `None`: the paper's augmentation.
+    pub rand_augment: Option<String>,
+    /// Probability of timm's random erasing (`--reprob`, per-pixel noise on the normalised
+    /// image); `None`: no erasing.
+    pub random_erasing: Option<f64>,
 }
 
 impl AugmentationConfig {
+    /// The training set's transform: RandomResizedCrop from `min_crop_scale` and flip, then
+    /// RandAugment and random erasing when set.
+    pub fn train_transform(&self) -> Result<TrainTransform, InvalidTrainingConfig> {
+        let size = self.image_size;
+        let rand_augment = self.rand_augment.as_deref().map(str::parse).transpose()?;
+        Ok(TrainTransform {
+            crop: RandomResizedCrop {
+                scale: (self.min_crop_scale, 1.0),
+                ..RandomResizedCrop::new(size)
+            },
+            rand_augment,
+            random_erasing: self.random_erasing.map(RandomErasing::new),
+            ..TrainTransform::new(size)
+        })
+    }
+
     /// The validation set's transform: resize to `floor(eval size / crop_pct)`, centre crop.
     pub fn eval_transform(&self) -> EvalTransform {
         let size = self.eval_image_size.unwrap_or(self.image_size);
@@ -175,6 +200,9 @@ pub enum InvalidTrainingConfig {
         /// The range it must lie in, in words.
         allowed: &'static str,
     },
+    /// `augmentation.rand_augment` is not a policy.
+    #[error("augmentation.rand_augment: {0}")]
+    RandAugment(#[from] InvalidPolicy),
     /// More warmup than training.
     #[error("recipe.warmup_epochs ({warmup_epochs}) exceeds recipe.epochs ({epochs})")]
     WarmupBeyondEpochs {
@@ -257,6 +285,18 @@ impl TrainingConfig {
         let scale = augmentation.min_crop_scale;
         let in_range = scale > 0.0 && scale <= 1.0;
         check("augmentation.min_crop_scale", scale, in_range, "in (0, 1]")?;
+        if let Some(policy) = &augmentation.rand_augment {
+            policy.parse::<RandAugment>()?;
+        }
+        if let Some(probability) = augmentation.random_erasing {
+            let in_range = (0.0..=1.0).contains(&probability);
+            check(
+                "augmentation.random_erasing",
+                probability,
+                in_range,
+                "in [0, 1]",
+            )?;
+        }
         if let Some(workers) = self.loader.workers {
             let in_range = (1..=1024).contains(&workers);
             check("loader.workers", workers, in_range, "from 1 to 1024")?;

@@ -1,5 +1,6 @@
 //! How fast the training data pipeline decodes and augments ImageNet-sized JPEGs: images per
-//! second for several worker counts, and per worker.
+//! second for several worker counts, and per worker, with or without RandAugment and random
+//! erasing.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,8 @@ use image::{Rgb, RgbImage};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use repvgg_data::{
-    Augmentation, DataError, ImageFolder, ImageLoader, LoaderOptions, TrainTransform,
+    Augmentation, DataError, ImageFolder, ImageLoader, LoaderOptions, RandAugment, RandomErasing,
+    TrainTransform,
 };
 
 /// Options of `repvgg-train bench-loader`.
@@ -31,6 +33,21 @@ pub struct LoaderBenchArgs {
     pub workers: Vec<usize>,
     #[arg(long, default_value_t = 224)]
     pub image_size: u32,
+    /// RandAugment after the crop and flip, as training's --aa: timm's policy (e.g.
+    /// rand-m9-mstd0.5-inc1) or raug15.
+    #[arg(long = "aa", visible_alias = "rand-augment", value_name = "POLICY")]
+    pub rand_augment: Option<RandAugment>,
+    /// Random erasing probability, as training's --reprob.
+    #[arg(long = "reprob", value_name = "PROBABILITY", value_parser = erasing_probability)]
+    pub random_erasing: Option<f64>,
+}
+
+/// A `--reprob` value: a probability.
+fn erasing_probability(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(probability) if (0.0..=1.0).contains(&probability) => Ok(probability),
+        _ => Err(format!("expected a probability in [0, 1], got {value:?}")),
+    }
 }
 
 /// Why the loader could not be measured.
@@ -69,8 +86,8 @@ pub struct LoaderThroughput {
     pub images_per_second: f64,
 }
 
-/// Measures the training loader (decode, RandomResizedCrop, flip, normalise, batch of 64) for
-/// each worker count, logging each measurement.
+/// Measures the training loader (decode, RandomResizedCrop, flip, RandAugment and random
+/// erasing if asked, normalise, batch of 64) for each worker count, logging each measurement.
 pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>, LoaderBenchError> {
     if args.images == 0 || args.workers.contains(&0) {
         return Err(LoaderBenchError::Empty);
@@ -97,11 +114,16 @@ pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>, Loa
         worker_counts = vec![1, cores];
         worker_counts.dedup();
     }
+    let transform = TrainTransform {
+        rand_augment: args.rand_augment.clone(),
+        random_erasing: args.random_erasing.map(RandomErasing::new),
+        ..TrainTransform::new(args.image_size)
+    };
     let mut results = Vec::new();
     for workers in worker_counts {
         let loader = ImageLoader::new(
             samples.clone(),
-            Augmentation::Train(TrainTransform::new(args.image_size)),
+            Augmentation::Train(transform.clone()),
             LoaderOptions {
                 batch_size: 64,
                 workers,

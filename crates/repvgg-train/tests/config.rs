@@ -2,7 +2,7 @@
 //! refused field by field when it cannot be trained.
 
 use burn::config::Config;
-use repvgg_data::EvalTransform;
+use repvgg_data::{EvalTransform, RandAugment, RandomErasing};
 use repvgg_model::{RepVggArch, RepVggConfig};
 use repvgg_train::{
     AugmentationConfig, InvalidTrainingConfig, Precision, RecipeConfig, TrainingConfig,
@@ -153,4 +153,49 @@ fn evaluation_size_and_crop_follow_timm() {
     let loaded = AugmentationConfig::load_binary(old.as_bytes()).unwrap();
     assert_eq!(loaded.eval_image_size, None);
     assert_eq!(loaded.eval_transform(), EvalTransform::new(224));
+}
+
+#[test]
+fn rand_augment_and_random_erasing_are_optional_and_checked() {
+    // A training.json written before these fields existed loads without them.
+    let old = r#"{"image_size": 224, "min_crop_scale": 0.08}"#;
+    let loaded = AugmentationConfig::load_binary(old.as_bytes()).unwrap();
+    assert_eq!(
+        (loaded.rand_augment.clone(), loaded.random_erasing),
+        (None, None)
+    );
+    let plain = loaded.train_transform().unwrap();
+    assert_eq!((plain.rand_augment, plain.random_erasing), (None, None));
+
+    let augmentation = AugmentationConfig::new()
+        .with_min_crop_scale(0.35)
+        .with_rand_augment(Some("raug15".into()))
+        .with_random_erasing(Some(0.25));
+    let transform = augmentation.train_transform().unwrap();
+    assert_eq!(transform.crop.scale, (0.35, 1.0));
+    assert_eq!(transform.rand_augment, Some(RandAugment::raug15()));
+    assert_eq!(transform.random_erasing, Some(RandomErasing::new(0.25)));
+    let config = a0().with_augmentation(augmentation);
+    assert_eq!(config.validate(), Ok(()));
+    let json = serde_json::to_string(&config.augmentation).unwrap();
+    assert_eq!(
+        AugmentationConfig::load_binary(json.as_bytes()).unwrap(),
+        config.augmentation
+    );
+
+    let with = |policy: &str| {
+        a0().with_augmentation(AugmentationConfig::new().with_rand_augment(Some(policy.into())))
+    };
+    assert_eq!(with("rand-m9-mstd0.5-inc1").validate(), Ok(()));
+    let error = with("rand-m9-x3").validate().unwrap_err();
+    assert!(matches!(error, InvalidTrainingConfig::RandAugment(_)));
+    assert!(
+        error.to_string().contains("unknown section `x3`"),
+        "{error}"
+    );
+    let mut config = a0();
+    config.augmentation.random_erasing = Some(1.5);
+    assert!(
+        matches!(config.validate(), Err(InvalidTrainingConfig::OutOfRange { field, .. }) if field == "augmentation.random_erasing")
+    );
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
 use burn::config::Config;
-use repvgg_data::ImageFolder;
+use repvgg_data::{ImageFolder, InvalidPolicy, RandAugment};
 use repvgg_model::{DeviceChoice, RepVggArch, RepVggConfig};
 use repvgg_train::{
     AugmentationConfig, LoaderConfig, Precision, RecipeConfig, TrainingConfig, resume, train,
@@ -19,7 +19,7 @@ use crate::cli::report::print_report;
 
 /// The flags that set the network and the recipe: refused with `--config-file` and `--resume`,
 /// whose config comes from a file.
-const RECIPE_FLAGS: [&str; 22] = [
+const RECIPE_FLAGS: [&str; 24] = [
     "arch",
     "config",
     "num_classes",
@@ -27,6 +27,8 @@ const RECIPE_FLAGS: [&str; 22] = [
     "min_crop_scale",
     "eval_image_size",
     "crop_pct",
+    "rand_augment",
+    "random_erasing",
     "epochs",
     "batch_size",
     "accumulation",
@@ -80,6 +82,15 @@ pub struct TrainArgs {
     /// floor(size / crop_pct) (timm's rule; default 0.875, 1.0 for RepVGGplus and D2se).
     #[arg(long, value_parser = repvgg_data::parse_crop_pct)]
     pub crop_pct: Option<f64>,
+    /// RandAugment after the crop and flip: timm's policy (e.g. rand-m9-mstd0.5-inc1) or the
+    /// reference's raug15 (RepVGGplus-L2pse's: 2 of 16 operations, magnitudes 0 to 14).
+    #[arg(long = "aa", visible_alias = "rand-augment", value_name = "POLICY",
+          value_parser = rand_augment_policy)]
+    pub rand_augment: Option<String>,
+    /// Probability of random erasing (timm's --reprob: a rectangle of per-pixel noise on the
+    /// normalised image).
+    #[arg(long = "reprob", value_name = "PROBABILITY")]
+    pub random_erasing: Option<f64>,
     #[arg(long, default_value_t = RecipeConfig::new().epochs)]
     pub epochs: usize,
     /// Global batch size (split evenly across --devices).
@@ -175,7 +186,9 @@ impl TrainArgs {
             .with_image_size(self.image_size)
             .with_min_crop_scale(self.min_crop_scale)
             .with_eval_image_size(self.eval_image_size)
-            .with_crop_pct(self.crop_pct);
+            .with_crop_pct(self.crop_pct)
+            .with_rand_augment(self.rand_augment.clone())
+            .with_random_erasing(self.random_erasing);
         Ok(TrainingConfig::new(model.with_num_classes(num_classes))
             .with_recipe(recipe)
             .with_augmentation(augmentation)
@@ -183,6 +196,11 @@ impl TrainArgs {
             .with_seed(self.seed)
             .with_precision(self.precision))
     }
+}
+
+/// A `--aa` policy, refused here if the config would refuse it.
+fn rand_augment_policy(policy: &str) -> Result<String, InvalidPolicy> {
+    policy.parse::<RandAugment>().map(|_| policy.to_string())
 }
 
 /// Trains (or resumes) as the flags say and prints the report.
@@ -232,6 +250,8 @@ mod tests {
             "--num-classes=7",
             "--image-size=64",
             "--min-crop-scale=0.5",
+            "--aa=rand-m9-mstd0.5-inc1",
+            "--reprob=0.25",
             "--epochs=3",
             "--batch-size=32",
             "--accumulation=2",
@@ -268,12 +288,27 @@ mod tests {
             .with_augmentation(
                 AugmentationConfig::new()
                     .with_image_size(64)
-                    .with_min_crop_scale(0.5),
+                    .with_min_crop_scale(0.5)
+                    .with_rand_augment(Some("rand-m9-mstd0.5-inc1".into()))
+                    .with_random_erasing(Some(0.25)),
             )
             .with_loader(LoaderConfig::new().with_workers(Some(3)))
             .with_seed(9)
             .with_precision(Precision::Bf16);
         assert_eq!(args.training_config().unwrap(), expected);
+    }
+
+    #[test]
+    fn a_bad_rand_augment_policy_is_refused_with_the_reason() {
+        let error = parse(&["--data=d", "--aa=rand-m9-x3"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(
+            error.to_string().contains("unknown section `x3`"),
+            "{error}"
+        );
+        let args = parse(&["--data=d", "--num-classes=2", "--rand-augment=raug15"]).unwrap();
+        let config = args.training_config().unwrap();
+        assert_eq!(config.augmentation.rand_augment.as_deref(), Some("raug15"));
     }
 
     #[test]
