@@ -123,7 +123,9 @@ impl DeployNetwork {
         what: &str,
     ) -> Result<Self, WeightsError> {
         Ok(match config.is_plus() {
-            true => weights.load_into(config.init_plus_deploy(device), what)?.into(),
+            true => weights
+                .load_into(config.init_plus_deploy(device), what)?
+                .into(),
             false => weights.load_into(config.init_deploy(device), what)?.into(),
         })
     }

@@ -43,7 +43,11 @@ fn run_tract(bytes: &[u8], images: &TensorData) -> Vec<TensorData> {
 
 /// Exports `net` with `options` and checks every output of the graph against Burn's forward on
 /// batches of `(batch, height, width)`; returns the largest relative difference seen.
-fn assert_agrees(net: &DeployNetwork, options: OnnxOptions, sizes: &[(usize, usize, usize)]) -> f32 {
+fn assert_agrees(
+    net: &DeployNetwork,
+    options: OnnxOptions,
+    sizes: &[(usize, usize, usize)],
+) -> f32 {
     let bytes = network_to_onnx(net, &options).unwrap();
     let mut largest = 0f32;
     for &(batch, height, width) in sizes {

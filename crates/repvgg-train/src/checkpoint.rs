@@ -17,9 +17,9 @@ use burn::store::ModuleRecord;
 use burn::tensor::{DType, Device, Tensor};
 use burn_store::burn_pack;
 
-use repvgg_model::{RepVgg, Weights};
+use repvgg_model::{RepVgg, RepVggPlus, Weights};
 
-use crate::classifier::{Classifier, Objective};
+use crate::classifier::{Classifier, Objective, TrainableNetwork};
 use crate::config::{Precision, TrainingConfig};
 use crate::error::TrainError;
 
@@ -94,13 +94,13 @@ pub(crate) fn resume_point(
             epochs: config.recipe.epochs,
         });
     }
-    let template = Classifier::new(
-        config.model.init(&Device::flex()),
-        Objective::of(&config.recipe),
-    );
     let mut unusable = Vec::new();
     for epoch in epochs {
-        match check_checkpoint(&dir, epoch, config, &template) {
+        let checked = match config.model.is_plus() {
+            true => check_checkpoint::<RepVggPlus>(&dir, epoch, config),
+            false => check_checkpoint::<RepVgg>(&dir, epoch, config),
+        };
+        match checked {
             Ok(()) => {
                 if !unusable.is_empty() {
                     log::warn!("resuming from the checkpoint of epoch {epoch} instead");
@@ -140,13 +140,17 @@ fn check_element_types(path: &Path, expected: Option<DType>) -> Result<(), Strin
     }
 }
 
-/// Reads every file of `epoch`'s checkpoint in full and applies the model's to `template`.
-fn check_checkpoint(
+/// Reads every file of `epoch`'s checkpoint in full and applies the model's to the run's
+/// network (of type `N`, the family the config describes).
+fn check_checkpoint<N: TrainableNetwork>(
     dir: &Path,
     epoch: usize,
     config: &TrainingConfig,
-    template: &Classifier,
 ) -> Result<(), String> {
+    let template = Classifier::new(
+        N::init(&config.model, &Device::flex()),
+        Objective::of(&config.recipe),
+    );
     let failed =
         |path: PathBuf| move |err: burn::store::RecordError| format!("{}: {err}", path.display());
     // The network's weights (and their average) are in the run's precision; the optimizer's
@@ -190,7 +194,10 @@ fn check_checkpoint(
 /// fit `model`'s parameters: without a parameter id, for a parameter the network does not have,
 /// or of another shape than its parameter. Burn's optimizer would panic on each, when loading
 /// the record or at the next step.
-fn check_optimizer_state(path: &Path, model: &Classifier) -> Result<(), String> {
+fn check_optimizer_state<N: TrainableNetwork>(
+    path: &Path,
+    model: &Classifier<N>,
+) -> Result<(), String> {
     let mut parameters = ParameterShapes::default();
     model.visit(&mut parameters);
     let tensors = burn_pack::Reader::from_file(path)
@@ -227,7 +234,7 @@ impl ModuleVisitor for ParameterShapes {
 
 /// An error naming the first tensor of `net` (loaded from `path`) that holds NaN or infinity:
 /// a run that diverged before its checkpoint is no place to continue from.
-fn check_values(net: &RepVgg, path: &Path) -> Result<(), String> {
+fn check_values<M: Module>(net: &M, path: &Path) -> Result<(), String> {
     let weights = Weights::from_module(net).map_err(|err| format!("{}: {err}", path.display()))?;
     match weights.first_non_finite() {
         Some(name) => Err(format!(

@@ -1,14 +1,16 @@
-//! The network as burn-train sees it: a training-time RepVGG plus the training objective
-//! (cross-entropy with optional label smoothing and mixup, optional "custom L2").
+//! The network as burn-train sees it: a training-time RepVGG or RepVGGplus plus the training
+//! objective (cross-entropy with optional label smoothing and mixup, RepVGGplus's auxiliary
+//! losses, optional "custom L2").
 
-use burn::module::Module;
+use burn::module::{Module, ModuleDisplay};
 use burn::nn::BatchNorm;
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::tensor::{ExecutionError, Int, Tensor};
+use burn::tensor::{Device, ExecutionError, Int, Tensor};
 use burn::train::metric::{AccuracyInput, Adaptor, ItemLazy, LossInput, TopKAccuracyInput};
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use repvgg_data::ImageBatch;
-use repvgg_model::{RepVgg, RepVggBlock, bn_scale};
+use repvgg_deploy::{DeployError, DeployModel};
+use repvgg_model::{PlusOutput, RepVgg, RepVggBlock, RepVggConfig, RepVggPlus, bn_scale};
 
 use crate::config::RecipeConfig;
 use crate::ema::WeightAverage;
@@ -35,22 +37,114 @@ impl Objective {
     }
 }
 
-/// A training-time RepVGG classifier with its loss: what burn-train's learner trains.
+/// Weight of each auxiliary head's loss in RepVGGplus's objective (the reference's `main.py`).
+pub const AUX_LOSS_WEIGHT: f64 = 0.1;
+
+/// What training needs from a training-time network, whichever family: [`RepVgg`] or
+/// [`RepVggPlus`].
+pub trait TrainableNetwork: Module + ModuleDisplay + 'static {
+    /// The network `config` describes, with fresh weights on `device`.
+    fn init(config: &RepVggConfig, device: &Device) -> Self;
+
+    /// The architecture.
+    fn config(&self) -> &RepVggConfig;
+
+    /// The main logits and any auxiliary heads' logits (none for RepVGG).
+    fn forward_with_aux(&self, images: Tensor<4>) -> PlusOutput;
+
+    /// The main logits only (what validation and the deploy form compute).
+    fn forward(&self, images: Tensor<4>) -> Tensor<2>;
+
+    /// Every block, the stem first (what the custom L2 term regularises).
+    fn blocks(&self) -> Vec<&RepVggBlock>;
+
+    /// Trainable parameters (BN running statistics excluded).
+    fn num_trainable_params(&self) -> usize;
+
+    /// The deploy model (re-parameterized; auxiliary heads dropped), prepared for inference.
+    fn deploy(&self) -> Result<DeployModel, DeployError>;
+}
+
+impl TrainableNetwork for RepVgg {
+    fn init(config: &RepVggConfig, device: &Device) -> Self {
+        config.init(device)
+    }
+
+    fn config(&self) -> &RepVggConfig {
+        RepVgg::config(self)
+    }
+
+    fn forward_with_aux(&self, images: Tensor<4>) -> PlusOutput {
+        PlusOutput {
+            main: RepVgg::forward(self, images),
+            aux: Vec::new(),
+        }
+    }
+
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        RepVgg::forward(self, images)
+    }
+
+    fn blocks(&self) -> Vec<&RepVggBlock> {
+        RepVgg::blocks(self).collect()
+    }
+
+    fn num_trainable_params(&self) -> usize {
+        RepVgg::num_trainable_params(self)
+    }
+
+    fn deploy(&self) -> Result<DeployModel, DeployError> {
+        DeployModel::from_training(self)
+    }
+}
+
+impl TrainableNetwork for RepVggPlus {
+    fn init(config: &RepVggConfig, device: &Device) -> Self {
+        config.init_plus(device)
+    }
+
+    fn config(&self) -> &RepVggConfig {
+        RepVggPlus::config(self)
+    }
+
+    fn forward_with_aux(&self, images: Tensor<4>) -> PlusOutput {
+        RepVggPlus::forward_with_aux(self, images)
+    }
+
+    fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        RepVggPlus::forward(self, images)
+    }
+
+    fn blocks(&self) -> Vec<&RepVggBlock> {
+        RepVggPlus::blocks(self)
+    }
+
+    fn num_trainable_params(&self) -> usize {
+        RepVggPlus::num_trainable_params(self)
+    }
+
+    fn deploy(&self) -> Result<DeployModel, DeployError> {
+        DeployModel::from_training_plus(self)
+    }
+}
+
+/// A training-time classifier with its loss: what burn-train's learner trains. (`A` is always
+/// `WeightAverage<N>`: Burn's derive wants the skipped field's type to have its own parameter.)
 #[derive(Module, Debug)]
-pub struct Classifier {
+pub struct Classifier<N: TrainableNetwork = RepVgg, A = WeightAverage<N>> {
     /// The network being trained.
-    pub net: RepVgg,
+    pub net: N,
     /// The loss terms.
     #[module(skip)]
     pub objective: Objective,
     /// The moving average of the weights, when training keeps one.
     #[module(skip)]
-    pub average: Option<WeightAverage>,
+    pub average: Option<A>,
 }
 
-impl Classifier {
+impl<N: TrainableNetwork> Classifier<N> {
     /// `net` trained for `objective`, without a weight average.
-    pub fn new(net: RepVgg, objective: Objective) -> Self {
+    pub fn new(net: N, objective: Objective) -> Self {
         Self {
             net,
             objective,
@@ -60,7 +154,7 @@ impl Classifier {
 
     /// Keep a moving average of the weights, updated at every training step and evaluated
     /// beside the model.
-    pub fn with_average(mut self, average: WeightAverage) -> Self {
+    pub fn with_average(mut self, average: WeightAverage<N>) -> Self {
         self.average = Some(average);
         self
     }
@@ -73,13 +167,27 @@ impl Classifier {
             .forward(logits, targets)
     }
 
-    /// The training loss of a batch: cross-entropy (mixed when the batch is), plus the custom L2
-    /// term when enabled.
-    pub fn loss(&self, logits: Tensor<2>, batch: &ImageBatch) -> Tensor<1> {
-        let mut loss = self.cross_entropy(logits.clone(), batch.targets.clone());
-        if let Some(mixup) = &batch.mixup {
-            let other = self.cross_entropy(logits, mixup.targets.clone());
-            loss = loss.mul_scalar(mixup.lambda) + other.mul_scalar(1.0 - mixup.lambda);
+    /// The cross-entropy of `logits` against the batch's targets, mixed when the batch is (with
+    /// the label smoothing of the objective).
+    fn classification_loss(&self, logits: Tensor<2>, batch: &ImageBatch) -> Tensor<1> {
+        let loss = self.cross_entropy(logits.clone(), batch.targets.clone());
+        match &batch.mixup {
+            Some(mixup) => {
+                let other = self.cross_entropy(logits, mixup.targets.clone());
+                loss.mul_scalar(mixup.lambda) + other.mul_scalar(1.0 - mixup.lambda)
+            }
+            None => loss,
+        }
+    }
+
+    /// The training loss of a batch: cross-entropy (mixed when the batch is) of the main
+    /// logits, plus [`AUX_LOSS_WEIGHT`] times that of each auxiliary head (RepVGGplus), plus
+    /// the custom L2 term when enabled.
+    pub fn loss(&self, output: &PlusOutput, batch: &ImageBatch) -> Tensor<1> {
+        let mut loss = self.classification_loss(output.main.clone(), batch);
+        for aux in &output.aux {
+            let aux_loss = self.classification_loss(aux.clone(), batch);
+            loss = loss + aux_loss.mul_scalar(AUX_LOSS_WEIGHT);
         }
         if let Some(weight_decay) = self.objective.custom_l2 {
             loss = loss + custom_l2(&self.net).mul_scalar(weight_decay / 2.0);
@@ -88,7 +196,7 @@ impl Classifier {
     }
 }
 
-impl TrainStep for Classifier {
+impl<N: TrainableNetwork> TrainStep for Classifier<N> {
     type Input = ImageBatch;
     type Output = ClassificationOutput;
 
@@ -97,18 +205,18 @@ impl TrainStep for Classifier {
         if let Some(average) = &self.average {
             average.update(&self.net);
         }
-        let logits = self.net.forward(batch.images.clone());
-        let loss = self.loss(logits.clone(), &batch);
+        let output = self.net.forward_with_aux(batch.images.clone());
+        let loss = self.loss(&output, &batch);
         let grads = loss.backward();
         TrainOutput::new(
             self,
             grads,
-            ClassificationOutput::new(loss, logits, batch.targets),
+            ClassificationOutput::new(loss, output.main, batch.targets),
         )
     }
 }
 
-impl InferenceStep for Classifier {
+impl<N: TrainableNetwork> InferenceStep for Classifier<N> {
     type Input = ImageBatch;
     type Output = ValidationOutput;
 
@@ -175,8 +283,9 @@ impl Adaptor<AverageInput> for ValidationOutput {
 /// The reference's "custom L2" over every block: the squared 3x3 kernel outside its centre, plus
 /// the squared centre of the equivalent fused kernel normalised by the BN scales, so that decay
 /// acts on the kernel the deploy model will have. BN scales are treated as constants.
-pub fn custom_l2(net: &RepVgg) -> Tensor<1> {
+pub fn custom_l2<N: TrainableNetwork>(net: &N) -> Tensor<1> {
     net.blocks()
+        .into_iter()
         .map(block_l2)
         .reduce(|total, term| total + term)
         .expect("a RepVGG has a stem block")

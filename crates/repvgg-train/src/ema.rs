@@ -10,17 +10,19 @@ use burn::store::RecordError;
 use burn::tensor::{Device, Tensor};
 use repvgg_model::RepVgg;
 
+use crate::classifier::TrainableNetwork;
+
 /// The moving average `ema = d * ema + (1 - d) * weights`, with timm's warmup of the decay
 /// (`d = min(decay, (1 + n) / (10 + n))` at update `n`) so that early weights fade quickly.
 ///
 /// Cloning shares the average: burn-train clones the model for every step and for validation,
 /// and all the clones must see one average.
 #[derive(Clone, Debug)]
-pub struct WeightAverage {
+pub struct WeightAverage<N = RepVgg> {
     decay: f64,
     /// The device whose training steps update the average (the main one with several devices).
     device: Device,
-    state: Arc<Mutex<AverageState>>,
+    state: Arc<Mutex<AverageState<N>>>,
     checkpoints: Option<AverageCheckpoints>,
 }
 
@@ -33,13 +35,22 @@ pub struct AverageCheckpoints {
     pub updates_per_epoch: usize,
 }
 
-#[derive(Debug, Default)]
-struct AverageState {
-    average: Option<RepVgg>,
+#[derive(Debug)]
+struct AverageState<N> {
+    average: Option<N>,
     updates: usize,
 }
 
-impl WeightAverage {
+impl<N> Default for AverageState<N> {
+    fn default() -> Self {
+        Self {
+            average: None,
+            updates: 0,
+        }
+    }
+}
+
+impl<N: TrainableNetwork> WeightAverage<N> {
     /// An average updated by the training steps that run on `device`.
     pub fn new(decay: f64, device: &Device) -> Self {
         Self {
@@ -59,7 +70,7 @@ impl WeightAverage {
 
     /// Continues the average saved after `epoch` epochs; `Ok(false)` if there is none (the run
     /// was started without one), and it then starts afresh.
-    pub fn resume(&self, epoch: usize, template: RepVgg) -> Result<bool, RecordError> {
+    pub fn resume(&self, epoch: usize, template: N) -> Result<bool, RecordError> {
         let Some(checkpoints) = &self.checkpoints else {
             return Ok(false);
         };
@@ -80,7 +91,7 @@ impl WeightAverage {
 
     /// Folds `net` into the average if it lives on the average's device (with several devices,
     /// every worker sees the same weights: one of them updates).
-    pub fn update(&self, net: &RepVgg) {
+    pub fn update(&self, net: &N) {
         let current = net.clone().valid();
         if current.devices().first() != Some(&self.device) {
             return;
@@ -108,7 +119,7 @@ impl WeightAverage {
     }
 
     /// The averaged network (inference device), once at least one update happened.
-    pub fn average(&self) -> Option<RepVgg> {
+    pub fn average(&self) -> Option<N> {
         self.state
             .lock()
             .expect("weight average poisoned")
@@ -123,7 +134,7 @@ impl WeightAverage {
 }
 
 /// `decay * average + (1 - decay) * current`, tensor by tensor (parameters and BN statistics).
-fn blend(average: RepVgg, current: &RepVgg, decay: f64) -> RepVgg {
+fn blend<N: Module>(average: N, current: &N, decay: f64) -> N {
     let mut collector = FloatTensors::default();
     current.visit(&mut collector);
     average.map(&mut Blend {
@@ -170,7 +181,7 @@ impl AverageCheckpoints {
         self.directory.join(format!("ema-{epoch}.bpk"))
     }
 
-    fn save(&self, average: RepVgg, epoch: usize) {
+    fn save<N: Module>(&self, average: N, epoch: usize) {
         let written = fs::create_dir_all(&self.directory)
             .map_err(|err| err.to_string())
             .and_then(|()| {

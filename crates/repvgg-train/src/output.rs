@@ -9,13 +9,12 @@ use std::time::{Duration, Instant};
 
 use burn::config::Config;
 use burn::data::dataloader::DataLoader;
-use burn::module::Module;
 use repvgg_data::{Evaluation, ImageBatch, evaluate};
 use repvgg_deploy::{DeployModel, write_checkpoint};
-use repvgg_model::{RepVgg, Weights, logit_difference};
+use repvgg_model::{Weights, logit_difference};
 
 use crate::checkpoint::{UnusableCheckpoint, last_checkpoint};
-use crate::classifier::Classifier;
+use crate::classifier::{Classifier, TrainableNetwork};
 use crate::config::TrainingConfig;
 use crate::ema::WeightAverage;
 use crate::error::TrainError;
@@ -112,11 +111,11 @@ pub(crate) fn describe_network(
 }
 
 /// A run whose epochs are done: what [`finish`] converts, writes and checks.
-pub(crate) struct Trained<'a> {
+pub(crate) struct Trained<'a, N: TrainableNetwork> {
     pub config: &'a TrainingConfig,
     pub output: &'a Path,
     pub classes: Vec<String>,
-    pub model: Classifier,
+    pub model: Classifier<N>,
     pub val_loader: &'a dyn DataLoader<ImageBatch>,
     pub resumed_after: Option<usize>,
     pub training_time: Duration,
@@ -126,7 +125,7 @@ pub(crate) struct Trained<'a> {
 
 /// Writes the final training-time and deploy-time models (and the weight average's) and checks
 /// on the validation set that the two forms agree.
-pub(crate) fn finish(trained: Trained) -> Result<TrainReport, TrainError> {
+pub(crate) fn finish<N: TrainableNetwork>(trained: Trained<N>) -> Result<TrainReport, TrainError> {
     let Trained {
         config,
         output,
@@ -141,7 +140,7 @@ pub(crate) fn finish(trained: Trained) -> Result<TrainReport, TrainError> {
     let net = model.net.clone().valid();
     let converting = Instant::now();
     // The deploy model as applications run it (on the CPU backend: the CPU deploy path).
-    let deploy = DeployModel::from_training(&net)?;
+    let deploy = net.deploy()?;
     let conversion_time = converting.elapsed();
     let (model_path, deploy_path) = save_both_forms(output, "model", &net, &deploy, &classes)?;
 
@@ -171,10 +170,10 @@ pub(crate) fn finish(trained: Trained) -> Result<TrainReport, TrainError> {
 
 /// Writes `<stem>.bpk` (training time) and `<stem>-deploy.bpk` with the config and the class
 /// names; returns their paths.
-fn save_both_forms(
+fn save_both_forms<N: TrainableNetwork>(
     output: &Path,
     stem: &str,
-    net: &RepVgg,
+    net: &N,
     deploy: &DeployModel,
     classes: &[String],
 ) -> Result<(PathBuf, PathBuf), TrainError> {
@@ -217,9 +216,9 @@ impl Comparison {
 
 /// Both forms on every validation batch, in one pass over the data: their accuracies and the
 /// largest logit difference relative to the largest logit.
-fn compare_forms(
+fn compare_forms<N: TrainableNetwork>(
     val_loader: &dyn DataLoader<ImageBatch>,
-    net: &RepVgg,
+    net: &N,
     deploy: &DeployModel,
 ) -> Result<Comparison, TrainError> {
     let started = Instant::now();
@@ -246,9 +245,9 @@ fn compare_forms(
 
 /// Folds the final weights into the moving average, writes it in both forms and evaluates its
 /// deploy form.
-fn finish_average(
-    average: &WeightAverage,
-    net: &RepVgg,
+fn finish_average<N: TrainableNetwork>(
+    average: &WeightAverage<N>,
+    net: &N,
     output: &Path,
     classes: &[String],
     val_loader: &dyn DataLoader<ImageBatch>,
@@ -257,7 +256,7 @@ fn finish_average(
     let averaged = average
         .average()
         .expect("the average holds the weights it was just updated with");
-    let deploy = DeployModel::from_training(&averaged)?;
+    let deploy = averaged.deploy()?;
     let (model_path, deploy_path) =
         save_both_forms(output, "model-ema", &averaged, &deploy, classes)?;
     let validation = evaluate(val_loader, |images| deploy.forward(images), |_, _| {})

@@ -1,5 +1,6 @@
 //! The paper's optimisation recipe: SGD with PyTorch-style momentum, weight decay on conv and
-//! linear weights only, and a per-iteration cosine schedule with optional linear warmup.
+//! linear weights only (and RepVGGplus's identity BN weights), and a per-iteration cosine
+//! schedule with optional linear warmup.
 
 use std::f64::consts::PI;
 
@@ -8,6 +9,8 @@ use burn::optim::decay::WeightDecayConfig;
 use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{LearningRate, ModuleOptimizer, SgdConfig};
+
+use repvgg_model::RepVggConfig;
 
 use crate::config::RecipeConfig;
 
@@ -19,38 +22,65 @@ pub fn scaled_lr(base_lr: f64, batch: usize) -> f64 {
     base_lr * batch as f64 / REFERENCE_BATCH as f64
 }
 
-/// The parameters the optimizer never decays, by path suffix: BN `gamma`/`beta` (the identity
-/// branch's too) and every bias.
-const NO_DECAY_SUFFIXES: [&str; 3] = [".gamma", ".beta", ".bias"];
+/// The parameters the optimizer never decays, by path suffix: the branch BNs' `gamma` (the
+/// identity branch's unless the rule says otherwise), every BN's `beta` and every bias.
+const NO_DECAY_SUFFIXES: [&str; 3] = [".bn.gamma", ".beta", ".bias"];
+/// The identity branch's BN weight: decayed by RepVGGplus's recipe, not by RepVGG's.
+const IDENTITY_BN_WEIGHT: &str = ".rbr_identity.gamma";
 /// The parameters the custom L2 loss term regularises instead of the optimizer, when it is on.
 const CUSTOM_L2_SUFFIXES: [&str; 2] = ["rbr_dense.conv.weight", "rbr_1x1.conv.weight"];
 
-/// The path suffixes exempt from the optimizer's weight decay: the one rule that [`decays`]
-/// and [`no_decay_group`] both read.
-fn exempt_suffixes(custom_l2: bool) -> impl Iterator<Item = &'static str> {
-    let custom = CUSTOM_L2_SUFFIXES.into_iter().filter(move |_| custom_l2);
-    NO_DECAY_SUFFIXES.into_iter().chain(custom)
+/// Which parameters the optimizer's weight decay applies to: conv and linear weights (SE and
+/// auxiliary heads included); never BN `beta` or a bias, nor a BN `gamma` except, in
+/// RepVGGplus's recipe, the identity branch's (the reference decays every weight with more than
+/// one dimension and `rbr_identity.weight`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecayRule {
+    /// The 3x3 and 1x1 kernels are left to the custom L2 loss term instead.
+    pub custom_l2: bool,
+    /// The identity branch's BN weight decays too.
+    pub identity_bn: bool,
 }
 
-/// Whether the optimizer's weight decay applies to the parameter at `path`: conv and linear
-/// weights decay; BN `gamma`/`beta` (the identity branch's too) and every bias do not. With
-/// `custom_l2`, the 3x3 and 1x1 kernels are left to the custom L2 loss term instead.
-pub fn decays(path: &str, custom_l2: bool) -> bool {
-    !exempt_suffixes(custom_l2).any(|suffix| path.ends_with(suffix))
-}
+impl DecayRule {
+    /// The rule of `recipe` for the network `model` describes: RepVGGplus decays its identity
+    /// BN weights.
+    pub fn of(recipe: &RecipeConfig, model: &RepVggConfig) -> Self {
+        Self {
+            custom_l2: recipe.custom_l2,
+            identity_bn: model.is_plus(),
+        }
+    }
 
-/// The parameters [`decays`] exempts, as an optimizer group.
-pub fn no_decay_group(custom_l2: bool) -> ParamGroup {
-    // The suffixes are dotted identifiers: with their dots escaped they match literally.
-    let patterns: Vec<String> = exempt_suffixes(custom_l2)
-        .map(|suffix| format!("{}$", suffix.replace('.', r"\.")))
-        .collect();
-    ParamGroup::from_any_regexes(patterns).expect("escaped identifiers are valid regexes")
+    /// The path suffixes exempt from decay: the one list that [`decays`](Self::decays) and
+    /// [`no_decay_group`](Self::no_decay_group) both read.
+    fn exempt_suffixes(self) -> impl Iterator<Item = &'static str> {
+        let custom = CUSTOM_L2_SUFFIXES
+            .into_iter()
+            .filter(move |_| self.custom_l2);
+        let identity = std::iter::once(IDENTITY_BN_WEIGHT).filter(move |_| !self.identity_bn);
+        NO_DECAY_SUFFIXES.into_iter().chain(identity).chain(custom)
+    }
+
+    /// Whether the optimizer's weight decay applies to the parameter at `path`.
+    pub fn decays(self, path: &str) -> bool {
+        !self.exempt_suffixes().any(|suffix| path.ends_with(suffix))
+    }
+
+    /// The parameters [`decays`](Self::decays) exempts, as an optimizer group.
+    pub fn no_decay_group(self) -> ParamGroup {
+        // The suffixes are dotted identifiers: with their dots escaped they match literally.
+        let patterns: Vec<String> = self
+            .exempt_suffixes()
+            .map(|suffix| format!("{}$", suffix.replace('.', r"\.")))
+            .collect();
+        ParamGroup::from_any_regexes(patterns).expect("escaped identifiers are valid regexes")
+    }
 }
 
 /// SGD as PyTorch does it (momentum without dampening, optional Nesterov), with the recipe's
-/// weight decay on the parameters that [`decays`] and none on the others.
-pub fn sgd(recipe: &RecipeConfig) -> ModuleOptimizer {
+/// weight decay on the parameters that `rule` decays and none on the others.
+pub fn sgd(recipe: &RecipeConfig, rule: DecayRule) -> ModuleOptimizer {
     let momentum = MomentumConfig::new()
         .with_momentum(recipe.momentum)
         .with_dampening(0.0)
@@ -59,11 +89,9 @@ pub fn sgd(recipe: &RecipeConfig) -> ModuleOptimizer {
     let with_decay = without_decay.clone().with_weight_decay(
         (recipe.weight_decay > 0.0).then(|| WeightDecayConfig::new(recipe.weight_decay as f32)),
     );
-    with_decay.init().with_group(
-        no_decay_group(recipe.custom_l2),
-        without_decay.build(),
-        None,
-    )
+    with_decay
+        .init()
+        .with_group(rule.no_decay_group(), without_decay.build(), None)
 }
 
 /// Linear warmup from `base_lr / warmup_steps` to `base_lr` over `warmup_steps` iterations,

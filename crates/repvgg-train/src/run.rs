@@ -11,20 +11,17 @@ use std::time::{Duration, Instant};
 use burn::tensor::{Device, FloatDType};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
-use repvgg_data::{
-    Augmentation, ImageFolder, ImageLoader, LoaderOptions, RandomResizedCrop, SkippedImages,
-    TrainTransform,
-};
-use repvgg_model::{RepVggArch, RepVggConfig};
+use repvgg_data::{Augmentation, ImageFolder, ImageLoader, LoaderOptions, SkippedImages};
+use repvgg_model::{RepVgg, RepVggArch, RepVggConfig, RepVggPlus};
 
 use crate::checkpoint::{UnusableCheckpoint, resume_point};
-use crate::classifier::{Classifier, Objective};
+use crate::classifier::{Classifier, Objective, TrainableNetwork};
 use crate::config::{Precision, TrainingConfig};
 use crate::ema::{AverageCheckpoints, WeightAverage};
 use crate::error::TrainError;
 use crate::metric::{AverageAccuracy, ImagesPerSecond};
 use crate::output::{TrainReport, Trained, describe_network, finish, saved_config, start_run};
-use crate::recipe::{WarmupCosine, scaled_lr, sgd};
+use crate::recipe::{DecayRule, WarmupCosine, scaled_lr, sgd};
 use crate::renderer::LineRenderer;
 
 /// Trains the network `config` describes on the ImageFolder set at `data` (`data/train/CLASS/*`
@@ -192,18 +189,29 @@ struct Steps {
 }
 
 impl Run<'_> {
+    /// Trains the family of network the config describes.
     fn execute(self) -> Result<TrainReport, TrainError> {
+        match self.config.model.is_plus() {
+            true => self.execute_with::<RepVggPlus>(),
+            false => self.execute_with::<RepVgg>(),
+        }
+    }
+
+    fn execute_with<N: TrainableNetwork>(self) -> Result<TrainReport, TrainError> {
         let classes = self.data.train.classes.clone();
         describe_network(self.output, self.config, &classes)?;
         let loaders = self.loaders()?;
         let steps = self.steps();
-        let model = self.model(steps)?;
+        let model = self.model::<N>(steps)?;
         let schedule = self.schedule(steps);
         self.log_start(&model, &loaders, steps, schedule.base_lr);
 
         let (val_loader, skipped) = (loaders.val.clone(), loaders.skipped.clone());
         let training = self.learning(loaders);
-        let optimizer = sgd(&self.config.recipe);
+        let optimizer = sgd(
+            &self.config.recipe,
+            DecayRule::of(&self.config.recipe, &self.config.model),
+        );
         let started = Instant::now();
         let model = launch(training, Learner::new(model, optimizer, schedule))?;
         finish(Trained {
@@ -228,12 +236,7 @@ impl Run<'_> {
                 .map(usize::from)
                 .unwrap_or(1)
         });
-        let size = config.augmentation.image_size;
-        let mut train_transform = TrainTransform::new(size);
-        train_transform.crop = RandomResizedCrop {
-            scale: (config.augmentation.min_crop_scale, 1.0),
-            ..RandomResizedCrop::new(size)
-        };
+        let train_transform = config.augmentation.train_transform()?;
         let options = LoaderOptions {
             batch_size: self.per_device_batch(),
             workers,
@@ -298,10 +301,10 @@ impl Run<'_> {
 
     /// The seeded network with its loss, and the weight average when the recipe keeps one
     /// (continued from its checkpoint when the run resumes).
-    fn model(&self, steps: Steps) -> Result<Classifier, TrainError> {
+    fn model<N: TrainableNetwork>(&self, steps: Steps) -> Result<Classifier<N>, TrainError> {
         let device = &self.devices[0];
         device.seed(self.config.seed);
-        let net = self.config.model.init(&device.clone().autodiff());
+        let net = N::init(&self.config.model, &device.clone().autodiff());
         let model = Classifier::new(net, Objective::of(&self.config.recipe));
         let Some(decay) = self.config.recipe.ema_decay else {
             return Ok(model);
@@ -321,7 +324,13 @@ impl Run<'_> {
         Ok(model.with_average(average))
     }
 
-    fn log_start(&self, model: &Classifier, loaders: &Loaders, steps: Steps, lr: f64) {
+    fn log_start<N: TrainableNetwork>(
+        &self,
+        model: &Classifier<N>,
+        loaders: &Loaders,
+        steps: Steps,
+        lr: f64,
+    ) {
         let (config, recipe) = (self.config, &self.config.recipe);
         let devices = match self.devices.as_slice() {
             [device] => format!("{device:?}"),
@@ -355,13 +364,15 @@ impl Run<'_> {
 
     /// burn-train's supervised training: metrics, checkpoints every epoch, the progress display,
     /// accumulation, the multi-device strategy, and the checkpoint to continue from.
-    fn learning(&self, loaders: Loaders) -> SupervisedTraining<Classifier> {
+    fn learning<N: TrainableNetwork>(&self, loaders: Loaders) -> SupervisedTraining<Classifier<N>> {
         let recipe = &self.config.recipe;
         let mut training =
             SupervisedTraining::new(self.output, Arc::new(loaders.train), loaders.val)
                 .metrics((
                     AccuracyMetric::new(),
-                    TopKAccuracyMetric::new(5),
+                    // Top-5, or top-k of all the classes of a smaller problem (burn-train's
+                    // metric panics when k exceeds the classes).
+                    TopKAccuracyMetric::new(5.min(self.config.model.num_classes)),
                     LossMetric::new(),
                     ImagesPerSecond::new(),
                 ))
@@ -398,10 +409,10 @@ impl Run<'_> {
 }
 
 /// Runs the learner to its last epoch; the trained model, or why there is none.
-fn launch(
-    training: SupervisedTraining<Classifier>,
-    learner: Learner<Classifier>,
-) -> Result<Classifier, TrainError> {
+fn launch<N: TrainableNetwork>(
+    training: SupervisedTraining<Classifier<N>>,
+    learner: Learner<Classifier<N>>,
+) -> Result<Classifier<N>, TrainError> {
     let result = training.launch(learner);
     if let Some(error) = result.error {
         return Err(TrainError::Failed(error));
@@ -417,10 +428,17 @@ fn launch(
     Ok(result.model)
 }
 
-/// "RepVGG-A0" for a preset (with any number of classes), "a custom RepVGG" otherwise.
+/// "RepVGG-A0" for a preset (with any number of classes), "a custom RepVGG" (or RepVGGplus)
+/// otherwise.
 fn architecture_name(config: &RepVggConfig) -> String {
     RepVggArch::ALL
         .into_iter()
         .find(|arch| arch.config().with_num_classes(config.num_classes) == *config)
-        .map_or_else(|| "a custom RepVGG".to_string(), |arch| arch.to_string())
+        .map_or_else(
+            || match config.is_plus() {
+                true => "a custom RepVGGplus".to_string(),
+                false => "a custom RepVGG".to_string(),
+            },
+            |arch| arch.to_string(),
+        )
 }

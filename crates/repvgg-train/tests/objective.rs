@@ -6,7 +6,7 @@ mod test_device;
 
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use repvgg_data::{ImageBatch, MixedTargets};
-use repvgg_model::{RepVggConfig, Weights};
+use repvgg_model::{PlusLayout, PlusOutput, RepVggConfig, Weights};
 use repvgg_train::classifier::{Classifier, Objective, custom_l2};
 
 use test_device::test_device;
@@ -93,10 +93,14 @@ fn the_mixup_loss_weighs_both_targets() {
         targets,
         mixup,
     };
-    let loss_a = plain.loss(logits.clone(), &batch(targets.clone(), None));
-    let loss_b = plain.loss(logits.clone(), &batch(reversed.clone(), None));
+    let output = PlusOutput {
+        main: logits,
+        aux: Vec::new(),
+    };
+    let loss_a = plain.loss(&output, &batch(targets.clone(), None));
+    let loss_b = plain.loss(&output, &batch(reversed.clone(), None));
     let mixed = plain.loss(
-        logits.clone(),
+        &output,
         &batch(
             targets,
             Some(MixedTargets {
@@ -107,4 +111,80 @@ fn the_mixup_loss_weighs_both_targets() {
     );
     let expected = loss_a.into_scalar::<f32>() * 0.3 + loss_b.into_scalar::<f32>() * 0.7;
     assert!((mixed.into_scalar::<f32>() - expected).abs() < 1e-5);
+}
+
+/// Smoothed cross-entropy of one row of logits, by its definition: the targets are
+/// `(1 - smoothing)` on the class plus `smoothing / classes` everywhere.
+fn smoothed_cross_entropy(logits: &[f32], target: usize, smoothing: f32) -> f32 {
+    let max = logits.iter().copied().fold(f32::MIN, f32::max);
+    let log_sum = logits.iter().map(|z| (z - max).exp()).sum::<f32>().ln() + max;
+    let classes = logits.len() as f32;
+    logits
+        .iter()
+        .enumerate()
+        .map(|(c, z)| {
+            let q = smoothing / classes + if c == target { 1.0 - smoothing } else { 0.0 };
+            -q * (z - log_sum)
+        })
+        .sum()
+}
+
+#[test]
+fn repvggplus_adds_a_tenth_of_each_auxiliary_loss_with_the_same_mixup_and_smoothing() {
+    let device = test_device();
+    let config = RepVggConfig::new(vec![1, 1, 2, 1], vec![0.125; 4])
+        .with_se_reduction(4)
+        .with_num_classes(3)
+        .with_plus(Some(PlusLayout::new()));
+    let classifier = Classifier::new(
+        config.init_plus(&device),
+        Objective {
+            label_smoothing: 0.1,
+            custom_l2: None,
+        },
+    );
+    let rows: [[f32; 3]; 8] = [
+        [1.0, -0.5, 0.25],
+        [0.0, 2.0, -1.0],
+        [0.5, 0.5, 3.0],
+        [-2.0, 1.0, 0.0],
+        [1.5, 0.0, -0.5],
+        [0.25, -1.0, 2.0],
+        [3.0, 1.0, 1.0],
+        [-0.5, -0.5, 0.5],
+    ];
+    let logits = |pair: usize| {
+        let values: Vec<f32> = rows[2 * pair..2 * pair + 2].concat();
+        Tensor::<2>::from_data(TensorData::new(values, [2, 3]), &device)
+    };
+    let output = PlusOutput {
+        main: logits(0),
+        aux: vec![logits(1), logits(2), logits(3)],
+    };
+    let (targets, mixed_with, lambda) = ([2usize, 0], [1usize, 1], 0.7f32);
+    let batch = ImageBatch {
+        images: Tensor::zeros([2, 3, 32, 32], &device),
+        targets: Tensor::from_data(TensorData::new(vec![2i64, 0], [2]), &device),
+        mixup: Some(MixedTargets {
+            targets: Tensor::from_data(TensorData::new(vec![1i64, 1], [2]), &device),
+            lambda,
+        }),
+    };
+    // Each head: the batch mean of lambda * CE(target) + (1 - lambda) * CE(mixed target).
+    let head_loss = |pair: usize| -> f32 {
+        (0..2)
+            .map(|i| {
+                let row = &rows[2 * pair + i];
+                lambda * smoothed_cross_entropy(row, targets[i], 0.1)
+                    + (1.0 - lambda) * smoothed_cross_entropy(row, mixed_with[i], 0.1)
+            })
+            .sum::<f32>()
+            / 2.0
+    };
+    let expected = head_loss(0) + 0.1 * (head_loss(1) + head_loss(2) + head_loss(3));
+    let actual = classifier.loss(&output, &batch).into_scalar::<f32>();
+    assert!((actual - expected).abs() < 1e-5, "{actual} vs {expected}");
+    // The network gives the training step three auxiliary outputs to weigh in.
+    let images = Tensor::<4>::random([2, 3, 32, 32], Distribution::Default, &device);
+    assert_eq!(classifier.net.forward_with_aux(images).aux.len(), 3);
 }

@@ -12,7 +12,7 @@ use burn::optim::lr_scheduler::LrScheduler;
 use burn::tensor::{Distribution, Tensor};
 use repvgg_model::{RepVggArch, RepVggConfig, Weights, tensor_infos};
 use repvgg_train::RecipeConfig;
-use repvgg_train::recipe::{WarmupCosine, decays, no_decay_group, scaled_lr, sgd};
+use repvgg_train::recipe::{DecayRule, WarmupCosine, scaled_lr, sgd};
 
 use test_device::test_device;
 
@@ -21,7 +21,11 @@ fn only_conv_and_linear_weights_decay() {
     let device = test_device();
     let model = RepVggArch::D2se.config().init(&device);
     for custom_l2 in [false, true] {
-        let group = no_decay_group(custom_l2);
+        let rule = DecayRule {
+            custom_l2,
+            identity_bn: false,
+        };
+        let group = rule.no_decay_group();
         let mut decayed = 0;
         for info in tensor_infos(&model).iter().filter(|t| t.is_trainable()) {
             let branch_kernel = info.path.ends_with("rbr_dense.conv.weight")
@@ -30,7 +34,7 @@ fn only_conv_and_linear_weights_decay() {
                 || info.path.ends_with(".se.down.weight")
                 || info.path.ends_with(".se.up.weight")
                 || info.path == "linear.weight";
-            assert_eq!(decays(&info.path, custom_l2), expected, "{}", info.path);
+            assert_eq!(rule.decays(&info.path), expected, "{}", info.path);
             assert_eq!(
                 group.matches(&ParamId::new(), Some(&info.path)),
                 !expected,
@@ -43,10 +47,39 @@ fn only_conv_and_linear_weights_decay() {
         // custom L2 the branch convs are regularised by the loss instead.
         let branch_convs = if custom_l2 { 0 } else { 2 };
         assert_eq!(decayed, 48 * (branch_convs + 2) + 1);
-        assert!(!decays("stage1.1.rbr_identity.gamma", custom_l2));
-        assert!(!decays("stage1.1.rbr_dense.bn.beta", custom_l2));
-        assert!(!decays("stage0.se.up.bias", custom_l2));
+        assert!(!rule.decays("stage1.1.rbr_identity.gamma"));
+        assert!(!rule.decays("stage1.1.rbr_dense.bn.beta"));
+        assert!(!rule.decays("stage0.se.up.bias"));
     }
+}
+
+#[test]
+fn repvggplus_decays_weights_of_more_than_one_dimension_and_identity_bn_weights() {
+    let device = test_device();
+    let config = RepVggArch::L2pse.config();
+    let rule = DecayRule::of(&RecipeConfig::new(), &config);
+    assert!(rule.identity_bn && !rule.custom_l2);
+    let group = rule.no_decay_group();
+    let mut decayed = 0;
+    for info in tensor_infos(&config.init_plus(&device))
+        .iter()
+        .filter(|t| t.is_trainable())
+    {
+        // The reference's rule: `ndim > 1` (convs, SE, aux heads, linears) and
+        // `rbr_identity.weight`; no other BN weight, no bias.
+        let expected = info.shape.len() > 1 || info.path.ends_with("rbr_identity.gamma");
+        assert_eq!(rule.decays(&info.path), expected, "{}", info.path);
+        assert_eq!(
+            group.matches(&ParamId::new(), Some(&info.path)),
+            !expected,
+            "{}",
+            info.path
+        );
+        decayed += usize::from(expected);
+    }
+    // 48 blocks x (two branch convs + two SE convs), 43 identity BNs, the linear head, and
+    // three auxiliary heads with a conv and a linear each.
+    assert_eq!(decayed, 48 * 4 + 43 + 1 + 3 * 2);
 }
 
 #[test]
@@ -71,7 +104,8 @@ fn the_optimizer_decays_exactly_those_parameters() {
         let recipe = RecipeConfig::new()
             .with_weight_decay(0.5)
             .with_custom_l2(custom_l2);
-        let mut optimizer = sgd(&recipe);
+        let rule = DecayRule::of(&recipe, &config);
+        let mut optimizer = sgd(&recipe, rule);
         let model = optimizer.step(1.0, model, grads);
         let after = Weights::from_module(&model).unwrap();
         for (path, old) in before.iter() {
@@ -79,7 +113,7 @@ fn the_optimizer_decays_exactly_those_parameters() {
                 continue;
             }
             let new = after.get(path).unwrap();
-            let factor = if decays(path, custom_l2) { 0.5 } else { 1.0 };
+            let factor = if rule.decays(path) { 0.5 } else { 1.0 };
             for (o, n) in old.iter::<f32>().zip(new.iter::<f32>()) {
                 assert!(
                     (n - o * factor).abs() <= 1e-6 * o.abs().max(1.0),

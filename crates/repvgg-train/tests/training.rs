@@ -12,7 +12,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use burn::config::Config;
 use repvgg_data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_deploy::{Form, read_checkpoint};
-use repvgg_model::RepVggConfig;
+use repvgg_model::{PlusLayout, RepVggConfig};
 use repvgg_train::checkpoint::{checkpoint_path, last_checkpoint};
 use repvgg_train::demo::demo_config;
 use repvgg_train::{
@@ -237,6 +237,96 @@ fn resuming_continues_the_same_schedule_and_counters() {
     );
     // And it was evaluated every epoch beside the model.
     assert!(!logged(&killed, "valid", 3, "EMA_Accuracy").is_empty());
+}
+
+#[test]
+fn a_repvggplus_run_trains_its_auxiliary_heads_converts_and_resumes() {
+    let _serial = one_at_a_time();
+    let workspace = workspace("plus", 4);
+    let root = workspace.path();
+    let model = RepVggConfig::new(vec![1, 1, 2, 1], vec![0.125; 4])
+        .with_se_reduction(4)
+        .with_num_classes(SYNTHETIC_CLASSES.len())
+        .with_plus(Some(PlusLayout::new()));
+    let mut config = config(|recipe| {
+        recipe
+            .with_epochs(2)
+            .with_label_smoothing(0.1)
+            .with_mixup_alpha(Some(0.2))
+            .with_ema_decay(Some(0.9))
+    });
+    config.model = model.clone();
+    let finished = train_in(root, "straight", &config).unwrap();
+    assert_eq!(finished.disagreements, 0);
+    assert!(finished.max_relative_logit_difference < 1e-4);
+    let straight = root.join("straight");
+    // Checkpoints, the final model and the weight average carry the auxiliary heads; the
+    // deploy forms do not.
+    let aux = "stage1_aux.conv_bn.conv.weight";
+    for file in ["checkpoint/model-2.bpk", "checkpoint/ema-2.bpk"] {
+        let names = burn_store::burn_pack::Reader::from_file(straight.join(file))
+            .unwrap()
+            .into_tensors()
+            .unwrap();
+        assert!(names.iter().any(|t| t.name.ends_with(aux)), "{file}");
+    }
+    for (path, form, has_aux) in [
+        (&finished.model_path, Form::Training, true),
+        (&finished.deploy_path, Form::Deploy, false),
+        (
+            &finished.average.as_ref().unwrap().model_path,
+            Form::Training,
+            true,
+        ),
+        (
+            &finished.average.as_ref().unwrap().deploy_path,
+            Form::Deploy,
+            false,
+        ),
+    ] {
+        let saved = read_checkpoint(path).unwrap();
+        assert_eq!(saved.form, form, "{}", path.display());
+        assert_eq!(
+            saved.weights.get(aux).is_some(),
+            has_aux,
+            "{}",
+            path.display()
+        );
+        assert_eq!(saved.config.as_ref(), Some(&model));
+    }
+
+    // Killed during its second epoch, resumed: the same epoch again.
+    let killed = root.join("killed");
+    copy_dir(&straight, &killed);
+    for part in ["model", "optim", "scheduler", "ema"] {
+        fs::remove_file(killed.join(format!("checkpoint/{part}-2.bpk"))).unwrap();
+    }
+    fs::remove_dir_all(killed.join("train/epoch-2")).unwrap();
+    fs::remove_dir_all(killed.join("valid/epoch-2")).unwrap();
+    let resumed = resume(&killed, &root.join("data"), &[test_device()]).unwrap();
+    assert_eq!(resumed.resumed_after, Some(1));
+    assert_eq!(
+        logged(&killed, "train", 2, "Loss"),
+        logged(&straight, "train", 2, "Loss")
+    );
+}
+
+#[test]
+fn a_problem_of_fewer_than_five_classes_trains() {
+    let _serial = one_at_a_time();
+    let workspace = workspace("three-classes", 2);
+    let root = workspace.path();
+    for class in &SYNTHETIC_CLASSES[3..] {
+        for split in ["train", "val"] {
+            fs::remove_dir_all(root.join("data").join(split).join(class)).unwrap();
+        }
+    }
+    let mut config = config(|recipe| recipe.with_epochs(1));
+    config.model = config.model.with_num_classes(3);
+    // Top-5 accuracy of three classes is top-3 (burn-train's metric would panic on k > classes).
+    let report = train_in(root, "run", &config).unwrap();
+    assert_eq!(report.classes.len(), 3);
+    assert_eq!(report.validation.images, 3 * 6);
 }
 
 #[test]

@@ -25,7 +25,8 @@ use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
 use resnet::ResNet;
 
 /// Measure inference speed: RepVGG's training-time and deploy models, ResNet-18/50 baselines
-/// and (on the CPU) PyTorch's eager figures for the same models, side by side in one run.
+/// and (on the CPU and on CUDA) PyTorch's eager figures for the same models on the same device,
+/// side by side in one run.
 ///
 /// Prints a markdown report and writes it to --output with a description of the machine.
 /// Latency is the median of --runs timed forward passes after --warmup untimed ones; weights are
@@ -55,8 +56,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     warmup: usize,
 
-    /// Python for the PyTorch columns (torch, timm) and the deployment engines (onnxruntime,
-    /// openvino), CPU only; a missing package skips its figures, "none" skips them all.
+    /// Python for the PyTorch columns (torch, timm; CPU and CUDA) and the deployment engines
+    /// (onnxruntime, openvino; CPU only); a missing package skips its figures, "none" skips them
+    /// all.
     #[arg(long, env = "REPVGG_PYTHON", default_value = "python3")]
     python: String,
 
@@ -89,6 +91,7 @@ impl Measurement {
 
 pub fn run(args: BenchArgs) -> Result<()> {
     ensure!(args.runs > 0, "--runs must be at least 1");
+    ensure_repvgg(&args.arch)?;
     ensure!(
         !args.batch.is_empty() && args.batch.iter().all(|&b| b > 0),
         "--batch needs positive sizes"
@@ -109,7 +112,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         // The file the engines run: this deploy model, exported as `convert --output X.onnx`
         // would.
         let exporting = Instant::now();
-        let onnx = network_to_onnx(&deploy, &OnnxOptions::default())?;
+        let onnx = network_to_onnx(&deploy.clone().into(), &OnnxOptions::default())?;
         let path = onnx_dir.path().join(format!("{}.onnx", arch.name()));
         std::fs::write(&path, &onnx).with_context(|| format!("cannot write {}", path.display()))?;
         exports.push((
@@ -150,7 +153,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let reparameterization = time_reparameterization(&args.arch, &device)?;
 
     let torch = match (args.device, args.python.as_str()) {
-        (DeviceChoice::Cpu, python) if python != "none" => {
+        (DeviceChoice::Cpu | DeviceChoice::Cuda, python) if python != "none" => {
             eprintln!("PyTorch and the deployment engines ({python} scripts/bench_torch.py)");
             match run_torch(&args, onnx_dir.path()) {
                 Ok(torch) => Some(torch),
@@ -180,6 +183,8 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 images: args.loader_images,
                 workers: vec![1],
                 image_size: 224,
+                rand_augment: None,
+                random_erasing: None,
             })
         })
         .transpose()?;
@@ -263,6 +268,17 @@ pub struct MemoryArgs {
     /// Two training steps (`bench-train`) instead of two forward passes.
     #[arg(long)]
     train: bool,
+}
+
+/// The benchmarks (and their PyTorch side) cover RepVGG: refuse RepVGGplus by name rather than
+/// fail inside.
+pub fn ensure_repvgg(archs: &[RepVggArch]) -> Result<()> {
+    match archs.iter().find(|arch| arch.config().is_plus()) {
+        Some(arch) => anyhow::bail!(
+            "{arch}: the benchmarks cover the RepVGG architectures; RepVGGplus is not benchmarked"
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Builds one model on the CPU, runs it twice and prints `PEAK_MB INFERENCE_MB`: the
@@ -362,23 +378,23 @@ struct EngineFigures {
 
 fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures> {
     let join = |items: Vec<String>| items.join(",");
-    let json = run_bench_script(
-        &args.python,
-        &[
-            "--archs".into(),
-            join(args.arch.iter().map(|a| a.name().to_string()).collect()),
-            "--batches".into(),
-            join(args.batch.iter().map(usize::to_string).collect()),
-            "--size".into(),
-            args.size.to_string(),
-            "--runs".into(),
-            args.runs.to_string(),
-            "--warmup".into(),
-            args.warmup.to_string(),
-            "--onnx-dir".into(),
-            onnx_dir.display().to_string(),
-        ],
-    )?;
+    let mut script_args = vec![
+        "--archs".into(),
+        join(args.arch.iter().map(|a| a.name().to_string()).collect()),
+        "--batches".into(),
+        join(args.batch.iter().map(usize::to_string).collect()),
+        "--size".into(),
+        args.size.to_string(),
+        "--runs".into(),
+        args.runs.to_string(),
+        "--warmup".into(),
+        args.warmup.to_string(),
+    ];
+    // The deployment engines run on the CPU only.
+    if args.device == DeviceChoice::Cpu {
+        script_args.extend(["--onnx-dir".into(), onnx_dir.display().to_string()]);
+    }
+    let json = run_bench_script(&args.python, &script_args, args.device)?;
     let models = json["models"]
         .as_object()
         .context("no models in bench_torch.py's output")?
@@ -426,15 +442,19 @@ fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures> {
     })
 }
 
-/// Runs `scripts/bench_torch.py` with `python`, `args` and one thread per core, and parses the
-/// JSON object it prints.
-fn run_bench_script(python: &str, args: &[String]) -> Result<serde_json::Value> {
+/// Runs `scripts/bench_torch.py` with `python`, `args`, PyTorch on `device` and one thread per
+/// core, and parses the JSON object it prints.
+fn run_bench_script(
+    python: &str,
+    args: &[String],
+    device: DeviceChoice,
+) -> Result<serde_json::Value> {
     let script = workspace_root().join("scripts/bench_torch.py");
     let threads = std::thread::available_parallelism().map_or(1, usize::from);
     let output = Command::new(python)
         .arg(&script)
         .args(args)
-        .args(["--threads", &threads.to_string()])
+        .args(["--threads", &threads.to_string(), "--device", device.name()])
         .output()
         .with_context(|| format!("cannot run {python}"))?;
     ensure!(

@@ -13,19 +13,19 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Distribution, Int, Tensor};
+use burn::tensor::{Device, Distribution, FloatDType, Int, Tensor};
 use burn::train::TrainStep;
 use clap::Args;
 use repvgg_data::ImageBatch;
 use repvgg_model::{DeviceChoice, RepVggArch};
-use repvgg_train::RecipeConfig;
-use repvgg_train::classifier::{Classifier, Objective};
-use repvgg_train::recipe::{scaled_lr, sgd};
+use repvgg_train::classifier::{Classifier, Objective, TrainableNetwork};
+use repvgg_train::recipe::{DecayRule, scaled_lr, sgd};
+use repvgg_train::{Precision, RecipeConfig};
 
 use super::{machine, run_bench_script};
 
-/// Time training steps of RepVGG on synthetic batches, beside PyTorch eager (CPU), and write
-/// the report to --output.
+/// Time training steps of RepVGG on synthetic batches, beside PyTorch eager on the same device
+/// (CPU or CUDA), and write the report to --output.
 #[derive(Args, Debug)]
 pub struct TrainBenchArgs {
     /// Architectures, comma separated.
@@ -43,6 +43,11 @@ pub struct TrainBenchArgs {
     #[arg(long, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
 
+    /// f32, or bf16 where the device computes in it (weights and activations, as
+    /// `repvgg-train --precision` trains; PyTorch's model and batch are cast to it too).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+
     /// Timed steps per measurement (their mean, and the median of each part, are reported).
     #[arg(long, default_value_t = 5)]
     runs: usize,
@@ -51,7 +56,7 @@ pub struct TrainBenchArgs {
     #[arg(long, default_value_t = 2)]
     warmup: usize,
 
-    /// Python with torch and timm for the PyTorch column (CPU only); "none" skips it.
+    /// Python with torch and timm for the PyTorch column (CPU and CUDA); "none" skips it.
     #[arg(long, env = "REPVGG_PYTHON", default_value = "python3")]
     python: String,
 
@@ -83,7 +88,18 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         args.runs > 0 && args.batch > 0,
         "--runs and --batch must be positive"
     );
-    let device = args.device.device()?;
+    super::ensure_repvgg(&args.arch)?;
+    let mut device = args.device.device()?;
+    if args.precision == Precision::Bf16 {
+        ensure!(
+            device.supports_dtype(FloatDType::BF16),
+            "{} does not compute in bf16",
+            args.device.description()
+        );
+        device
+            .configure(FloatDType::BF16)
+            .context("cannot switch the device to bf16")?;
+    }
     let mut rows = Vec::new();
     for &arch in &args.arch {
         eprintln!(
@@ -91,7 +107,8 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             args.warmup, args.runs, args.batch
         );
         let burn = time_steps(arch, args.batch, args.size as usize, &device, &args)?;
-        let peak_mb = (args.device == DeviceChoice::Cpu)
+        // The fresh process that measures memory trains in f32.
+        let peak_mb = (args.device == DeviceChoice::Cpu && args.precision == Precision::F32)
             .then(|| peak_memory_of(arch, args.batch, args.size))
             .flatten();
         rows.push(Row {
@@ -102,13 +119,15 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
         });
     }
     let torch = match (args.device, args.python.as_str()) {
-        (DeviceChoice::Cpu, python) if python != "none" => match run_torch(&args) {
-            Ok(torch) => Some(torch),
-            Err(err) => {
-                eprintln!("warning: no PyTorch figures: {err:#}");
-                None
+        (DeviceChoice::Cpu | DeviceChoice::Cuda, python) if python != "none" => {
+            match run_torch(&args) {
+                Ok(torch) => Some(torch),
+                Err(err) => {
+                    eprintln!("warning: no PyTorch figures: {err:#}");
+                    None
+                }
             }
-        },
+        }
         _ => None,
     };
     if let Some((_, figures)) = &torch {
@@ -162,7 +181,7 @@ fn time_steps(
     let config = arch.config();
     let data = synthetic_batch(batch, size, config.num_classes, &device);
     let mut model = Classifier::new(config.init(&device), Objective::of(&recipe));
-    let mut optimizer = sgd(&recipe);
+    let mut optimizer = sgd(&recipe, DecayRule::of(&recipe, &config));
     let lr = scaled_lr(recipe.lr, batch);
     for _ in 0..args.warmup {
         let output = TrainStep::step(&model, data.clone());
@@ -179,7 +198,7 @@ fn time_steps(
     let (mut forward, mut backward, mut update) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.runs {
         let started = Instant::now();
-        let loss = model.loss(model.net.forward(data.images.clone()), &data);
+        let loss = model.loss(&model.net.forward_with_aux(data.images.clone()), &data);
         let _ = loss.clone().into_data();
         forward.push(started.elapsed().as_secs_f64() * 1e3);
         let started = Instant::now();
@@ -238,7 +257,7 @@ pub fn two_steps(arch: RepVggArch, batch: usize, size: usize) {
     let config = arch.config();
     let data = synthetic_batch(batch, size, config.num_classes, &device);
     let mut model = Classifier::new(config.init(&device), Objective::of(&recipe));
-    let mut optimizer = sgd(&recipe);
+    let mut optimizer = sgd(&recipe, DecayRule::of(&recipe, &config));
     for _ in 0..2 {
         let output = TrainStep::step(&model, data.clone());
         model = optimizer.step(0.1, model, output.grads);
@@ -264,7 +283,10 @@ fn run_torch(args: &TrainBenchArgs) -> Result<(String, Vec<(String, StepTimes)>)
             args.runs.to_string(),
             "--warmup".into(),
             args.warmup.to_string(),
+            "--precision".into(),
+            args.precision.name().into(),
         ],
+        args.device,
     )?;
     let version = json["torch"]
         .as_str()
@@ -296,11 +318,13 @@ fn report(args: &TrainBenchArgs, rows: &[Row], torch: Option<&str>) -> String {
     let _ = writeln!(out, "# Training benchmarks\n");
     let _ = writeln!(
         out,
-        "Produced by `cargo xtask bench-train --arch {} --batch {} --size {} --device {} --runs {}`.\n",
+        "Produced by `cargo xtask bench-train --arch {} --batch {} --size {} --device {} \
+         --precision {} --runs {}`.\n",
         archs.join(","),
         args.batch,
         args.size,
         format!("{:?}", args.device).to_lowercase(),
+        args.precision.name(),
         args.runs
     );
     let _ = writeln!(out, "{}\n", machine::describe(args.device.description()));
@@ -308,12 +332,13 @@ fn report(args: &TrainBenchArgs, rows: &[Row], torch: Option<&str>) -> String {
         out,
         "A step: the training-time network forward in training mode (BN statistics updated), \
          cross-entropy, backward, SGD (momentum 0.9, weight decay 1e-4 on conv and linear \
-         weights), on a synthetic batch of {} images of {}x{} already on the device; f32. \
+         weights), on a synthetic batch of {} images of {}x{} already on the device; {}. \
          \"step\" is the mean of {} steps after {} warm-up (the device synchronised at the \
          end); the parts are the medians of separate steps, each part synchronised.{}\n",
         args.batch,
         args.size,
         args.size,
+        args.precision.name(),
         args.runs,
         args.warmup,
         torch.map_or(String::new(), |version| format!(
