@@ -437,7 +437,16 @@ fn write_safetensors(weights: &Weights, path: &Path) -> Result<(), DeployError> 
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(|err| write_error(path, err))?;
-    safetensors::serialize_to_file(views, None, path).map_err(|err| write_error(path, err))
+    safetensors::serialize_to_file(views, None, path).map_err(|err| write_error(path, err))?;
+    // The crate writes through a private (0600) temporary file; a model file is for others to
+    // read, as the other formats' files are.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+            .map_err(|err| write_error(path, err))?;
+    }
+    Ok(())
 }
 
 fn write_error(path: &Path, source: impl std::error::Error + Send + Sync + 'static) -> DeployError {

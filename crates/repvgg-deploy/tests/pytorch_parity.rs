@@ -317,6 +317,16 @@ fn repvggplus_exports_use_the_reference_keys() {
     ] {
         let path = scratch.path().join(file);
         write_checkpoint(weights, &config, None, &path).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(
+                mode & 0o777,
+                0o644,
+                "{file}: readable by others, as .bpk files are"
+            );
+        }
         let bytes = std::fs::read(&path).unwrap();
         let written = safetensors::SafeTensors::deserialize(&bytes).unwrap();
         let mut keys: Vec<(String, Vec<usize>)> = written
