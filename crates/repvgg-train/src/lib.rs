@@ -40,4 +40,4 @@ pub use config::{
 };
 pub use error::TrainError;
 pub use output::{AverageReport, TrainReport};
-pub use run::{resume, train};
+pub use run::{DataParallel, resume, resume_with, train, train_with};

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use burn::tensor::distributed::{DistributedConfig, ReduceOperation};
 use burn::tensor::{Device, FloatDType};
 use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
@@ -39,6 +40,17 @@ pub fn train(
     devices: &[Device],
     output: &Path,
 ) -> Result<TrainReport, TrainError> {
+    train_with(config, data, devices, DataParallel::MultiDevice, output)
+}
+
+/// [`train`], with several devices sharing the work as `data_parallel` says.
+pub fn train_with(
+    config: &TrainingConfig,
+    data: &Path,
+    devices: &[Device],
+    data_parallel: DataParallel,
+    output: &Path,
+) -> Result<TrainReport, TrainError> {
     config.validate()?;
     let data = DataSets::open(data, &config.model)?;
     let devices = training_devices(devices, config)?;
@@ -48,6 +60,7 @@ pub fn train(
         output,
         data,
         devices,
+        data_parallel,
         resume_after: None,
         unusable_checkpoints: Vec::new(),
     }
@@ -59,6 +72,17 @@ pub fn train(
 /// so that the result is the one the uninterrupted run would have had. `data` and `devices` are
 /// as for [`train`].
 pub fn resume(output: &Path, data: &Path, devices: &[Device]) -> Result<TrainReport, TrainError> {
+    resume_with(output, data, devices, DataParallel::MultiDevice)
+}
+
+/// [`resume`], with several devices sharing the work as `data_parallel` says (the devices and
+/// how they share the work may differ from the interrupted run's).
+pub fn resume_with(
+    output: &Path,
+    data: &Path,
+    devices: &[Device],
+    data_parallel: DataParallel,
+) -> Result<TrainReport, TrainError> {
     let config = saved_config(output)?;
     config.validate()?;
     let (epoch, unusable_checkpoints) = resume_point(output, &config)?;
@@ -69,6 +93,7 @@ pub fn resume(output: &Path, data: &Path, devices: &[Device]) -> Result<TrainRep
         output,
         data,
         devices,
+        data_parallel,
         resume_after: Some(epoch),
         unusable_checkpoints,
     }
@@ -159,12 +184,27 @@ fn training_devices(
     Ok(devices)
 }
 
+/// How several devices share a run's training steps. Each device takes its share of every
+/// batch either way; they differ in how the gradients meet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DataParallel {
+    /// The gradients are moved to the first device, which steps the optimizer (burn-train's
+    /// `MultiDevice`): works on every backend.
+    #[default]
+    MultiDevice,
+    /// Every device keeps a replica and the gradients are all-reduced between them (burn-train's
+    /// `DistributedDataParallel`, NCCL): CUDA devices only, the way large runs train. With one
+    /// device it runs the same code path (a smoke test of it).
+    Ddp,
+}
+
 /// A run whose config, data and devices are checked and whose directory is ready.
 struct Run<'a> {
     config: &'a TrainingConfig,
     output: &'a Path,
     data: DataSets,
     devices: Vec<Device>,
+    data_parallel: DataParallel,
     /// The epoch whose checkpoint the run continues from.
     resume_after: Option<usize>,
     /// Newer checkpoints passed over because they could not be used.
@@ -332,9 +372,11 @@ impl Run<'_> {
         lr: f64,
     ) {
         let (config, recipe) = (self.config, &self.config.recipe);
-        let devices = match self.devices.as_slice() {
-            [device] => format!("{device:?}"),
-            devices => format!("{} devices", devices.len()),
+        let devices = match (self.devices.as_slice(), self.data_parallel) {
+            ([device], DataParallel::MultiDevice) => format!("{device:?}"),
+            ([device], DataParallel::Ddp) => format!("{device:?} (DDP)"),
+            (devices, DataParallel::MultiDevice) => format!("{} devices", devices.len()),
+            (devices, DataParallel::Ddp) => format!("{} devices (DDP)", devices.len()),
         };
         log::info!(
             "training {} ({} classes, {} trainable parameters) on {devices} ({})",
@@ -392,14 +434,21 @@ impl Run<'_> {
         if !std::io::stdout().is_terminal() {
             training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(10))));
         }
-        if self.devices.len() > 1 {
-            training = training.with_training_strategy(
-                ExecutionStrategy::MultiDevice(
-                    self.devices.clone(),
-                    MultiDeviceOptim::OptimMainDevice,
-                )
-                .into(),
-            );
+        let devices = self.devices.clone();
+        match self.data_parallel {
+            DataParallel::Ddp => {
+                let config = DistributedConfig {
+                    all_reduce_op: ReduceOperation::Mean,
+                };
+                training =
+                    training.with_training_strategy(ExecutionStrategy::ddp(devices, config).into());
+            }
+            DataParallel::MultiDevice if devices.len() > 1 => {
+                let strategy =
+                    ExecutionStrategy::MultiDevice(devices, MultiDeviceOptim::OptimMainDevice);
+                training = training.with_training_strategy(strategy.into());
+            }
+            DataParallel::MultiDevice => {}
         }
         if let Some(epoch) = self.resume_after {
             training = training.checkpoint(epoch);

@@ -12,7 +12,8 @@ use burn::config::Config;
 use repvgg_data::{ImageFolder, InvalidPolicy, RandAugment};
 use repvgg_model::{DeviceChoice, RepVggArch, RepVggConfig};
 use repvgg_train::{
-    AugmentationConfig, LoaderConfig, Precision, RecipeConfig, TrainingConfig, resume, train,
+    AugmentationConfig, DataParallel, LoaderConfig, Precision, RecipeConfig, TrainingConfig,
+    resume_with, train_with,
 };
 
 use crate::cli::report::print_report;
@@ -140,6 +141,12 @@ pub struct TrainArgs {
     /// GPU indices, comma separated; several train data-parallel (CUDA).
     #[arg(long, value_delimiter = ',')]
     pub devices: Vec<usize>,
+    /// How several devices share the work: ddp (replicas whose gradients are all-reduced with
+    /// NCCL; CUDA only) or multi-device (gradients gathered on the first device; any backend).
+    /// Default: ddp for several CUDA devices, multi-device otherwise. `--data-parallel ddp` on
+    /// one GPU runs the DDP code path alone (a smoke test).
+    #[arg(long, value_name = "STRATEGY", value_parser = parse_data_parallel)]
+    pub data_parallel: Option<DataParallel>,
     /// f32, or bf16 where the device computes in it (no loss scaling needed).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
@@ -203,13 +210,43 @@ fn rand_augment_policy(policy: &str) -> Result<String, InvalidPolicy> {
     policy.parse::<RandAugment>().map(|_| policy.to_string())
 }
 
+/// `ddp` or `multi-device`.
+fn parse_data_parallel(name: &str) -> Result<DataParallel, String> {
+    match name.trim().to_ascii_lowercase().as_str() {
+        "ddp" => Ok(DataParallel::Ddp),
+        "multi-device" | "multi" => Ok(DataParallel::MultiDevice),
+        _ => Err(format!("`{name}`: use ddp or multi-device")),
+    }
+}
+
+impl TrainArgs {
+    /// How the devices share the work: as asked, else DDP for several CUDA devices (NCCL has the
+    /// collectives) and multi-device otherwise. DDP elsewhere than on CUDA is refused: the other
+    /// backends have no all-reduce.
+    pub fn data_parallel(&self) -> Result<DataParallel> {
+        let cuda = self.device == DeviceChoice::Cuda;
+        match self.data_parallel {
+            Some(DataParallel::Ddp) if !cuda => Err(anyhow!(
+                "--data-parallel ddp needs --device cuda (NCCL all-reduce); {} has no collectives: \
+                 use --data-parallel multi-device",
+                self.device
+            )),
+            Some(choice) => Ok(choice),
+            None if cuda && self.devices.len() > 1 => Ok(DataParallel::Ddp),
+            None => Ok(DataParallel::MultiDevice),
+        }
+    }
+}
+
 /// Trains (or resumes) as the flags say and prints the report.
 pub fn run(args: &TrainArgs) -> Result<()> {
+    let data_parallel = args.data_parallel()?;
     let devices = args.device.devices(&args.devices)?;
     let report = if args.resume {
-        resume(&args.output, &args.data, &devices)?
+        resume_with(&args.output, &args.data, &devices, data_parallel)?
     } else {
-        train(&args.training_config()?, &args.data, &devices, &args.output)?
+        let config = args.training_config()?;
+        train_with(&config, &args.data, &devices, data_parallel, &args.output)?
     };
     print_report(&report);
     Ok(())
@@ -345,6 +382,29 @@ mod tests {
     }
 
     #[test]
+    fn ddp_is_the_default_for_several_cuda_devices_and_refused_off_cuda() {
+        let choice = |flags: &[&str]| parse(flags).unwrap().data_parallel();
+        assert_eq!(
+            choice(&["--data=d", "--device=cpu"]).unwrap(),
+            DataParallel::MultiDevice
+        );
+        assert_eq!(
+            choice(&["--data=d", "--device=cpu", "--data-parallel=multi-device"]).unwrap(),
+            DataParallel::MultiDevice
+        );
+        let error = choice(&["--data=d", "--device=cpu", "--data-parallel=ddp"]).unwrap_err();
+        assert!(error.to_string().contains("needs --device cuda"), "{error}");
+        assert!(parse(&["--data=d", "--data-parallel=ring"]).is_err());
+        #[cfg(feature = "cuda")]
+        {
+            let several = ["--data=d", "--device=cuda", "--devices=0,1"];
+            assert_eq!(choice(&several).unwrap(), DataParallel::Ddp);
+            let one = ["--data=d", "--device=cuda", "--data-parallel=ddp"];
+            assert_eq!(choice(&one).unwrap(), DataParallel::Ddp);
+        }
+    }
+
+    #[test]
     fn every_flag_but_the_run_s_place_sets_the_config() {
         let run_flags = [
             "data",
@@ -352,6 +412,7 @@ mod tests {
             "config_file",
             "device",
             "devices",
+            "data_parallel",
             "resume",
         ];
         for arg in Flags::command().get_arguments() {
