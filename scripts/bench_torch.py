@@ -1,4 +1,4 @@
-"""Python-side CPU inference timings for `cargo xtask bench`, measured the same way.
+"""Python-side inference timings for `cargo xtask bench`, measured the same way.
 
 PyTorch eager (torch + timm): each RepVGG built by timm (random weights: speed does not depend
 on them), the training-time model in eval mode and the re-parameterized one, plus timm's
@@ -12,10 +12,15 @@ figures with a note. Prints one JSON object on stdout:
      "notes": [..]}
 
 With --train (for `cargo xtask bench-train`): full training steps of timm's RepVGG instead,
-{"torch": .., "training": {"A0": {"step_ms": .., "forward_ms": .., ..}}}.
+{"torch": .., "training": {"A0": {"step_ms": .., "forward_ms": .., ..}}}; --precision bf16 casts
+the model and the batch to bfloat16 (as Burn's device computes in bf16 then).
+
+With --device cuda, PyTorch's models, inputs and training steps run on the first CUDA GPU
+(cuDNN autotuning on, as Burn autotunes its kernels; each timing waits for the GPU); the
+deployment engines stay CPU-only (xtask gives no --onnx-dir then).
 
 Usage: python scripts/bench_torch.py --archs A0,B0 --batches 1,8 --size 224 --runs 10
-       [--onnx-dir DIR] [--train]
+       [--onnx-dir DIR] [--train [--precision f32|bf16]] [--device cpu|cuda]
 """
 
 import argparse
@@ -36,6 +41,24 @@ def median_ms(run, runs, warmup):
     return 1000.0 * statistics.median(times)
 
 
+def on_device(torch, device):
+    """`(place, synced)`: moves a model or tensor to `device`, and wraps a function so that it
+    returns only when the device has finished (CUDA runs asynchronously)."""
+    if device == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    def synced(run):
+        def run_and_wait():
+            result = run()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return result
+
+        return run_and_wait
+
+    return (lambda x: x.to(device)), synced
+
+
 def torch_figures(args, batches, threads, notes):
     try:
         import timm
@@ -45,22 +68,23 @@ def torch_figures(args, batches, threads, notes):
         notes.append(f"no PyTorch figures: {err}")
         return None, {}
     torch.set_num_threads(threads)
+    place, synced = on_device(torch, args.device)
 
     def timed(model, batch):
-        images = torch.randn(batch, 3, args.size, args.size)
+        images = place(torch.randn(batch, 3, args.size, args.size))
         with torch.inference_mode():
-            return median_ms(lambda: model(images), args.runs, args.warmup)
+            return median_ms(synced(lambda: model(images)), args.runs, args.warmup)
 
     models = {}
     for arch in args.archs.split(","):
         name = "repvgg_" + arch.lower()
-        training = timm.create_model(name, pretrained=False).eval()
-        deploy = reparameterize_model(timm.create_model(name, pretrained=False).eval())
+        training = place(timm.create_model(name, pretrained=False).eval())
+        deploy = place(reparameterize_model(timm.create_model(name, pretrained=False).eval()))
         for form, model in (("training", training), ("deploy", deploy)):
             for batch in batches:
                 models[f"{arch}/{form}/{batch}"] = {"median_ms": timed(model, batch)}
     for label, name in (("ResNet-18", "resnet18"), ("ResNet-50", "resnet50")):
-        model = timm.create_model(name, pretrained=False).eval()
+        model = place(timm.create_model(name, pretrained=False).eval())
         for batch in batches:
             models[f"{label}/-/{batch}"] = {"median_ms": timed(model, batch)}
     return torch.__version__.split("+")[0], models
@@ -76,13 +100,16 @@ def training_figures(args, batch, threads, notes):
         notes.append(f"no PyTorch training figures: {err}")
         return None, {}
     torch.set_num_threads(threads)
+    place, synced = on_device(torch, args.device)
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     figures = {}
     for arch in args.archs.split(","):
         model = timm.create_model("repvgg_" + arch.lower(), pretrained=False).train()
+        model = place(model).to(dtype)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1 * batch / 256, momentum=0.9,
                                     weight_decay=1e-4)
-        images = torch.randn(batch, 3, args.size, args.size)
-        targets = torch.randint(0, 1000, (batch,))
+        images = place(torch.randn(batch, 3, args.size, args.size)).to(dtype)
+        targets = place(torch.randint(0, 1000, (batch,)))
         loss_fn = torch.nn.CrossEntropyLoss()
 
         def step():
@@ -90,18 +117,18 @@ def training_figures(args, batch, threads, notes):
             loss_fn(model(images), targets).backward()
             optimizer.step()
 
-        step_ms = median_ms(step, args.runs, args.warmup)
+        step_ms = median_ms(synced(step), args.runs, args.warmup)
         parts = {"forward_ms": [], "backward_ms": [], "optimizer_ms": []}
         for _ in range(args.runs):
             optimizer.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            loss = loss_fn(model(images), targets)
+            loss = synced(lambda: loss_fn(model(images), targets))()
             parts["forward_ms"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            loss.backward()
+            synced(loss.backward)()
             parts["backward_ms"].append(time.perf_counter() - start)
             start = time.perf_counter()
-            optimizer.step()
+            synced(optimizer.step)()
             parts["optimizer_ms"].append(time.perf_counter() - start)
         figures[arch] = {"step_ms": step_ms}
         figures[arch].update({k: 1000.0 * statistics.median(v) for k, v in parts.items()})
@@ -169,9 +196,13 @@ def main():
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--onnx-dir", help="the exported <ARCH>.onnx files")
+    parser.add_argument("--onnx-dir", help="the exported <ARCH>.onnx files (CPU engines)")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="where PyTorch runs (the engines always run on the CPU)")
     parser.add_argument("--train", action="store_true",
                         help="time training steps instead (at the first --batches size)")
+    parser.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                        help="the training steps' float type (--train)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
 

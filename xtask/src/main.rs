@@ -1,13 +1,20 @@
 //! Developer commands for the workspace: `cargo xtask <command>`. `convert`, `eval` and `archs`
 //! are the installable `repvgg` tool's commands (crate `repvgg-cli`), kept here under the names
-//! people are told; `bench` and `bench-train` are the developers' own.
+//! people are told; `bench` and `bench-train` are the developers' own. `train`, `demo` and
+//! `bench-loader` are the trainer's (`repvgg-train`), so that one binary carries every command
+//! to a GPU machine (`scripts/gpu-build.sh`).
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use repvgg_cli::{archs, convert, eval};
+use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
 
 mod bench;
+/// The trainer's command line (flags, the run, what it prints), compiled in here unchanged.
+#[path = "../../crates/repvgg-train/src/cli/mod.rs"]
+mod cli;
 
 #[derive(Parser, Debug)]
 #[command(about = "Developer commands for repvgg-burn", version)]
@@ -34,9 +41,17 @@ enum Command {
     /// One memory measurement of `bench`, in a fresh process.
     #[command(hide = true)]
     BenchMemory(bench::MemoryArgs),
+    /// Train RepVGG as `repvgg-train --data DIR ...` does (same flags; see `repvgg-train
+    /// --help`).
+    Train(Box<cli::train::TrainArgs>),
+    /// `repvgg-train demo`: generate the demo's images, train on them on the CPU, convert.
+    Demo(cli::demo::DemoArgs),
+    /// `repvgg-train bench-loader`: the data pipeline's images/s per worker count.
+    BenchLoader(LoaderBenchArgs),
 }
 
 fn main() -> ExitCode {
+    init_logger();
     let result = match Cli::parse().command {
         Command::Archs { size } => {
             print!("{}", archs::table(size as usize));
@@ -47,6 +62,9 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::BenchTrain(args) => bench::training::run(args),
         Command::BenchMemory(args) => bench::run_memory(args),
+        Command::Train(args) => cli::train::run(&args),
+        Command::Demo(args) => cli::demo::run(&args),
+        Command::BenchLoader(args) => run_bench_loader(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -55,4 +73,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The libraries' `log` lines on stderr, as the trainer shows them: ours at `info` (training
+/// progress), every other crate's from `warn`; `RUST_LOG` overrides.
+fn init_logger() {
+    let filter = env_logger::Env::default().default_filter_or("warn,repvgg=info");
+    env_logger::Builder::from_env(filter)
+        .format(|out, record| writeln!(out, "{}: {}", record.level(), record.args()))
+        .init();
+}
+
+/// `bench-loader`: measures, then prints the trainer's markdown table.
+fn run_bench_loader(args: &LoaderBenchArgs) -> anyhow::Result<()> {
+    println!("| workers | images | images/s | images/s per worker |");
+    println!("|---|---|---|---|");
+    for result in bench_loader(args)? {
+        println!(
+            "| {} | {} | {:.1} | {:.1} |",
+            result.workers,
+            result.images,
+            result.images_per_second,
+            result.images_per_second / result.workers as f64
+        );
+    }
+    Ok(())
 }

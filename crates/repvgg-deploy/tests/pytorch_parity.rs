@@ -18,9 +18,11 @@ use test_device::test_device;
 
 const TOLERANCE: f32 = 1e-4;
 
+/// A file of `crates/repvgg-deploy/tests/fixtures`, found from any crate beside this one (the GPU
+/// suite of repvgg-train includes these tests).
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../repvgg-deploy/tests/fixtures")
         .join(name)
 }
 
