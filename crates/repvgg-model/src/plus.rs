@@ -8,6 +8,28 @@
 //! the reference numbers their layers (`stage1_aux.0.conv.weight`, `stage1_aux.3.weight`) and
 //! Burn modules have named fields (`stage1_aux.conv_bn.conv.weight`, `stage1_aux.linear.weight`);
 //! the checkpoint readers and writers translate.
+//!
+//! ```
+//! use burn::tensor::{Device, Distribution, Tensor};
+//! use repvgg_model::{PlusLayout, RepVggArch, RepVggConfig, Reparameterize};
+//!
+//! let device = Device::flex();
+//! let l2pse = RepVggArch::L2pse.config(); // parameters are lazy: building it allocates nothing
+//! assert_eq!(l2pse.init_plus(&device).num_trainable_params(), 146_062_864);
+//!
+//! let config = RepVggConfig::new(vec![1, 1, 2, 1], vec![0.25; 4])
+//!     .with_se_reduction(4)
+//!     .with_num_classes(10)
+//!     .with_plus(Some(PlusLayout::new()));
+//! let model = config.init_plus(&device); // `RepVggPlus`
+//! let images = Tensor::<4>::random([2, 3, 64, 48], Distribution::Default, &device);
+//! let output = model.forward_with_aux(images.clone()); // main [2, 10], aux 3 x [2, 10]
+//! assert_eq!(output.aux.len(), 3);
+//! let plain = model.reparameterize()?; // `RepVggPlusDeploy`: no aux heads, same main output
+//! let difference = (output.main - plain.forward(images)).abs().max();
+//! assert!(difference.into_scalar::<f32>() < 1e-4);
+//! # Ok::<(), repvgg_model::WeightsError>(())
+//! ```
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
