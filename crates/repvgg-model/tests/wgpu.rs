@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor, TensorData, Tolerance};
-use repvgg_model::RepVggConfig;
+use repvgg_model::{PlusLayout, RepVggConfig, Reparameterize};
 use support::wgpu_device::wgpu_device;
 
 /// Runs `forward` on the CPU and on wgpu with the same weights and input.
@@ -51,4 +51,37 @@ fn deploy_network_agrees_with_cpu() {
     {
         actual.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
     }
+}
+
+fn plus_config() -> RepVggConfig {
+    RepVggConfig::new(vec![1, 1, 2, 1], vec![0.25; 4])
+        .with_se_reduction(4)
+        .with_num_classes(10)
+        .with_plus(Some(PlusLayout::new()))
+}
+
+#[test]
+fn repvggplus_agrees_with_cpu_and_converts_on_wgpu() {
+    // The training form: main and auxiliary logits side by side.
+    let all_logits = |model: &repvgg_model::RepVggPlus, images| {
+        let output = model.forward_with_aux(images);
+        Tensor::cat([vec![output.main], output.aux].concat(), 1)
+    };
+    let Some((expected, actual)) = cpu_and_wgpu(|d| plus_config().init_plus(d), all_logits) else {
+        return;
+    };
+    assert_eq!(actual.shape().as_slice(), [2, 40]);
+    actual.assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-4));
+
+    // Converted on wgpu, the deploy form computes the training form's main output there.
+    let gpu = wgpu_device().expect("found above");
+    let weights = plus_config().init_plus(&Device::flex()).into_record();
+    let model = plus_config().init_plus(&gpu).load_record(weights);
+    let deploy = model.reparameterize().unwrap();
+    let images = Tensor::<4>::random([2, 3, 40, 56], Distribution::Normal(0.0, 1.0), &gpu);
+    let main = model.forward(images.clone()).into_data();
+    deploy
+        .forward(images)
+        .into_data()
+        .assert_approx_eq::<f32>(&main, Tolerance::absolute(1e-4));
 }
