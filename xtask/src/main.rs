@@ -4,12 +4,11 @@
 //! `bench-loader` are the trainer's (`repvgg-train`), so that one binary carries every command
 //! to a GPU machine (`scripts/gpu-build.sh`).
 
-use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use repvgg_cli::{archs, convert, eval};
-use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
+use repvgg_train::throughput::LoaderBenchArgs;
 
 mod bench;
 /// The trainer's command line (flags, the run, what it prints), compiled in here unchanged.
@@ -51,7 +50,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_logger();
+    cli::init_logger();
     let result = match Cli::parse().command {
         Command::Archs { size } => {
             print!("{}", archs::table(size as usize));
@@ -64,7 +63,7 @@ fn main() -> ExitCode {
         Command::BenchMemory(args) => bench::run_memory(args),
         Command::Train(args) => cli::train::run(&args),
         Command::Demo(args) => cli::demo::run(&args),
-        Command::BenchLoader(args) => run_bench_loader(&args),
+        Command::BenchLoader(args) => cli::run_bench_loader(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -73,29 +72,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The libraries' `log` lines on stderr, as the trainer shows them: ours at `info` (training
-/// progress), every other crate's from `warn`; `RUST_LOG` overrides.
-fn init_logger() {
-    let filter = env_logger::Env::default().default_filter_or("warn,repvgg=info");
-    env_logger::Builder::from_env(filter)
-        .format(|out, record| writeln!(out, "{}: {}", record.level(), record.args()))
-        .init();
-}
-
-/// `bench-loader`: measures, then prints the trainer's markdown table.
-fn run_bench_loader(args: &LoaderBenchArgs) -> anyhow::Result<()> {
-    println!("| workers | images | images/s | images/s per worker |");
-    println!("|---|---|---|---|");
-    for result in bench_loader(args)? {
-        println!(
-            "| {} | {} | {:.1} | {:.1} |",
-            result.workers,
-            result.images,
-            result.images_per_second,
-            result.images_per_second / result.workers as f64
-        );
-    }
-    Ok(())
 }

@@ -17,7 +17,7 @@ use repvgg_model::RepVggArch;
 /// How a command is told the architecture of a weights file.
 #[derive(clap::Args, Clone, Debug, Default)]
 pub struct ArchArgs {
-    /// Reference architecture of the weights (A0 ... D2se); by default the one the file records,
+    /// Reference architecture of the weights (A0 ... D2se, L2pse); by default the one the file records,
     /// else detected from the tensor shapes.
     #[arg(long, conflicts_with = "config")]
     pub arch: Option<RepVggArch>,

@@ -371,6 +371,18 @@ fn repvggplus_is_detected_and_served_by_the_cpu_path() {
         err.contains("RepVGGplus, blocks per stage [1, 1, 4, 1]"),
         "{err}"
     );
+    // A stage 3 split other than the reference's (first half n/2 blocks) is no RepVGGplus.
+    let resplit: Weights = custom
+        .weights
+        .iter()
+        .map(|(name, data)| {
+            let name = name.replace("stage3_second.blocks.0.", "stage3_first.blocks.2.");
+            let name = name.replace("stage3_second.blocks.1.", "stage3_second.blocks.0.");
+            (name, data.clone())
+        })
+        .collect();
+    let err = detect_arch(&resplit).unwrap_err().to_string();
+    assert!(err.contains("splits into 3 + 1 blocks"), "{err}");
 
     let io = plus_io();
     let input = || Tensor::<4>::from_data(io.get("input").unwrap().clone(), &device);

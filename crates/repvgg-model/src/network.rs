@@ -75,11 +75,7 @@ impl<B: Block> RepVggNetwork<B> {
             .forward_features(images)
             .pop()
             .expect("at least the stem's output");
-        let pooled = global_average_pool(features);
-        match &self.linear {
-            Some(linear) => linear.forward(pooled),
-            None => pooled,
-        }
+        classify(features, self.linear.as_ref())
     }
 
     /// The output of the stem and of every stage (five maps for the reference architectures, at
@@ -112,6 +108,16 @@ impl<B: Block> RepVggNetwork<B> {
     /// Every block in forward order, the stem first.
     pub fn blocks(&self) -> impl Iterator<Item = &B> {
         std::iter::once(&self.stage0).chain(self.stages().flatten())
+    }
+}
+
+/// The head of both families: the last feature map pooled, then the linear classifier if there
+/// is one (a headless network gives the pooled features).
+pub(crate) fn classify(features: Tensor<4>, linear: Option<&Linear>) -> Tensor<2> {
+    let pooled = global_average_pool(features);
+    match linear {
+        Some(linear) => linear.forward(pooled),
+        None => pooled,
     }
 }
 

@@ -38,7 +38,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::block::{Block, ConvBn, RepVggBlock, RepVggDeployBlock};
 use crate::config::RepVggConfig;
-use crate::network::global_average_pool;
+use crate::network::{classify, global_average_pool};
 
 /// The blocks of one stage (the reference's `nn.Module` with a `blocks` list).
 #[derive(Module, Debug)]
@@ -178,7 +178,7 @@ impl<B: Block> RepVggPlusNetwork<B> {
             .forward_features(images)
             .pop()
             .expect("at least the stem's output");
-        self.classify(features)
+        classify(features, self.linear.as_ref())
     }
 
     /// The main logits and the auxiliary heads' logits (what training needs).
@@ -199,7 +199,7 @@ impl<B: Block> RepVggPlusNetwork<B> {
         }
         x = self.stage4.forward(self.stage3_second.forward(x));
         PlusOutput {
-            main: self.classify(x),
+            main: classify(x, self.linear.as_ref()),
             aux,
         }
     }
@@ -238,14 +238,6 @@ impl<B: Block> RepVggPlusNetwork<B> {
     /// Trainable parameters (batch-norm running statistics are not counted).
     pub fn num_trainable_params(&self) -> usize {
         crate::inspect::num_trainable_params(self)
-    }
-
-    fn classify(&self, features: Tensor<4>) -> Tensor<2> {
-        let pooled = global_average_pool(features);
-        match &self.linear {
-            Some(linear) => linear.forward(pooled),
-            None => pooled,
-        }
     }
 }
 

@@ -49,17 +49,7 @@ impl Reparameterize for RepVgg {
     /// # Ok::<(), repvgg_model::WeightsError>(())
     /// ```
     fn reparameterize(&self) -> Result<RepVggDeploy, WeightsError> {
-        let config = self.config();
-        let device = self.stage0.devices().into_iter().next().ok_or_else(|| {
-            WeightsError::NoTensorsUnder {
-                prefix: "stage0".into(),
-            }
-        })?;
-        let deploy = reparameterize(&Weights::from_module(self)?, config, &device)?;
-        deploy.load_into(
-            config.init_deploy(&device),
-            "the deploy-time network of this configuration",
-        )
+        reparameterize_module(self, self.config(), RepVggConfig::init_deploy)
     }
 }
 
@@ -68,18 +58,30 @@ impl Reparameterize for RepVggPlus {
 
     /// The deploy form: fused blocks, post-SE and head carried over, auxiliary heads dropped.
     fn reparameterize(&self) -> Result<RepVggPlusDeploy, WeightsError> {
-        let config = self.config();
-        let device = self.stage0.devices().into_iter().next().ok_or_else(|| {
-            WeightsError::NoTensorsUnder {
-                prefix: "stage0".into(),
-            }
-        })?;
-        let deploy = reparameterize(&Weights::from_module(self)?, config, &device)?;
-        deploy.load_into(
-            config.init_plus_deploy(&device),
-            "the deploy-time network of this configuration",
-        )
+        reparameterize_module(self, self.config(), RepVggConfig::init_plus_deploy)
     }
+}
+
+/// The training-time network `training` (of `config`) re-parameterized on its own device into
+/// the deploy-time network that `init_deploy` builds there.
+fn reparameterize_module<M: Module, D: Module>(
+    training: &M,
+    config: &RepVggConfig,
+    init_deploy: impl FnOnce(&RepVggConfig, &Device) -> D,
+) -> Result<D, WeightsError> {
+    let device =
+        training
+            .devices()
+            .into_iter()
+            .next()
+            .ok_or_else(|| WeightsError::NoTensorsUnder {
+                prefix: "stage0".into(),
+            })?;
+    let deploy = reparameterize(&Weights::from_module(training)?, config, &device)?;
+    deploy.load_into(
+        init_deploy(config, &device),
+        "the deploy-time network of this configuration",
+    )
 }
 
 /// Converts a module holding a training-time RepVGG at module path `path` (e.g. `"backbone"`)

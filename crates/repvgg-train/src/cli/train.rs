@@ -60,7 +60,7 @@ pub struct TrainArgs {
     /// network and the recipe.
     #[arg(long, value_name = "FILE", conflicts_with_all = RECIPE_FLAGS, conflicts_with = "resume")]
     pub config_file: Option<PathBuf>,
-    /// Architecture preset (A0 ... D2se).
+    /// Architecture preset (A0 ... D2se, or RepVGGplus-L2pse).
     #[arg(long, default_value = "A0", conflicts_with = "config")]
     pub arch: RepVggArch,
     /// A RepVggConfig JSON file instead of a preset (custom architectures).
