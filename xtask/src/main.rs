@@ -37,6 +37,7 @@ enum Command {
     /// Time full training steps (forward, backward, SGD) beside PyTorch eager, and write
     /// BENCHMARKS-training.md.
     BenchTrain(bench::training::TrainBenchArgs),
+    BenchLayers(bench::layers::LayerBenchArgs),
     /// One memory measurement of `bench`, in a fresh process.
     #[command(hide = true)]
     BenchMemory(bench::MemoryArgs),
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchTrain(args) => bench::training::run(args),
+        Command::BenchLayers(args) => bench::layers::run(args),
         Command::BenchMemory(args) => bench::run_memory(args),
         Command::Train(args) => cli::train::run(&args),
         Command::Demo(args) => cli::demo::run(&args),

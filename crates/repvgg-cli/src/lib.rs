@@ -11,7 +11,7 @@ pub mod eval;
 use std::path::PathBuf;
 
 use repvgg_data::{DEFAULT_CROP_PCT, EvalTransform};
-use repvgg_deploy::ArchSource;
+use repvgg_deploy::{ArchSource, CpuOptions, CpuPrecision, DeployModel, DeployNetwork};
 use repvgg_model::RepVggArch;
 
 /// How a command is told the architecture of a weights file.
@@ -58,6 +58,17 @@ impl CropArgs {
     pub fn transform(&self) -> EvalTransform {
         EvalTransform::with_crop_pct(self.image_size, self.crop_pct)
     }
+}
+
+/// The deploy network ready for inference in `precision`: bf16 runs the CPU deploy path in
+/// bf16 (CPU device, AVX512_BF16), f32 every device's own path.
+pub fn deploy_model(net: DeployNetwork, precision: CpuPrecision) -> anyhow::Result<DeployModel> {
+    Ok(match precision {
+        CpuPrecision::F32 => DeployModel::new(net),
+        precision => {
+            DeployModel::with_options(net, CpuOptions::default().with_precision(precision))?
+        }
+    })
 }
 
 /// `9108968` as `9,108,968`.

@@ -7,11 +7,11 @@ use std::path::Path;
 use burn::tensor::{Device, Tensor};
 use repvgg_model::{RepVgg, RepVggConfig, RepVggDeploy, RepVggPlus, Reparameterize};
 
-#[cfg(feature = "cpu-path")]
-use crate::CpuDeploy;
 use crate::error::DeployError;
 use crate::load::{ArchSource, ResolvedCheckpoint};
 use crate::network::DeployNetwork;
+#[cfg(feature = "cpu-path")]
+use crate::{CpuDeploy, CpuOptions, CpuPrecision};
 
 /// A deploy-time RepVGG or RepVGGplus for inference. On a `Device::flex()` model,
 /// [`forward`](Self::forward) runs the [`CpuDeploy`] path (prepared once, here); on wgpu, CUDA or
@@ -55,6 +55,64 @@ impl DeployModel {
                 }),
             model,
         }
+    }
+
+    /// [`new`](Self::new) with the CPU path's precision and algorithm chosen (bf16 for twice
+    /// f32's speed on CPUs with AVX512_BF16, see [`CpuPrecision`]); an error if the model is not
+    /// on Burn's CPU backend (only the CPU path has the options) or the CPU cannot run them.
+    ///
+    /// ```
+    /// use burn::tensor::Device;
+    /// use repvgg_deploy::{CpuOptions, CpuPrecision, DeployModel};
+    /// use repvgg_model::RepVggConfig;
+    ///
+    /// let net = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).init_deploy(&Device::flex());
+    /// let options = CpuOptions::default().with_precision(CpuPrecision::Bf16);
+    /// match DeployModel::with_options(net, options) {
+    ///     Ok(model) => assert_eq!(model.precision(), CpuPrecision::Bf16),
+    ///     Err(err) => assert!(err.to_string().contains("AVX512_BF16")), // an older CPU
+    /// }
+    /// ```
+    #[cfg(feature = "cpu-path")]
+    pub fn with_options(
+        model: impl Into<DeployNetwork>,
+        options: CpuOptions,
+    ) -> Result<Self, DeployError> {
+        let model = model.into();
+        options.check()?;
+        if !model
+            .device()
+            .is_some_and(|device| is_cpu_path_device(&device))
+        {
+            return Err(DeployError::UnsupportedPrecision {
+                precision: options.precision.name(),
+                reason: "the CPU path's options apply to models on Burn's CPU backend \
+                         (Device::flex()); other devices run the network's own f32 operations"
+                    .into(),
+            });
+        }
+        let cpu = match &model {
+            DeployNetwork::RepVgg(net) => CpuDeploy::with_options(net, options)?,
+            DeployNetwork::Plus(net) => CpuDeploy::from_plus_with_options(net, options)?,
+        };
+        Ok(Self {
+            cpu: Some(cpu),
+            model,
+        })
+    }
+
+    /// The precision [`forward`](Self::forward) computes in (f32 off the CPU path).
+    #[cfg(feature = "cpu-path")]
+    pub fn precision(&self) -> CpuPrecision {
+        self.cpu
+            .as_ref()
+            .map_or(CpuPrecision::F32, |cpu| cpu.options().precision)
+    }
+
+    /// The CPU path, where [`forward`](Self::forward) takes it (its options, its prepared size).
+    #[cfg(feature = "cpu-path")]
+    pub fn cpu_path(&self) -> Option<&CpuDeploy> {
+        self.cpu.as_ref()
     }
 
     /// The deploy model of a training-time network (re-parameterized on its device).

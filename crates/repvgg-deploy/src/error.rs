@@ -71,6 +71,13 @@ pub enum DeployError {
     /// timm publishes no ImageNet weights for this architecture (it has no g2 variants).
     #[error("no pretrained weights for {arch}: timm publishes them for {available}")]
     NoPretrained { arch: String, available: String },
+    /// The CPU path cannot compute in the precision asked for on this CPU (bf16 needs
+    /// AVX512_BF16), or not on the model's device.
+    #[error("the CPU path cannot run in {precision}: {reason}")]
+    UnsupportedPrecision {
+        precision: &'static str,
+        reason: String,
+    },
     /// Downloading pretrained weights failed: bad HTTP status, network error, interrupted
     /// transfer or a file that is not the expected checkpoint.
     #[error("downloading {url}: {message}")]

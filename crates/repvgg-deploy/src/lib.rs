@@ -35,7 +35,7 @@ mod timing;
 
 pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint};
 #[cfg(feature = "cpu-path")]
-pub use cpu::CpuDeploy;
+pub use cpu::{ConvAlgorithm, CpuDeploy, CpuOptions, CpuPrecision, LayerTime, WinogradTile};
 pub use deploy_model::DeployModel;
 pub use detect::{DetectedLayout, detect_arch};
 pub use error::{BoxedError, DeployError};

@@ -1,18 +1,42 @@
 //! The CPU deploy path computes what the generic deploy model computes: presets, grouped
-//! layers, squeeze-excitation, odd input sizes (partial Winograd tiles), one image and several;
-//! and `DeployModel` takes it on the CPU backend.
+//! layers, squeeze-excitation, odd input sizes (partial Winograd tiles), one image and several,
+//! with every stride-1 algorithm, in f32 and (within its tolerance) in bf16; and `DeployModel`
+//! takes it on the CPU backend.
 
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use repvgg_deploy::{CpuDeploy, DeployModel};
+use repvgg_deploy::{
+    ConvAlgorithm, CpuDeploy, CpuOptions, CpuPrecision, DeployError, DeployModel, WinogradTile,
+};
 use repvgg_model::logit_difference;
 use repvgg_model::{RepVggArch, RepVggConfig};
 
+/// Every stride-1 algorithm the path can be asked for.
+const ALGORITHMS: [ConvAlgorithm; 4] = [
+    ConvAlgorithm::Auto,
+    ConvAlgorithm::Winograd(WinogradTile::F2x2),
+    ConvAlgorithm::Winograd(WinogradTile::F4x4),
+    ConvAlgorithm::Im2col,
+];
+
+/// The largest relative logit difference bf16 may make on these random-weight networks (the
+/// measured worst case is 8e-4, Winograd F(4x4) on the odd-channel network).
+const BF16_TOLERANCE: f32 = 5e-3;
+
 fn assert_agrees(config: &RepVggConfig, batch: usize, height: usize, width: usize) {
+    assert_agrees_with(config, [batch, height, width], CpuOptions::default(), 1e-4);
+}
+
+fn assert_agrees_with(
+    config: &RepVggConfig,
+    [batch, height, width]: [usize; 3],
+    options: CpuOptions,
+    tolerance: f32,
+) {
     let device = Device::flex();
     let model = config.init_deploy(&device);
-    let fast = CpuDeploy::new(&model);
+    let fast = CpuDeploy::with_options(&model, options).expect("options this CPU runs");
     let images = Tensor::<4>::random(
         [batch, 3, height, width],
         Distribution::Normal(0.0, 1.0),
@@ -22,10 +46,109 @@ fn assert_agrees(config: &RepVggConfig, batch: usize, height: usize, width: usiz
     let actual = fast.forward(images).into_data();
     assert_eq!(actual.shape(), expected.shape());
     let difference = logit_difference(&actual, &expected);
+    eprintln!("{options:?} batch {batch}, {height}x{width}: {difference:?}");
     assert!(
-        difference.relative <= 1e-4,
-        "batch {batch}, {height}x{width}: {difference:?}"
+        difference.relative <= tolerance,
+        "{options:?} batch {batch}, {height}x{width}: {difference:?}"
     );
+}
+
+/// The shapes every algorithm and precision is checked on: A0 at one image and several
+/// (partial tiles of either size), a grouped network and one with squeeze-excitation.
+fn check_every_shape(options: CpuOptions, tolerance: f32) {
+    let grouped = RepVggConfig::new(vec![2, 2, 2, 1], vec![0.25, 0.25, 0.25, 0.25])
+        .with_grouped_layers(BTreeMap::from([(2, 4), (4, 2), (6, 4)]))
+        .with_num_classes(7);
+    let excited = RepVggConfig::new(vec![2, 2, 2, 1], vec![0.25, 0.25, 0.25, 0.5])
+        .with_use_se(true)
+        .with_se_reduction(4)
+        .with_num_classes(5);
+    // Odd channel counts: bf16 pads each group's depth to a pair.
+    let odd = RepVggConfig::new(vec![1, 2, 1], vec![0.3, 0.3, 0.3]).with_num_classes(3);
+    let a0 = RepVggArch::A0.config();
+    for (config, size) in [
+        (&a0, [1, 57, 71]),
+        (&a0, [2, 64, 64]),
+        (&grouped, [2, 33, 47]),
+        (&excited, [1, 33, 35]),
+        (&odd, [2, 29, 30]),
+    ] {
+        assert_agrees_with(config, size, options, tolerance);
+    }
+}
+
+#[test]
+fn every_algorithm_agrees_in_f32() {
+    for algorithm in ALGORITHMS {
+        check_every_shape(CpuOptions::default().with_algorithm(algorithm), 1e-4);
+    }
+}
+
+#[test]
+fn bf16_agrees_within_its_tolerance_or_is_refused() {
+    let device = Device::flex();
+    let options = CpuOptions::default().with_precision(CpuPrecision::Bf16);
+    if !CpuPrecision::Bf16.is_supported() {
+        let model = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).init_deploy(&device);
+        let err = DeployModel::with_options(model, options).expect_err("no AVX512_BF16");
+        assert!(err.to_string().contains("AVX512_BF16"), "{err}");
+        return;
+    }
+    for algorithm in ALGORITHMS {
+        check_every_shape(options.with_algorithm(algorithm), BF16_TOLERANCE);
+    }
+    let model = DeployModel::with_options(RepVggArch::B0.config().init_deploy(&device), options)
+        .expect("bf16 on this CPU");
+    assert_eq!(model.precision(), CpuPrecision::Bf16);
+}
+
+#[test]
+fn options_off_the_cpu_backend_are_refused() {
+    let autodiff = Device::flex().autodiff();
+    let model = RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).init_deploy(&autodiff);
+    let err = DeployModel::with_options(model, CpuOptions::default())
+        .expect_err("the options are the CPU path's");
+    assert!(
+        matches!(err, DeployError::UnsupportedPrecision { .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn prepared_sizes_follow_the_algorithm() {
+    // Each form is prepared when a call first takes it: F(4x4) holds 36 transformed positions
+    // per kernel, F(2x2) 16, im2col the 9 taps; bf16 half as many bytes.
+    let device = Device::flex();
+    let model = RepVggArch::A0.config().init_deploy(&device);
+    let images = Tensor::<4>::random([1, 3, 64, 64], Distribution::Default, &device);
+    let bytes = |options: CpuOptions| {
+        let cpu = CpuDeploy::with_options(&model, options).ok()?;
+        let before = cpu.prepared_bytes();
+        cpu.forward(images.clone());
+        Some((before, cpu.prepared_bytes()))
+    };
+    let with = |algorithm| CpuOptions::default().with_algorithm(algorithm);
+    let (unprepared, im2col) = bytes(with(ConvAlgorithm::Im2col)).expect("f32");
+    let (_, f4) = bytes(with(ConvAlgorithm::Winograd(WinogradTile::F4x4))).expect("f32");
+    let (_, f2) = bytes(with(ConvAlgorithm::Winograd(WinogradTile::F2x2))).expect("f32");
+    // A0's deploy weights are 8.3M values, held as the model holds them until prepared.
+    assert!(
+        (33_000_000..34_000_000).contains(&unprepared),
+        "{unprepared}"
+    );
+    assert!(
+        unprepared < im2col && im2col < f2 && f2 < f4,
+        "{im2col} {f2} {f4}"
+    );
+    let bf16 = CpuOptions::default().with_precision(CpuPrecision::Bf16);
+    if let Some((_, bf16_f2)) =
+        bytes(bf16.with_algorithm(ConvAlgorithm::Winograd(WinogradTile::F2x2)))
+    {
+        assert!(
+            bf16_f2 - unprepared < (f2 - unprepared) * 55 / 100,
+            "{bf16_f2} vs {f2}"
+        );
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! export), re-parameterization and export time, inference memory and the data pipeline,
 //! written to BENCHMARKS.md.
 
+pub mod layers;
 mod machine;
 mod resnet;
 pub mod training;
@@ -18,7 +19,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use repvgg_deploy::onnx::{OnnxOptions, network_to_onnx};
-use repvgg_deploy::{DeployModel, median_millis};
+use repvgg_deploy::{CpuOptions, CpuPrecision, DeployModel, median_millis};
 use repvgg_model::{DeviceChoice, RepVggArch, Weights, reparameterize};
 use repvgg_train::throughput::{LoaderBenchArgs, bench_loader};
 
@@ -47,6 +48,11 @@ pub struct BenchArgs {
 
     #[arg(long, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
+
+    /// Precisions of the CPU deploy path, comma separated: f32 (rows "deploy-cpu") and bf16
+    /// (rows "deploy-cpu-bf16"; skipped with a note on CPUs without AVX512_BF16).
+    #[arg(long, value_delimiter = ',', default_value = "f32,bf16")]
+    precision: Vec<CpuPrecision>,
 
     /// Timed forward passes per measurement (the median is reported).
     #[arg(long, default_value_t = 10)]
@@ -100,8 +106,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let size = args.size as usize;
     let started = Instant::now();
 
+    let precisions: Vec<CpuPrecision> = args
+        .precision
+        .iter()
+        .copied()
+        .filter(|precision| {
+            let supported = precision.is_supported();
+            if !supported {
+                eprintln!("note: no {precision} rows: this CPU lacks AVX512_BF16");
+            }
+            supported
+        })
+        .collect();
     let onnx_dir = tempfile::tempdir().context("cannot create a directory for the ONNX files")?;
     let mut exports = Vec::new();
+    let mut prepared = Vec::new();
     let mut rows = Vec::new();
     for &arch in &args.arch {
         let config = arch.config();
@@ -131,10 +150,18 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 deploy.forward(images.clone())
             }));
             if args.device == DeviceChoice::Cpu {
-                let fast = DeployModel::new(deploy.clone());
-                rows.push(measure(&args, &model, "deploy-cpu", batch, || {
-                    fast.forward(images.clone())
-                }));
+                for &precision in &precisions {
+                    let options = CpuOptions::default().with_precision(precision);
+                    let fast = DeployModel::with_options(deploy.clone(), options)?;
+                    if batch == args.batch[0] {
+                        let bytes = fast.cpu_path().map_or(0, |cpu| cpu.prepared_bytes());
+                        prepared.push((model.clone(), precision, bytes));
+                    }
+                    let form = cpu_form(precision);
+                    rows.push(measure(&args, &model, form, batch, || {
+                        fast.forward(images.clone())
+                    }));
+                }
             }
         }
     }
@@ -170,8 +197,12 @@ pub fn run(args: BenchArgs) -> Result<()> {
             eprintln!("note: {note}");
         }
         for row in &mut rows {
-            // PyTorch has one deploy model: both of ours are compared with it.
-            let form = row.form.trim_end_matches("-cpu");
+            // PyTorch has one deploy model: each of ours is compared with it.
+            let form = if row.form.starts_with("deploy") {
+                "deploy"
+            } else {
+                row.form
+            };
             let key = format!("{}/{}/{}", row.model, form, row.batch);
             row.torch_ms = torch.models.get(&key).copied();
         }
@@ -192,6 +223,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let report = report(
         &args,
         &rows,
+        &prepared,
         &reparameterization,
         &exports,
         torch.as_ref(),
@@ -206,6 +238,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// The row name of the CPU path in `precision`.
+fn cpu_form(precision: CpuPrecision) -> &'static str {
+    match precision {
+        CpuPrecision::F32 => "deploy-cpu",
+        CpuPrecision::Bf16 => "deploy-cpu-bf16",
+    }
 }
 
 fn random_images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
@@ -311,9 +351,15 @@ pub fn run_memory(args: MemoryArgs) -> Result<()> {
             let net = loaded(config.init(&device));
             Box::new(move || net.forward(images.clone()))
         }
-        (name, "deploy-cpu") => {
+        (name, form @ ("deploy-cpu" | "deploy-cpu-bf16")) => {
             let config = RepVggArch::from_name(name)?.config();
-            let net = DeployModel::new(config.init_deploy(&device));
+            let precision = if form == "deploy-cpu" {
+                CpuPrecision::F32
+            } else {
+                CpuPrecision::Bf16
+            };
+            let options = CpuOptions::default().with_precision(precision);
+            let net = DeployModel::with_options(config.init_deploy(&device), options)?;
             Box::new(move || net.forward(images.clone()))
         }
         (name, _) => {
@@ -488,6 +534,7 @@ fn workspace_root() -> PathBuf {
 fn report(
     args: &BenchArgs,
     rows: &[Measurement],
+    prepared: &[(String, CpuPrecision, usize)],
     reparameterization: &[(String, f64)],
     exports: &[(String, f64, usize)],
     torch: Option<&TorchFigures>,
@@ -495,7 +542,7 @@ fn report(
 ) -> String {
     let mut out = String::new();
     let command = format!(
-        "cargo xtask bench --arch {} --batch {} --size {} --device {} --runs {}",
+        "cargo xtask bench --arch {} --batch {} --size {} --device {} --precision {} --runs {}",
         args.arch
             .iter()
             .map(|a| a.name())
@@ -508,6 +555,11 @@ fn report(
             .join(","),
         args.size,
         format!("{:?}", args.device).to_lowercase(),
+        args.precision
+            .iter()
+            .map(|p| p.name())
+            .collect::<Vec<_>>()
+            .join(","),
         args.runs
     );
     let _ = writeln!(out, "# Benchmarks\n");
@@ -571,11 +623,28 @@ fn report(
         out,
         "\n\"deploy-cpu\": the deploy model through `repvgg_deploy::DeployModel`, which on the CPU \
          backend runs `CpuDeploy` (channels-last throughout, Winograd F(4x4, 3x3) for the stride-1 \
-         layers, blocked im2col + gemm for the strided ones, bias and ReLU on the output pass); \
+         layers, blocked im2col for the strided ones, matrix products by its own AVX-512 kernels \
+         on weights packed once (gemm on other CPUs), bias and ReLU on the output pass); \
+         \"deploy-cpu-bf16\": the same in bf16 (weights and activations rounded to bfloat16 for \
+         the products, f32 accumulation, AVX512_BF16; Winograd F(2x2, 3x3)); \
          \"deploy\": the same model through Burn's generic ops.\n\n\"peak MB\": the peak resident memory of a fresh process that builds the model (random \
          weights), makes one input batch and runs it twice on the CPU; \"inference MB\": how far \
          that peak rose above the memory held once model and input existed.\n"
     );
+    if !prepared.is_empty() {
+        let _ = writeln!(
+            out,
+            "Prepared CPU path (transformed and packed weights, held beside the model): {}.\n",
+            prepared
+                .iter()
+                .map(|(model, precision, bytes)| format!(
+                    "{model} {precision} {:.1} MB",
+                    *bytes as f64 / 1e6
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if let Some(torch) = torch.filter(|torch| !torch.engines.is_empty()) {
         engines_table(&mut out, rows, torch);
     }
@@ -617,8 +686,12 @@ fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
          --output X.onnx` writes, with {} threads, in the same run. Images/s:\n",
         torch.threads
     );
-    let mut header =
-        "| model | batch | this project (deploy-cpu, f32) | PyTorch eager (f32)".to_string();
+    let bf16 = rows.iter().any(|row| row.form == "deploy-cpu-bf16");
+    let mut header = "| model | batch | this project (deploy-cpu, f32)".to_string();
+    if bf16 {
+        header += " | this project (deploy-cpu-bf16)";
+    }
+    header += " | PyTorch eager (f32)";
     for engine in &torch.engines {
         header += &format!(" | {}", engine.label);
     }
@@ -626,7 +699,7 @@ fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
     let _ = writeln!(
         out,
         "|---|---:|---:|---:{}|",
-        "|---:".repeat(torch.engines.len())
+        "|---:".repeat(torch.engines.len() + usize::from(bf16))
     );
     let per_second = |batch: usize, ms: Option<f64>| {
         ms.map_or("-".to_string(), |ms| {
@@ -635,12 +708,21 @@ fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
     };
     for row in rows.iter().filter(|row| row.form == "deploy-cpu") {
         let mut line = format!(
-            "| {} | {} | {:.1} | {}",
+            "| {} | {} | {:.1}",
             row.model,
             row.batch,
-            row.images_per_second(),
-            per_second(row.batch, row.torch_ms)
+            row.images_per_second()
         );
+        if bf16 {
+            let bf16_row = rows.iter().find(|r| {
+                r.form == "deploy-cpu-bf16" && r.model == row.model && r.batch == row.batch
+            });
+            line += &format!(
+                " | {}",
+                per_second(row.batch, bf16_row.map(|r| r.median_ms))
+            );
+        }
+        line += &format!(" | {}", per_second(row.batch, row.torch_ms));
         for engine in &torch.engines {
             let key = format!("{}/{}", row.model, row.batch);
             line += &format!(

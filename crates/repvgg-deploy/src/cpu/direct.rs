@@ -5,16 +5,21 @@
 
 use std::cell::RefCell;
 
+use half::bf16;
 use rayon::prelude::*;
 
-use super::ops::{MatMut, MatRef, matmul_add, relu};
+use super::CpuPrecision;
+use super::kernel::to_bf16;
+use super::ops::MatMut;
+use super::product::{Rows, Weights};
 
 /// Target size of one block's columns, in floats (128 KiB: well inside a core's L2).
 const BLOCK_FLOATS: usize = 32 * 1024;
 
 thread_local! {
-    /// Each thread's im2col block, kept between layers and calls.
-    static COLUMNS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// Each thread's im2col block, kept between layers and calls, and its bf16 copy (each row
+    /// padded to a pair) when the product takes bf16.
+    static COLUMNS: RefCell<(Vec<f32>, Vec<bf16>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// A padding-1 3x3 convolution prepared for im2col.
@@ -24,8 +29,8 @@ pub(super) struct DirectConv {
     pub out_channels: usize,
     stride: usize,
     groups: usize,
-    /// Per group, `[9 * in_per_group, out_per_group]` row-major, rows ordered (ky, kx, ci).
-    weights: Vec<Vec<f32>>,
+    /// Per group, `[9 * in_per_group, out_per_group]`, rows ordered (ky, kx, ci).
+    weights: Vec<Weights>,
     bias: Vec<f32>,
 }
 
@@ -43,26 +48,18 @@ impl DirectConv {
     pub fn new(
         weight: &[f32],
         bias: Vec<f32>,
-        out_channels: usize,
-        in_per_group: usize,
-        groups: usize,
+        [out_channels, in_per_group, groups]: [usize; 3],
         stride: usize,
+        precision: CpuPrecision,
     ) -> Self {
         let out_per_group = out_channels / groups;
         let weights = (0..groups)
+            .into_par_iter()
             .map(|g| {
-                let mut packed = vec![0f32; 9 * in_per_group * out_per_group];
-                packed
-                    .par_chunks_mut(out_per_group)
-                    .enumerate()
-                    .for_each(|(row, values)| {
-                        let (k, ci) = (row / in_per_group, row % in_per_group);
-                        for (co, value) in values.iter_mut().enumerate() {
-                            let source = ((g * out_per_group + co) * in_per_group + ci) * 9 + k;
-                            *value = weight[source];
-                        }
-                    });
-                packed
+                Weights::new(precision, 9 * in_per_group, out_per_group, |row, co| {
+                    let (k, ci) = (row / in_per_group, row % in_per_group);
+                    weight[((g * out_per_group + co) * in_per_group + ci) * 9 + k]
+                })
             })
             .collect();
         Self {
@@ -73,6 +70,11 @@ impl DirectConv {
             weights,
             bias,
         }
+    }
+
+    /// Bytes of prepared weights.
+    pub fn bytes(&self) -> usize {
+        self.weights.iter().map(Weights::bytes).sum::<usize>() + self.bias.len() * 4
     }
 
     /// Output height and width for an input of `height x width`.
@@ -137,25 +139,41 @@ impl DirectConv {
         let in_per_group = self.in_channels / self.groups;
         let out_per_group = cout / self.groups;
         let depth = 9 * in_per_group;
-        for row in out.chunks_exact_mut(cout) {
-            row.copy_from_slice(&self.bias);
-        }
-        COLUMNS.with_borrow_mut(|columns| {
+        COLUMNS.with_borrow_mut(|(columns, rounded)| {
             columns.resize(rows * depth, 0.0);
             for (g, weights) in self.weights.iter().enumerate() {
                 self.im2col(input, shape, first, g * in_per_group, in_per_group, columns);
-                matmul_add(
+                let lhs = if weights.takes_bf16() {
+                    let padded = weights.row_length();
+                    rounded.resize(rows * padded, bf16::ZERO);
+                    for (values, out) in columns
+                        .chunks_exact(depth)
+                        .zip(rounded.chunks_exact_mut(padded))
+                    {
+                        let (values_out, pad) = out.split_at_mut(depth);
+                        to_bf16(values, values_out);
+                        pad.fill(bf16::ZERO);
+                    }
+                    Rows::Bf16 {
+                        data: rounded,
+                        stride: padded,
+                    }
+                } else {
+                    Rows::F32 {
+                        data: columns,
+                        stride: depth,
+                    }
+                };
+                let bias = &self.bias[g * out_per_group..][..out_per_group];
+                weights.multiply(
                     MatMut::new(&mut out[g * out_per_group..], rows, out_per_group, cout),
-                    MatRef::new(columns, rows, depth, depth),
-                    MatRef::new(weights, depth, out_per_group, out_per_group),
-                    true,
+                    lhs,
+                    Some(bias),
+                    relu_after,
                     threads,
                 );
             }
         });
-        if relu_after {
-            relu(out);
-        }
     }
 
     /// The columns of output rows `first..first + columns.len() / depth` for the channels

@@ -1,26 +1,155 @@
 //! A CPU inference path for the deploy model. The plain stack of 3x3 convolutions runs with
 //! channels-last activations kept from layer to layer (none of the per-layer layout conversions
-//! of a general-purpose backend): stride-1 layers by Winograd F(4x4, 3x3) ([`winograd`]), the
-//! strided ones as blocked im2col + matrix product ([`direct`]), bias and ReLU applied as each
-//! layer's output is written. Weights are rearranged (and Winograd-transformed) once, when the
-//! path is built.
+//! of a general-purpose backend): stride-1 layers by Winograd ([`winograd`]: F(4x4, 3x3) in f32,
+//! F(2x2, 3x3) in bf16), the strided ones as blocked im2col + matrix product ([`direct`]), bias
+//! and ReLU applied as each layer's output is written. Weights are rearranged (Winograd-
+//! transformed, packed for the matrix kernels of [`kernel`]) once, when the path is built.
 
 mod direct;
+mod kernel;
 mod ops;
+mod product;
 mod winograd;
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
 
 use burn::nn::Linear;
 use burn::tensor::{Tensor, TensorData};
 use repvgg_model::{RepVggDeploy, RepVggDeployBlock, RepVggPlusDeploy};
 
+use crate::DeployError;
 use direct::DirectConv;
 use ops::{
     Excitation, MatMut, MatRef, average_pool, matmul_add, relu, to_channels_first,
     to_channels_last, values,
 };
+pub use winograd::WinogradTile;
 use winograd::{WinogradConv, WinogradScratch};
+
+/// The precision of the CPU path's matrix products (the convolutions; everything else is f32).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CpuPrecision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// Weights and activations rounded to bfloat16 for the products, accumulated in f32: twice
+    /// f32's multiply rate on CPUs with AVX512_BF16 (and half the weight traffic), a relative
+    /// error of about 1e-2 in the logits. Refused on CPUs without AVX512_BF16.
+    Bf16,
+}
+
+impl CpuPrecision {
+    /// The name used on command lines and in reports: `f32`, `bf16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::F32 => "f32",
+            Self::Bf16 => "bf16",
+        }
+    }
+
+    /// Whether this CPU can compute in it (bf16: AVX-512 with AVX512_BF16).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Self::F32 => true,
+            Self::Bf16 => kernel::supported(kernel::Element::Bf16),
+        }
+    }
+}
+
+impl std::fmt::Display for CpuPrecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for CpuPrecision {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name.to_ascii_lowercase().as_str() {
+            "f32" => Ok(Self::F32),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown precision {name:?}: f32 or bf16")),
+        }
+    }
+}
+
+/// How the stride-1 layers are computed (the strided ones always by im2col).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ConvAlgorithm {
+    /// The fastest measured for the precision: Winograd F(4x4) in f32, F(2x2) in bf16.
+    #[default]
+    Auto,
+    /// Winograd with the given output tile.
+    Winograd(WinogradTile),
+    /// im2col + matrix product, as the strided layers.
+    Im2col,
+}
+
+impl std::fmt::Display for ConvAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Winograd(WinogradTile::F4x4) => "winograd4",
+            Self::Winograd(WinogradTile::F2x2) => "winograd2",
+            Self::Im2col => "im2col",
+        })
+    }
+}
+
+impl std::str::FromStr for ConvAlgorithm {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Self::Auto),
+            "winograd4" => Ok(Self::Winograd(WinogradTile::F4x4)),
+            "winograd2" => Ok(Self::Winograd(WinogradTile::F2x2)),
+            "im2col" => Ok(Self::Im2col),
+            _ => Err(format!(
+                "unknown algorithm {name:?}: auto, winograd4, winograd2 or im2col"
+            )),
+        }
+    }
+}
+
+/// How [`CpuDeploy`] computes: precision and algorithm.
+///
+/// ```
+/// use repvgg_deploy::{CpuOptions, CpuPrecision};
+///
+/// let options = CpuOptions::default().with_precision(CpuPrecision::Bf16);
+/// assert_eq!(options.precision, CpuPrecision::Bf16);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CpuOptions {
+    pub precision: CpuPrecision,
+    pub algorithm: ConvAlgorithm,
+}
+
+impl CpuOptions {
+    pub fn with_precision(self, precision: CpuPrecision) -> Self {
+        Self { precision, ..self }
+    }
+
+    pub fn with_algorithm(self, algorithm: ConvAlgorithm) -> Self {
+        Self { algorithm, ..self }
+    }
+
+    /// An error naming why this CPU cannot run these options, if it cannot.
+    pub fn check(&self) -> Result<(), DeployError> {
+        if self.precision.is_supported() {
+            return Ok(());
+        }
+        Err(DeployError::UnsupportedPrecision {
+            precision: self.precision.name(),
+            reason: "this CPU lacks AVX512_BF16 (bf16 products with f32 accumulation); \
+                     use f32"
+                .into(),
+        })
+    }
+}
 
 /// The deploy model prepared for the CPU path; computes what
 /// [`RepVggDeploy::forward`](repvgg_model::RepVggNetwork::forward) and
@@ -48,6 +177,7 @@ pub struct CpuDeploy {
     /// Activation and Winograd buffers kept between calls: allocating them afresh costs page
     /// faults on every layer (tens of MB at batch 8).
     scratch: Mutex<Scratch>,
+    options: CpuOptions,
 }
 
 /// The linear classifier: weight `[features, classes]` row-major, and its bias.
@@ -68,34 +198,95 @@ struct Scratch {
 /// squeeze-excitation if any, before the ReLU (RepVGG-D2se) or after it (RepVGGplus).
 #[derive(Clone, Debug)]
 struct Layer {
-    conv: Conv,
+    /// The convolution as the model holds it: PyTorch's `[out, in / groups, 3, 3]`, row-major,
+    /// and its bias.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    /// `[out, in / groups, groups]`.
+    shape: [usize; 3],
+    stride: usize,
+    options: CpuOptions,
+    /// The convolution prepared for each algorithm, made the first time a call takes it (the
+    /// choice depends on the batch and image size: [`Layer::algorithm_for`]).
+    winograd2: OnceLock<WinogradConv>,
+    winograd4: OnceLock<WinogradConv>,
+    im2col: OnceLock<DirectConv>,
     se: Option<Excitation>,
     post_se: Option<Excitation>,
 }
 
-#[derive(Clone, Debug)]
-enum Conv {
-    Winograd(WinogradConv),
-    Direct(DirectConv),
+/// A layer's convolution as one call runs it.
+enum Conv<'a> {
+    Winograd(&'a WinogradConv),
+    Im2col(&'a DirectConv),
 }
 
 impl CpuDeploy {
-    /// Reads the model's weights (from any device) and prepares them for the CPU path.
+    /// Reads the model's weights (from any device) and prepares them for the CPU path, in f32.
     pub fn new(model: &RepVggDeploy) -> Self {
         let stages = model.stages().map(|stage| stage.iter().collect());
-        Self::from_blocks(&model.stage0, stages, model.linear.as_ref())
+        Self::from_blocks(
+            &model.stage0,
+            stages,
+            model.linear.as_ref(),
+            CpuOptions::default(),
+        )
+    }
+
+    /// [`new`](Self::new) with a choice of precision and algorithm; an error if this CPU cannot
+    /// run them (bf16 without AVX512_BF16).
+    pub fn with_options(model: &RepVggDeploy, options: CpuOptions) -> Result<Self, DeployError> {
+        options.check()?;
+        let stages = model.stages().map(|stage| stage.iter().collect());
+        Ok(Self::from_blocks(
+            &model.stage0,
+            stages,
+            model.linear.as_ref(),
+            options,
+        ))
     }
 
     /// [`new`](Self::new) for RepVGGplus's deploy form (SE after the ReLU; stage 3's two halves
     /// one stage, as its `forward_features` gives them).
     pub fn from_plus(model: &RepVggPlusDeploy) -> Self {
-        Self::from_blocks(&model.stage0, model.stages(), model.linear.as_ref())
+        let options = CpuOptions::default();
+        Self::from_blocks(
+            &model.stage0,
+            model.stages(),
+            model.linear.as_ref(),
+            options,
+        )
+    }
+
+    /// [`from_plus`](Self::from_plus) with a choice of precision and algorithm.
+    pub fn from_plus_with_options(
+        model: &RepVggPlusDeploy,
+        options: CpuOptions,
+    ) -> Result<Self, DeployError> {
+        options.check()?;
+        let (stem, linear) = (&model.stage0, model.linear.as_ref());
+        Ok(Self::from_blocks(stem, model.stages(), linear, options))
+    }
+
+    /// The precision and algorithm it runs with.
+    pub fn options(&self) -> CpuOptions {
+        self.options
+    }
+
+    /// The bytes of its prepared weights (transformed and packed convolutions, SE, head).
+    pub fn prepared_bytes(&self) -> usize {
+        let head = self
+            .head
+            .as_ref()
+            .map_or(0, |head| (head.weight.len() + head.bias.len()) * 4);
+        self.layers.iter().map(Layer::bytes).sum::<usize>() + head
     }
 
     fn from_blocks<'a>(
         stem: &'a RepVggDeployBlock,
         stages: impl IntoIterator<Item = Vec<&'a RepVggDeployBlock>>,
         linear: Option<&Linear>,
+        options: CpuOptions,
     ) -> Self {
         let stages: Vec<Vec<&RepVggDeployBlock>> = stages
             .into_iter()
@@ -103,7 +294,7 @@ impl CpuDeploy {
             .collect();
         let layers = std::iter::once(stem)
             .chain(stages.iter().flatten().copied())
-            .map(Layer::new)
+            .map(|block| Layer::new(block, &options))
             .collect();
         let stage_lengths = std::iter::once(1)
             .chain(stages.iter().map(Vec::len))
@@ -120,6 +311,7 @@ impl CpuDeploy {
                     .unwrap_or_else(|| vec![0.0; linear.weight.dims()[1]]),
             }),
             scratch: Mutex::default(),
+            options,
         }
     }
 
@@ -184,6 +376,57 @@ impl CpuDeploy {
     fn run(
         &self,
         images: Tensor<4>,
+        stage_end: impl FnMut(&[f32], [usize; 4]),
+        last: impl FnOnce(&[f32], [usize; 4]),
+    ) {
+        self.run_timed(images, |_, _| {}, stage_end, last);
+    }
+
+    /// Each layer's share of a forward pass of `images`: the median of `runs` timed passes
+    /// (after one untimed), with the layer's shapes and algorithm. What a choice of
+    /// [`CpuOptions`] changes, layer by layer.
+    ///
+    /// # Panics
+    /// If `runs` is 0, or as [`forward`](Self::forward) does.
+    pub fn layer_times(&self, images: Tensor<4>, runs: usize) -> Vec<LayerTime> {
+        assert!(runs > 0, "at least one timed run");
+        let mut times: Vec<Vec<f64>> = vec![Vec::new(); self.layers.len()];
+        let mut shapes = vec![([0; 4], [0; 4], ""); self.layers.len()];
+        for run in 0..=runs {
+            self.run_timed(
+                images.clone(),
+                |index, timing: LayerRun| {
+                    shapes[index] = (timing.input, timing.output, timing.algorithm);
+                    if run > 0 {
+                        times[index].push(timing.seconds * 1e3);
+                    }
+                },
+                |_, _| {},
+                |_, _| {},
+            );
+        }
+        times
+            .into_iter()
+            .zip(shapes)
+            .enumerate()
+            .map(|(index, (mut millis, (input, output, algorithm)))| {
+                millis.sort_by(f64::total_cmp);
+                LayerTime {
+                    index,
+                    input,
+                    output,
+                    algorithm,
+                    millis: millis[millis.len() / 2],
+                }
+            })
+            .collect()
+    }
+
+    /// [`run`](Self::run), handing each layer's shapes and time to `on_layer`.
+    fn run_timed(
+        &self,
+        images: Tensor<4>,
+        mut on_layer: impl FnMut(usize, LayerRun),
         mut stage_end: impl FnMut(&[f32], [usize; 4]),
         last: impl FnOnce(&[f32], [usize; 4]),
     ) {
@@ -204,13 +447,23 @@ impl CpuDeploy {
             winograd,
         } = guard.as_deref_mut().unwrap_or(&mut fresh);
         to_channels_last(&values(images), channels, height, width, input);
-        let mut layers = self.layers.iter();
+        let mut layers = self.layers.iter().enumerate();
         let mut out_channels = channels;
         for &length in &self.stage_lengths {
-            for layer in layers.by_ref().take(length) {
+            for (index, layer) in layers.by_ref().take(length) {
+                let started = Instant::now();
+                let shape_in = [batch, height, width, out_channels];
+                let algorithm = algorithm_name(layer.algorithm_for([batch, height, width]));
                 (height, width) = layer.forward(input, batch, height, width, winograd, output);
                 out_channels = layer.out_channels();
                 std::mem::swap(input, output);
+                let run = LayerRun {
+                    input: shape_in,
+                    output: [batch, height, width, out_channels],
+                    algorithm,
+                    seconds: started.elapsed().as_secs_f64(),
+                };
+                on_layer(index, run);
             }
             stage_end(input, [batch, height, width, out_channels]);
         }
@@ -218,8 +471,39 @@ impl CpuDeploy {
     }
 }
 
+/// One layer of one pass: its `[batch, height, width, channels]` in and out and its time.
+struct LayerRun {
+    input: [usize; 4],
+    output: [usize; 4],
+    algorithm: &'static str,
+    seconds: f64,
+}
+
+/// An algorithm as [`LayerTime::algorithm`] names it.
+fn algorithm_name(tile: Option<WinogradTile>) -> &'static str {
+    match tile {
+        Some(WinogradTile::F2x2) => "winograd F(2x2)",
+        Some(WinogradTile::F4x4) => "winograd F(4x4)",
+        None => "im2col",
+    }
+}
+
+/// One layer's time in a forward pass ([`CpuDeploy::layer_times`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerTime {
+    /// The layer's place: 0 is the stem.
+    pub index: usize,
+    /// `[batch, height, width, channels]` of its input and of its output.
+    pub input: [usize; 4],
+    pub output: [usize; 4],
+    /// How it was computed: `winograd F(4x4)`, `winograd F(2x2)` or `im2col`.
+    pub algorithm: &'static str,
+    /// Median milliseconds.
+    pub millis: f64,
+}
+
 impl Layer {
-    fn new(block: &RepVggDeployBlock) -> Self {
+    fn new(block: &RepVggDeployBlock, options: &CpuOptions) -> Self {
         let conv = &block.rbr_reparam;
         let weight = conv.weight.val();
         let [out_channels, in_per_group, kh, kw] = weight.dims();
@@ -229,44 +513,83 @@ impl Layer {
             .bias
             .as_ref()
             .map_or(vec![0.0; out_channels], |bias| values(bias.val()));
-        let (groups, stride) = (conv.groups, conv.stride[0]);
-        let conv = if stride == 1 {
-            Conv::Winograd(WinogradConv::new(
-                &weight,
-                bias,
-                out_channels,
-                in_per_group,
-                groups,
-            ))
-        } else {
-            Conv::Direct(DirectConv::new(
-                &weight,
-                bias,
-                out_channels,
-                in_per_group,
-                groups,
-                stride,
-            ))
-        };
         Self {
-            conv,
+            weight,
+            bias,
+            shape: [out_channels, in_per_group, conv.groups],
+            stride: conv.stride[0],
+            options: *options,
+            winograd2: OnceLock::new(),
+            winograd4: OnceLock::new(),
+            im2col: OnceLock::new(),
             se: block.se.as_ref().map(Excitation::new),
             post_se: block.post_se.as_ref().map(Excitation::new),
         }
     }
 
-    fn in_channels(&self) -> usize {
-        match &self.conv {
-            Conv::Winograd(conv) => conv.in_channels,
-            Conv::Direct(conv) => conv.in_channels,
+    /// The algorithm for an input of `[batch, height, width]`: im2col for strided layers and for
+    /// narrow ones (under 64 input channels per group the Winograd transforms cost more than
+    /// they save); F(2x2) where F(4x4) would have fewer than 32 tiles (its 2.25x larger
+    /// transformed kernels are then read for too little work: stage 3 of A0 at batch 1);
+    /// F(4x4) elsewhere. Measured per layer with `cargo xtask bench-layers`.
+    fn algorithm_for(&self, [batch, height, width]: [usize; 3]) -> Option<WinogradTile> {
+        if self.stride != 1 {
+            return None;
+        }
+        match self.options.algorithm {
+            ConvAlgorithm::Winograd(tile) => Some(tile),
+            ConvAlgorithm::Im2col => None,
+            ConvAlgorithm::Auto if self.shape[1] < 64 => None,
+            ConvAlgorithm::Auto if batch * height.div_ceil(4) * width.div_ceil(4) < 32 => {
+                Some(WinogradTile::F2x2)
+            }
+            ConvAlgorithm::Auto => Some(WinogradTile::F4x4),
         }
     }
 
-    fn out_channels(&self) -> usize {
-        match &self.conv {
-            Conv::Winograd(conv) => conv.out_channels,
-            Conv::Direct(conv) => conv.out_channels,
+    /// The convolution prepared for `tile` (Winograd) or im2col (`None`), made on first use.
+    fn prepared(&self, tile: Option<WinogradTile>) -> Conv<'_> {
+        let (weight, shape, precision) = (&self.weight, self.shape, self.options.precision);
+        let bias = || self.bias.clone();
+        match tile {
+            Some(tile) => {
+                let cell = match tile {
+                    WinogradTile::F2x2 => &self.winograd2,
+                    WinogradTile::F4x4 => &self.winograd4,
+                };
+                Conv::Winograd(
+                    cell.get_or_init(|| WinogradConv::new(weight, bias(), shape, tile, precision)),
+                )
+            }
+            None => Conv::Im2col(
+                self.im2col
+                    .get_or_init(|| DirectConv::new(weight, bias(), shape, self.stride, precision)),
+            ),
         }
+    }
+
+    /// Bytes held: the weights, the forms prepared so far, squeeze-excitation.
+    fn bytes(&self) -> usize {
+        let prepared = [&self.winograd2, &self.winograd4]
+            .into_iter()
+            .filter_map(OnceLock::get)
+            .map(WinogradConv::bytes)
+            .chain(self.im2col.get().map(DirectConv::bytes))
+            .sum::<usize>();
+        let se = [&self.se, &self.post_se]
+            .into_iter()
+            .flatten()
+            .map(Excitation::bytes)
+            .sum::<usize>();
+        (self.weight.len() + self.bias.len()) * 4 + prepared + se
+    }
+
+    fn in_channels(&self) -> usize {
+        self.shape[1] * self.shape[2]
+    }
+
+    fn out_channels(&self) -> usize {
+        self.shape[0]
     }
 
     /// Convolution + bias (+ SE) + ReLU (+ post-SE) of channels-last `input` `[batch, height, width, in]`
@@ -282,16 +605,17 @@ impl Layer {
     ) -> (usize, usize) {
         // Without SE, ReLU is applied as the convolution writes its output.
         let relu_after = self.se.is_none();
-        let (out_height, out_width) = match &self.conv {
-            Conv::Winograd(conv) => {
-                conv.forward(input, batch, height, width, relu_after, winograd, output);
-                (height, width)
-            }
-            Conv::Direct(conv) => {
-                conv.forward(input, batch, height, width, relu_after, output);
-                conv.output_size(height, width)
-            }
-        };
+        let (out_height, out_width) =
+            match self.prepared(self.algorithm_for([batch, height, width])) {
+                Conv::Winograd(conv) => {
+                    conv.forward(input, batch, height, width, relu_after, winograd, output);
+                    (height, width)
+                }
+                Conv::Im2col(conv) => {
+                    conv.forward(input, batch, height, width, relu_after, output);
+                    conv.output_size(height, width)
+                }
+            };
         let positions = out_height * out_width;
         if let Some(se) = &self.se {
             se.apply(output, batch, positions, self.out_channels());

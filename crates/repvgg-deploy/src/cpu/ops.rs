@@ -116,6 +116,25 @@ impl<'a> MatMut<'a> {
     }
 }
 
+impl MatMut<'_> {
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// The first cell; the matrix's cells lie within its buffer (checked when it was made).
+    pub fn as_mut_ptr(&self) -> *mut f32 {
+        self.data
+    }
+}
+
 /// A `rows x cols` matrix with row stride `stride` spans `(rows - 1) * stride + cols` elements.
 fn check_extent(len: usize, rows: usize, cols: usize, stride: usize) {
     assert!(
@@ -283,6 +302,11 @@ impl Excitation {
             up: values(se.up.weight.val()),
             up_bias: bias(&se.up),
         }
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        (self.down.len() + self.down_bias.len() + self.up.len() + self.up_bias.len()) * 4
     }
 
     /// Scales every channel of each image by `sigmoid(up(relu(down(mean))))`.

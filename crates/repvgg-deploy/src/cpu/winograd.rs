@@ -1,27 +1,84 @@
-//! Stride-1 3x3 convolutions by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, 2016,
-//! interpolation points 0, ±1, ±2, ∞): each 4x4 output tile comes from a 6x6 input tile through
+//! Stride-1 3x3 convolutions by Winograd's minimal filtering (Lavin & Gray, 2016): F(4x4, 3x3)
+//! (interpolation points 0, ±1, ±2, ∞) makes each 4x4 output tile from a 6x6 input tile through
 //! 36 element-wise products instead of 144, so the matrix products do 4x fewer multiplies than
-//! im2col's. The weights are transformed once, when the layer is prepared; per call the input
-//! tiles are transformed, multiplied in the transformed domain as 36 independent matrix products
-//! (one per tile position, per group), and transformed back with the bias (and ReLU) applied.
+//! im2col's; F(2x2, 3x3) makes 2x2 tiles from 4x4 through 16 instead of 36 (2.25x fewer), with
+//! transformed kernels 2.25x smaller and transforms of 0 and ±1. The weights are transformed
+//! once, when the layer is prepared; per call the input tiles are transformed, multiplied in the
+//! transformed domain as independent matrix products (one per tile position, per group), and
+//! transformed back with the bias (and ReLU) applied.
 //!
 //! Layouts are channels-last throughout so that every transform works on whole channel vectors.
 
+use half::bf16;
 use rayon::prelude::*;
 
-use super::ops::{MatMut, MatRef, SendPtr, matmul_add};
-
-/// Output tile side, input tile side, and the number of transformed-domain positions.
-const TILE: usize = 4;
-const INPUT_TILE: usize = TILE + 2;
-const POSITIONS: usize = INPUT_TILE * INPUT_TILE;
+use super::CpuPrecision;
+use super::kernel::to_bf16;
+use super::ops::{MatMut, SendPtr};
+use super::product::{Rows, Weights};
 
 /// Tiles multiplied per matrix product: enough rows for the kernels to run at full rate, few
 /// enough that the products of one layer spread over every core at batch 1.
 const TILES_PER_PRODUCT: usize = 128;
 
-/// `G`, the 6x3 weight transform: `G g Gᵀ` turns a 3x3 kernel into its 6x6 transformed form.
-const G: [[f64; 3]; INPUT_TILE] = [
+/// The output tile of a Winograd convolution: F(2x2, 3x3) (16 products per 4 outputs, 2.25x
+/// fewer multiplies than im2col, transforms of 0 and ±1 that keep bf16's rounding small) or
+/// F(4x4, 3x3) (36 per 16, 4x fewer, transformed kernels 2.25x larger).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum WinogradTile {
+    F2x2,
+    F4x4,
+}
+
+impl WinogradTile {
+    /// Transformed-domain positions: the input tile's side squared.
+    fn positions(self) -> usize {
+        self.transform().len().pow(2)
+    }
+
+    /// `G`, the kernel transform: `G g Gᵀ` is a 3x3 kernel's transformed form.
+    fn transform(self) -> &'static [[f64; 3]] {
+        match self {
+            Self::F2x2 => &G2,
+            Self::F4x4 => &G4,
+        }
+    }
+
+    /// `G g Gᵀ` of one 3x3 kernel (row-major), in position order. Computed in f64 so that the
+    /// 1/6 and 1/24 factors cost no more than the final rounding to f32.
+    fn transform_kernel(self, kernel: &[f32]) -> Vec<f32> {
+        let g = self.transform();
+        let side = g.len();
+        let rows: Vec<[f64; 3]> = g
+            .iter()
+            .map(|gi| {
+                std::array::from_fn(|kx| {
+                    (0..3)
+                        .map(|ky| gi[ky] * f64::from(kernel[ky * 3 + kx]))
+                        .sum()
+                })
+            })
+            .collect();
+        (0..side * side)
+            .map(|position| {
+                let (i, j) = (position / side, position % side);
+                let value: f64 = (0..3).map(|kx| rows[i][kx] * g[j][kx]).sum();
+                value as f32
+            })
+            .collect()
+    }
+}
+
+/// `G` of F(2x2, 3x3), 4x3.
+const G2: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+
+/// `G` of F(4x4, 3x3), 6x3.
+const G4: [[f64; 3]; 6] = [
     [1.0 / 4.0, 0.0, 0.0],
     [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
     [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
@@ -30,22 +87,25 @@ const G: [[f64; 3]; INPUT_TILE] = [
     [0.0, 0.0, 1.0],
 ];
 
-/// A stride-1, padding-1 3x3 convolution prepared for F(4x4, 3x3).
+/// A stride-1, padding-1 3x3 convolution prepared for Winograd.
 #[derive(Clone, Debug)]
 pub(super) struct WinogradConv {
     pub in_channels: usize,
     pub out_channels: usize,
     groups: usize,
-    /// `[position][group][in_per_group][out_per_group]`: the transformed kernels.
-    weights: Vec<f32>,
+    tile: WinogradTile,
+    /// `[position][group]`: the transformed kernels, `[in_per_group, out_per_group]` each.
+    weights: Vec<Weights>,
     bias: Vec<f32>,
 }
 
-/// Per-call buffers: transformed input tiles `[tile][position][in]` and their products
+/// Per-call buffers: transformed input tiles `[tile][position][in]` (f32, or bf16 with each
+/// group's channels padded to a pair when the products take bf16) and their products
 /// `[tile][position][out]`.
 #[derive(Debug, Default)]
 pub(super) struct WinogradScratch {
     tiles: Vec<f32>,
+    tiles_bf16: Vec<bf16>,
     products: Vec<f32>,
 }
 
@@ -54,49 +114,47 @@ impl WinogradConv {
     pub fn new(
         weight: &[f32],
         bias: Vec<f32>,
-        out_channels: usize,
-        in_per_group: usize,
-        groups: usize,
+        [out_channels, in_per_group, groups]: [usize; 3],
+        tile: WinogradTile,
+        precision: CpuPrecision,
     ) -> Self {
         let out_per_group = out_channels / groups;
-        // Each output channel's kernels, transformed in parallel: `[out][position][in_per_group]`.
-        let mut by_output = vec![0f32; out_channels * POSITIONS * in_per_group];
-        by_output
-            .par_chunks_mut(POSITIONS * in_per_group)
+        let positions = tile.positions();
+        // Every kernel transformed, in parallel: `[out][in_per_group][position]`.
+        let mut transformed = vec![0f32; out_channels * in_per_group * positions];
+        transformed
+            .par_chunks_mut(positions)
             .enumerate()
-            .for_each(|(co, transformed)| {
-                for ci in 0..in_per_group {
-                    let kernel = &weight[(co * in_per_group + ci) * 9..][..9];
-                    for (position, value) in transform_kernel(kernel).into_iter().enumerate() {
-                        transformed[position * in_per_group + ci] = value;
-                    }
-                }
+            .for_each(|(kernel, out)| {
+                out.copy_from_slice(&tile.transform_kernel(&weight[kernel * 9..][..9]));
             });
-        // Rearranged for the products: `[position][group][in_per_group][out_per_group]`.
-        let mut weights = vec![0f32; POSITIONS * groups * in_per_group * out_per_group];
-        weights
-            .par_chunks_mut(in_per_group * out_per_group)
-            .enumerate()
-            .for_each(|(position_group, matrix)| {
+        let weights = (0..positions * groups)
+            .into_par_iter()
+            .map(|position_group| {
                 let (position, g) = (position_group / groups, position_group % groups);
-                for (ci, row) in matrix.chunks_exact_mut(out_per_group).enumerate() {
-                    for (o, value) in row.iter_mut().enumerate() {
-                        let co = g * out_per_group + o;
-                        *value = by_output[(co * POSITIONS + position) * in_per_group + ci];
-                    }
-                }
-            });
+                Weights::new(precision, in_per_group, out_per_group, |ci, o| {
+                    let co = g * out_per_group + o;
+                    transformed[(co * in_per_group + ci) * positions + position]
+                })
+            })
+            .collect();
         Self {
             in_channels: in_per_group * groups,
             out_channels,
             groups,
+            tile,
             weights,
             bias,
         }
     }
 
-    /// Convolution + bias (+ ReLU when `relu_after`) of channels-last `input` `[batch, height, width,
-    /// in]` into `output` `[batch, height, width, out]`.
+    /// Bytes of prepared weights.
+    pub fn bytes(&self) -> usize {
+        self.weights.iter().map(Weights::bytes).sum::<usize>() + self.bias.len() * 4
+    }
+
+    /// Convolution + bias (+ ReLU when `relu_after`) of channels-last `input` `[batch, height,
+    /// width, in]` into `output` `[batch, height, width, out]`.
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -108,56 +166,104 @@ impl WinogradConv {
         scratch: &mut WinogradScratch,
         output: &mut Vec<f32>,
     ) {
+        let size = [batch, height, width];
+        match self.tile {
+            WinogradTile::F2x2 => {
+                self.forward_tiles::<2, 4>(input, size, relu_after, scratch, output);
+            }
+            WinogradTile::F4x4 => {
+                self.forward_tiles::<4, 6>(input, size, relu_after, scratch, output);
+            }
+        }
+    }
+
+    /// [`forward`](Self::forward) for output tiles of side `M` (input tiles of side `N = M + 2`).
+    fn forward_tiles<const M: usize, const N: usize>(
+        &self,
+        input: &[f32],
+        [batch, height, width]: [usize; 3],
+        relu_after: bool,
+        scratch: &mut WinogradScratch,
+        output: &mut Vec<f32>,
+    ) {
         let (cin, cout) = (self.in_channels, self.out_channels);
-        let (tile_rows, tile_cols) = (height.div_ceil(TILE), width.div_ceil(TILE));
+        let positions = N * N;
+        let (tile_rows, tile_cols) = (height.div_ceil(M), width.div_ceil(M));
         let tiles = batch * tile_rows * tile_cols;
-        scratch.tiles.resize(tiles * POSITIONS * cin, 0.0);
-        scratch.products.resize(tiles * POSITIONS * cout, 0.0);
+        let locate = |t: usize| TileAt {
+            image: t / (tile_rows * tile_cols),
+            y: ((t / tile_cols) % tile_rows) * M,
+            x: (t % tile_cols) * M,
+            height,
+            width,
+        };
+        scratch.products.resize(tiles * positions * cout, 0.0);
         output.resize(batch * height * width * cout, 0.0);
 
-        scratch
-            .tiles
-            .par_chunks_mut(POSITIONS * cin)
-            .enumerate()
-            .for_each_init(
-                || vec![0f32; 2 * POSITIONS * cin],
-                |work, (t, transformed)| {
-                    let image = t / (tile_rows * tile_cols);
-                    let (ty, tx) = ((t / tile_cols) % tile_rows, t % tile_cols);
-                    let at = TileAt {
-                        image,
-                        y: ty * TILE,
-                        x: tx * TILE,
-                        height,
-                        width,
-                    };
-                    transform_input(input, cin, at, work, transformed);
-                },
-            );
+        let in_per_group = cin / self.groups;
+        let padded = self.weights[0].row_length();
+        if self.weights[0].takes_bf16() {
+            // Each tile transformed in f32, then rounded to bf16 (each group's channels padded
+            // to a pair).
+            let padded_channels = self.groups * padded;
+            scratch
+                .tiles_bf16
+                .resize(tiles * positions * padded_channels, bf16::ZERO);
+            scratch
+                .tiles_bf16
+                .par_chunks_mut(positions * padded_channels)
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; 3 * positions * cin],
+                    |work, (t, out)| {
+                        let (work, transformed) = work.split_at_mut(2 * positions * cin);
+                        wide::transform_input::<N>(input, cin, locate(t), work, transformed);
+                        for (values, out) in transformed
+                            .chunks_exact(in_per_group)
+                            .zip(out.chunks_exact_mut(padded))
+                        {
+                            let (values_out, pad) = out.split_at_mut(in_per_group);
+                            to_bf16(values, values_out);
+                            pad.fill(bf16::ZERO);
+                        }
+                    },
+                );
+        } else {
+            scratch.tiles.resize(tiles * positions * cin, 0.0);
+            scratch
+                .tiles
+                .par_chunks_mut(positions * cin)
+                .enumerate()
+                .for_each_init(
+                    || vec![0f32; 2 * positions * cin],
+                    |work, (t, transformed)| {
+                        wide::transform_input::<N>(input, cin, locate(t), work, transformed);
+                    },
+                );
+        }
 
-        self.multiply(tiles, &scratch.tiles, &mut scratch.products);
+        self.multiply(tiles, positions, scratch);
 
         let products = &scratch.products;
         output
             .par_chunks_mut(height * width * cout)
             .enumerate()
             .flat_map(|(image, rows)| {
-                rows.par_chunks_mut(TILE * width * cout)
+                rows.par_chunks_mut(M * width * cout)
                     .enumerate()
                     .map(move |(ty, rows)| (image, ty, rows))
             })
             .for_each_init(
-                || vec![0f32; (TILE * INPUT_TILE + TILE * TILE) * cout],
+                || vec![0f32; (M * N + M * M) * cout],
                 |work, (image, ty, rows)| {
                     for tx in 0..tile_cols {
                         let t = (image * tile_rows + ty) * tile_cols + tx;
-                        let tile = &products[t * POSITIONS * cout..][..POSITIONS * cout];
-                        transform_output(
+                        let tile = &products[t * positions * cout..][..positions * cout];
+                        wide::transform_output::<M, N>(
                             tile,
                             &self.bias,
                             cout,
-                            tx * TILE,
-                            width,
+                            [tx * M, width],
                             relu_after,
                             work,
                             rows,
@@ -167,27 +273,43 @@ impl WinogradConv {
             );
     }
 
-    /// `products[t][p] = tiles[t][p] · weights[p]`, per group: 36 x groups x tile-blocks
+    /// `products[t][p] = tiles[t][p] · weights[p]`, per group: positions x groups x tile-blocks
     /// independent matrix products spread over the threads.
-    fn multiply(&self, tiles: usize, transformed: &[f32], products: &mut [f32]) {
-        let (cin, cout, groups) = (self.in_channels, self.out_channels, self.groups);
-        let (in_per_group, out_per_group) = (cin / groups, cout / groups);
+    fn multiply(&self, tiles: usize, positions: usize, scratch: &mut WinogradScratch) {
+        let (cout, groups) = (self.out_channels, self.groups);
+        let out_per_group = cout / groups;
+        let padded = self.weights[0].row_length();
+        let bf16 = self.weights[0].takes_bf16();
+        // Elements per tile and per (tile, position) of the transformed tiles.
+        let position_len = groups * padded;
+        let tile_len = positions * position_len;
         let blocks = tiles.div_ceil(TILES_PER_PRODUCT);
-        let products_len = products.len();
-        let products_ptr = SendPtr(products.as_mut_ptr());
-        (0..POSITIONS * groups * blocks)
+        let products_len = scratch.products.len();
+        let products_ptr = SendPtr(scratch.products.as_mut_ptr());
+        let (tiles_f32, tiles_bf16) = (&scratch.tiles, &scratch.tiles_bf16);
+        (0..positions * groups * blocks)
             .into_par_iter()
             .for_each(|job| {
                 let (position_group, block) = (job / blocks, job % blocks);
                 let (position, g) = (position_group / groups, position_group % groups);
                 let first = block * TILES_PER_PRODUCT;
                 let rows = TILES_PER_PRODUCT.min(tiles - first);
-                let lhs = &transformed[(first * POSITIONS + position) * cin + g * in_per_group..];
-                let rhs = &self.weights[position_group * in_per_group * out_per_group..];
-                let offset = (first * POSITIONS + position) * cout + g * out_per_group;
+                let start = first * tile_len + position * position_len + g * padded;
+                let lhs = if bf16 {
+                    Rows::Bf16 {
+                        data: &tiles_bf16[start..],
+                        stride: tile_len,
+                    }
+                } else {
+                    Rows::F32 {
+                        data: &tiles_f32[start..],
+                        stride: tile_len,
+                    }
+                };
+                let offset = (first * positions + position) * cout + g * out_per_group;
                 // SAFETY: `products` outlives the loop and every job writes only its own
                 // (tile block, position, group) cells: rows `first..first + rows` at stride
-                // POSITIONS * cout, the columns of its group at this position (the view checks
+                // positions * cout, the columns of its group at this position (the view checks
                 // the extent against the buffer).
                 let dst = unsafe {
                     MatMut::in_buffer(
@@ -196,36 +318,78 @@ impl WinogradConv {
                         offset,
                         rows,
                         out_per_group,
-                        POSITIONS * cout,
+                        positions * cout,
                     )
                 };
-                matmul_add(
-                    dst,
-                    MatRef::new(lhs, rows, in_per_group, POSITIONS * cin),
-                    MatRef::new(rhs, in_per_group, out_per_group, out_per_group),
-                    false,
-                    1,
-                );
+                self.weights[position_group].multiply(dst, lhs, None, false, 1);
             });
     }
 }
 
-/// `G g Gᵀ` of one 3x3 kernel (row-major), as 36 values in position order. Computed in f64 so
-/// that the 1/6 and 1/24 factors cost no more than the final rounding to f32.
-fn transform_kernel(kernel: &[f32]) -> [f32; POSITIONS] {
-    let mut rows = [[0f64; 3]; INPUT_TILE];
-    for (i, row) in rows.iter_mut().enumerate() {
-        for (kx, value) in row.iter_mut().enumerate() {
-            *value = (0..3)
-                .map(|ky| G[i][ky] * f64::from(kernel[ky * 3 + kx]))
-                .sum();
+/// The transforms compiled for AVX-512 where the CPU has it: the crate is built for baseline
+/// x86-64, whose 4-lane vectors leave these channel loops several times slower.
+mod wide {
+    use super::TileAt;
+
+    pub(super) fn transform_input<const N: usize>(
+        input: &[f32],
+        channels: usize,
+        at: TileAt,
+        work: &mut [f32],
+        transformed: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            fn wide<const N: usize>(
+                input: &[f32],
+                channels: usize,
+                at: TileAt,
+                work: &mut [f32],
+                transformed: &mut [f32],
+            ) {
+                super::transform_input::<N>(input, channels, at, work, transformed);
+            }
+            // SAFETY: the CPU has AVX-512F (checked).
+            unsafe { wide::<N>(input, channels, at, work, transformed) };
+            return;
         }
+        super::transform_input::<N>(input, channels, at, work, transformed);
     }
-    std::array::from_fn(|position| {
-        let (i, j) = (position / INPUT_TILE, position % INPUT_TILE);
-        let value: f64 = (0..3).map(|kx| rows[i][kx] * G[j][kx]).sum();
-        value as f32
-    })
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn transform_output<const M: usize, const N: usize>(
+        products: &[f32],
+        bias: &[f32],
+        channels: usize,
+        place: [usize; 2],
+        relu_after: bool,
+        work: &mut [f32],
+        rows: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            #[target_feature(enable = "avx512f")]
+            #[allow(clippy::too_many_arguments)]
+            fn wide<const M: usize, const N: usize>(
+                products: &[f32],
+                bias: &[f32],
+                channels: usize,
+                place: [usize; 2],
+                relu_after: bool,
+                work: &mut [f32],
+                rows: &mut [f32],
+            ) {
+                super::transform_output::<M, N>(
+                    products, bias, channels, place, relu_after, work, rows,
+                );
+            }
+            // SAFETY: the CPU has AVX-512F (checked).
+            unsafe { wide::<M, N>(products, bias, channels, place, relu_after, work, rows) };
+            return;
+        }
+        super::transform_output::<M, N>(products, bias, channels, place, relu_after, work, rows);
+    }
 }
 
 /// Where a tile lies: its image and its top-left output pixel, in an image of `height x width`.
@@ -238,19 +402,20 @@ struct TileAt {
     width: usize,
 }
 
-/// `Bᵀ d B` of the 6x6 input tile at `at` (zero outside the image), into `transformed`
-/// `[position][channel]`. `work` holds 72 channel vectors.
-fn transform_input(
+/// `Bᵀ d B` of the `N x N` input tile at `at` (zero outside the image), into `transformed`
+/// `[position][channel]`. `work` holds `2 N²` channel vectors.
+#[inline(always)]
+fn transform_input<const N: usize>(
     input: &[f32],
     channels: usize,
     at: TileAt,
     work: &mut [f32],
     transformed: &mut [f32],
 ) {
-    let (patch, rows) = work.split_at_mut(POSITIONS * channels);
-    for py in 0..INPUT_TILE {
-        for px in 0..INPUT_TILE {
-            let dst = &mut patch[(py * INPUT_TILE + px) * channels..][..channels];
+    let (patch, rows) = work.split_at_mut(N * N * channels);
+    for py in 0..N {
+        for px in 0..N {
+            let dst = &mut patch[(py * N + px) * channels..][..channels];
             let (iy, ix) = ((at.y + py).wrapping_sub(1), (at.x + px).wrapping_sub(1));
             if iy < at.height && ix < at.width {
                 let start = ((at.image * at.height + iy) * at.width + ix) * channels;
@@ -261,29 +426,55 @@ fn transform_input(
         }
     }
     // Bᵀ over the tile's rows (column by column), then over the columns of the result.
-    for px in 0..INPUT_TILE {
-        let d = std::array::from_fn(|py| &patch[(py * INPUT_TILE + px) * channels..][..channels]);
-        input_rows(d, rows, px, INPUT_TILE, channels);
+    for px in 0..N {
+        let d: [&[f32]; N] =
+            std::array::from_fn(|py| &patch[(py * N + px) * channels..][..channels]);
+        input_rows(&d, vectors::<N>(rows, px, N, channels), channels);
     }
-    for i in 0..INPUT_TILE {
-        let d = std::array::from_fn(|px| &rows[(i * INPUT_TILE + px) * channels..][..channels]);
-        input_rows(d, transformed, i * INPUT_TILE, 1, channels);
+    for i in 0..N {
+        let d: [&[f32]; N] = std::array::from_fn(|px| &rows[(i * N + px) * channels..][..channels]);
+        input_rows(&d, vectors::<N>(transformed, i * N, 1, channels), channels);
     }
 }
 
-/// `Bᵀ` applied to six channel vectors: writes vector `first + i * step` of `out` for i in 0..6.
+/// `Bᵀ` applied to N channel vectors (4 for F(2x2), 6 for F(4x4)).
 #[inline(always)]
-fn input_rows(d: [&[f32]; 6], out: &mut [f32], first: usize, step: usize, channels: usize) {
-    let [o0, o1, o2, o3, o4, o5] = vectors(out, first, step, channels);
-    let [d0, d1, d2, d3, d4, d5] = d.map(|row| &row[..channels]);
-    for c in 0..channels {
-        let (d0, d1, d2, d3, d4, d5) = (d0[c], d1[c], d2[c], d3[c], d4[c], d5[c]);
-        o0[c] = 4.0 * d0 - 5.0 * d2 + d4;
-        o1[c] = -4.0 * (d1 + d2) + d3 + d4;
-        o2[c] = 4.0 * (d1 - d2) - d3 + d4;
-        o3[c] = -2.0 * (d1 - d3) - d2 + d4;
-        o4[c] = 2.0 * (d1 - d3) - d2 + d4;
-        o5[c] = 4.0 * d1 - 5.0 * d3 + d5;
+fn input_rows<const N: usize>(d: &[&[f32]; N], mut out: [&mut [f32]; N], channels: usize) {
+    match (d.as_slice(), out.as_mut_slice()) {
+        (&[d0, d1, d2, d3], [o0, o1, o2, o3]) => {
+            let (d0, d1, d2, d3) = (
+                &d0[..channels],
+                &d1[..channels],
+                &d2[..channels],
+                &d3[..channels],
+            );
+            let (o0, o1, o2, o3) = (
+                &mut o0[..channels],
+                &mut o1[..channels],
+                &mut o2[..channels],
+                &mut o3[..channels],
+            );
+            for c in 0..channels {
+                o0[c] = d0[c] - d2[c];
+                o1[c] = d1[c] + d2[c];
+                o2[c] = d2[c] - d1[c];
+                o3[c] = d1[c] - d3[c];
+            }
+        }
+        (&[d0, d1, d2, d3, d4, d5], [o0, o1, o2, o3, o4, o5]) => {
+            let [d0, d1, d2, d3, d4, d5] = [d0, d1, d2, d3, d4, d5].map(|row| &row[..channels]);
+            let [o0, o1, o2, o3, o4, o5] = [o0, o1, o2, o3, o4, o5].map(|row| &mut row[..channels]);
+            for c in 0..channels {
+                let (d0, d1, d2, d3, d4, d5) = (d0[c], d1[c], d2[c], d3[c], d4[c], d5[c]);
+                o0[c] = 4.0 * d0 - 5.0 * d2 + d4;
+                o1[c] = -4.0 * (d1 + d2) + d3 + d4;
+                o2[c] = 4.0 * (d1 - d2) - d3 + d4;
+                o3[c] = -2.0 * (d1 - d3) - d2 + d4;
+                o4[c] = 2.0 * (d1 - d3) - d2 + d4;
+                o5[c] = 4.0 * d1 - 5.0 * d3 + d5;
+            }
+        }
+        _ => unreachable!("input tiles of side 4 or 6"),
     }
 }
 
@@ -299,37 +490,40 @@ fn vectors<const N: usize>(
     std::array::from_fn(|_| chunks.next().expect("the buffer holds every vector"))
 }
 
-/// `Aᵀ m A` of one tile's products `[position][channel]`, plus the bias (and ReLU), written to
-/// the tile's pixels of `rows` (the tile row's up to 4 image rows, channels-last), clipped at
-/// the image's right and bottom edges. `work` holds 40 channel vectors.
+/// `Aᵀ m A` of one tile's products `[position][channel]` (`N x N` positions), plus the bias (and
+/// ReLU), written to the tile's `M x M` pixels of `rows` (the tile row's up to `M` image rows,
+/// channels-last) from column `x` of `width`, clipped at the image's right and bottom edges.
+/// `work` holds `M N + M²` channel vectors.
 #[allow(clippy::too_many_arguments)]
-fn transform_output(
+#[inline(always)]
+fn transform_output<const M: usize, const N: usize>(
     products: &[f32],
     bias: &[f32],
     channels: usize,
-    x: usize,
-    width: usize,
+    [x, width]: [usize; 2],
     relu_after: bool,
     work: &mut [f32],
     rows: &mut [f32],
 ) {
-    let (columns, tile) = work.split_at_mut(TILE * INPUT_TILE * channels);
-    // Aᵀ over the rows: columns[r][j] for r in 0..4, j in 0..6.
-    for j in 0..INPUT_TILE {
-        let m = std::array::from_fn(|i| &products[(i * INPUT_TILE + j) * channels..][..channels]);
-        output_rows(m, columns, j, INPUT_TILE, channels);
+    let (columns, tile) = work.split_at_mut(M * N * channels);
+    // Aᵀ over the rows: columns[r][j] for r < M, j < N.
+    for j in 0..N {
+        let m: [&[f32]; N] =
+            std::array::from_fn(|i| &products[(i * N + j) * channels..][..channels]);
+        output_rows(&m, vectors::<M>(columns, j, N, channels), channels);
     }
-    // Aᵀ over the columns: tile[r][c] for r, c in 0..4.
-    for r in 0..TILE {
-        let m = std::array::from_fn(|j| &columns[(r * INPUT_TILE + j) * channels..][..channels]);
-        output_rows(m, tile, r * TILE, 1, channels);
+    // Aᵀ over the columns: tile[r][c] for r, c < M.
+    for r in 0..M {
+        let m: [&[f32]; N] =
+            std::array::from_fn(|j| &columns[(r * N + j) * channels..][..channels]);
+        output_rows(&m, vectors::<M>(tile, r * M, 1, channels), channels);
     }
     let image_rows = rows.len() / (width * channels);
-    for r in 0..TILE.min(image_rows) {
-        for c in 0..TILE.min(width - x) {
+    let floor = if relu_after { 0.0 } else { f32::NEG_INFINITY };
+    for r in 0..M.min(image_rows) {
+        for c in 0..M.min(width - x) {
             let dst = &mut rows[(r * width + x + c) * channels..][..channels];
-            let src = &tile[(r * TILE + c) * channels..][..channels];
-            let floor = if relu_after { 0.0 } else { f32::NEG_INFINITY };
+            let src = &tile[(r * M + c) * channels..][..channels];
             for ((out, value), b) in dst.iter_mut().zip(src).zip(bias) {
                 *out = (value + b).max(floor);
             }
@@ -337,17 +531,44 @@ fn transform_output(
     }
 }
 
-/// `Aᵀ` applied to six channel vectors: writes vector `first + r * step` of `out` for r in 0..4.
+/// `Aᵀ` applied to N channel vectors, giving M (2 of 4 for F(2x2), 4 of 6 for F(4x4)).
 #[inline(always)]
-fn output_rows(m: [&[f32]; 6], out: &mut [f32], first: usize, step: usize, channels: usize) {
-    let [o0, o1, o2, o3] = vectors(out, first, step, channels);
-    let [m0, m1, m2, m3, m4, m5] = m.map(|row| &row[..channels]);
-    for c in 0..channels {
-        let (sum12, diff12) = (m1[c] + m2[c], m1[c] - m2[c]);
-        let (sum34, diff34) = (m3[c] + m4[c], m3[c] - m4[c]);
-        o0[c] = m0[c] + sum12 + sum34;
-        o1[c] = diff12 + 2.0 * diff34;
-        o2[c] = sum12 + 4.0 * sum34;
-        o3[c] = diff12 + 8.0 * diff34 + m5[c];
+fn output_rows<const N: usize, const M: usize>(
+    m: &[&[f32]; N],
+    mut out: [&mut [f32]; M],
+    channels: usize,
+) {
+    match (m.as_slice(), out.as_mut_slice()) {
+        (&[m0, m1, m2, m3], [o0, o1]) => {
+            let (m0, m1, m2, m3) = (
+                &m0[..channels],
+                &m1[..channels],
+                &m2[..channels],
+                &m3[..channels],
+            );
+            let (o0, o1) = (&mut o0[..channels], &mut o1[..channels]);
+            for c in 0..channels {
+                o0[c] = m0[c] + m1[c] + m2[c];
+                o1[c] = m1[c] - m2[c] - m3[c];
+            }
+        }
+        (&[m0, m1, m2, m3, m4, m5], [o0, o1, o2, o3]) => {
+            let [m0, m1, m2, m3, m4, m5] = [m0, m1, m2, m3, m4, m5].map(|row| &row[..channels]);
+            let (o0, o1, o2, o3) = (
+                &mut o0[..channels],
+                &mut o1[..channels],
+                &mut o2[..channels],
+                &mut o3[..channels],
+            );
+            for c in 0..channels {
+                let (sum12, diff12) = (m1[c] + m2[c], m1[c] - m2[c]);
+                let (sum34, diff34) = (m3[c] + m4[c], m3[c] - m4[c]);
+                o0[c] = m0[c] + sum12 + sum34;
+                o1[c] = diff12 + 2.0 * diff34;
+                o2[c] = sum12 + 4.0 * sum34;
+                o3[c] = diff12 + 8.0 * diff34 + m5[c];
+            }
+        }
+        _ => unreachable!("F(2x2) or F(4x4)"),
     }
 }
