@@ -38,6 +38,7 @@ enum Command {
     /// BENCHMARKS-training.md.
     BenchTrain(bench::training::TrainBenchArgs),
     BenchLayers(bench::layers::LayerBenchArgs),
+    BenchPrecision(bench::precision::PrecisionBenchArgs),
     /// One memory measurement of `bench`, in a fresh process.
     #[command(hide = true)]
     BenchMemory(bench::MemoryArgs),
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::BenchTrain(args) => bench::training::run(args),
         Command::BenchLayers(args) => bench::layers::run(args),
+        Command::BenchPrecision(args) => bench::precision::run(args),
         Command::BenchMemory(args) => bench::run_memory(args),
         Command::Train(args) => cli::train::run(&args),
         Command::Demo(args) => cli::demo::run(&args),

@@ -10,7 +10,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use repvgg_data::{Augmentation, Evaluation, ImageFolder, ImageLoader, LoaderOptions, evaluate};
 use repvgg_deploy::{CpuPrecision, LoadedModel, ResolvedCheckpoint};
-use repvgg_model::DeviceChoice;
+use repvgg_model::{DeviceChoice, logit_difference};
 
 use crate::{ArchArgs, CropArgs, deploy_model};
 
@@ -125,6 +125,60 @@ pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
         }
     }
     Ok(evaluation)
+}
+
+/// bf16 beside f32 on one validation set, image by image: the CPU deploy path in both
+/// precisions on the same batches.
+#[derive(Clone, Debug)]
+pub struct PrecisionAgreement {
+    pub f32: Evaluation,
+    pub bf16: Evaluation,
+    /// The largest `max |bf16 - f32| / max |f32|` of a batch's logits.
+    pub max_relative: f32,
+    /// Images whose top-1 class differs between the precisions.
+    pub top1_disagreements: usize,
+}
+
+/// Evaluates the weights of `args` (on the CPU) in f32 and in bf16 and compares them.
+pub fn compare_precisions(args: &EvalArgs) -> Result<PrecisionAgreement> {
+    ensure!(
+        args.device == DeviceChoice::Cpu,
+        "bf16 is the CPU deploy path's: compare on --device cpu"
+    );
+    ensure!(args.batch_size > 0, "--batch-size must be at least 1");
+    let resolved = ResolvedCheckpoint::read(&args.weights, &args.arch.source())?;
+    let folder = open_folder(&args.data)?;
+    let device = Device::flex();
+    let net = resolved.into_model(&device)?.into_deploy()?;
+    let full = deploy_model(net.clone(), CpuPrecision::F32)?;
+    let reduced = deploy_model(net, CpuPrecision::Bf16)?;
+    let loader = loader(args, &folder, &device)?;
+    let (mut f32_eval, mut bf16_eval) = (Evaluation::default(), Evaluation::default());
+    let mut max_relative = 0f32;
+    for batch in loader.iter() {
+        let batch = batch?;
+        let full_logits = full.forward(batch.images.clone());
+        let reduced_logits = reduced.forward(batch.images);
+        let difference = logit_difference(
+            &reduced_logits.clone().into_data(),
+            &full_logits.clone().into_data(),
+        );
+        max_relative = max_relative.max(difference.relative);
+        f32_eval.add(full_logits, batch.targets.clone());
+        bf16_eval.add(reduced_logits, batch.targets);
+    }
+    let top1_disagreements = f32_eval
+        .predictions
+        .iter()
+        .zip(&bf16_eval.predictions)
+        .filter(|(a, b)| a != b)
+        .count();
+    Ok(PrecisionAgreement {
+        f32: f32_eval,
+        bf16: bf16_eval,
+        max_relative,
+        top1_disagreements,
+    })
 }
 
 /// `dir/val` when it exists (a data set root), else `dir` itself.

@@ -5,6 +5,7 @@
 
 pub mod layers;
 mod machine;
+pub mod precision;
 mod resnet;
 pub mod training;
 

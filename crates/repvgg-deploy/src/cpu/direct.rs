@@ -209,8 +209,13 @@ impl DirectConv {
                 }
                 let line = &input[(image * height + iy) * width * cin..][..width * cin];
                 if count == cin && left < width && left + 3 <= width {
-                    // All three taps inside the row, every channel: one contiguous run.
-                    taps.copy_from_slice(&line[left * cin..][..3 * cin]);
+                    // All three taps inside the row, every channel: one contiguous run; for the
+                    // 3-channel stem a copy of known length (no call per nine values).
+                    let run = &line[left * cin..][..3 * cin];
+                    match (<&mut [f32; 9]>::try_from(&mut *taps), <&[f32; 9]>::try_from(run)) {
+                        (Ok(taps), Ok(run)) => *taps = *run,
+                        _ => taps.copy_from_slice(run),
+                    }
                     continue;
                 }
                 for (kx, tap) in taps.chunks_exact_mut(count).enumerate() {

@@ -47,7 +47,12 @@ pub(crate) fn supported(element: Element) -> bool {
         let avx512 = std::arch::is_x86_feature_detected!("avx512f");
         match element {
             Element::F32 => avx512,
-            Element::Bf16 => avx512 && std::arch::is_x86_feature_detected!("avx512bf16"),
+            Element::Bf16 => {
+                avx512
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512bf16")
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -466,23 +471,19 @@ mod avx512 {
     }
 
     /// # Safety
-    /// The CPU has AVX512_BF16; the slices have equal lengths.
-    #[target_feature(enable = "avx512f,avx512bf16")]
+    /// The CPU has AVX512_BF16 (and so AVX512BW and VL); the slices have equal lengths.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
     pub(super) unsafe fn to_bf16(source: &[f32], destination: &mut [bf16]) {
-        let chunks = source.len() / LANES;
-        for i in 0..chunks {
-            // SAFETY: chunk i lies within both slices.
+        for (source, destination) in source.chunks(LANES).zip(destination.chunks_mut(LANES)) {
+            // The last chunk may be short: masked loads and stores (rows of 27 values, the
+            // stem's, are common).
+            let mask = ((1u32 << source.len()) - 1) as u16;
+            // SAFETY: the masked lanes lie within both chunks.
             unsafe {
-                let values = _mm512_loadu_ps(source.as_ptr().add(i * LANES));
+                let values = _mm512_maskz_loadu_ps(mask, source.as_ptr());
                 let rounded: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(values));
-                _mm256_storeu_si256(destination.as_mut_ptr().add(i * LANES).cast(), rounded);
+                _mm256_mask_storeu_epi16(destination.as_mut_ptr().cast(), mask, rounded);
             }
-        }
-        for (out, value) in destination[chunks * LANES..]
-            .iter_mut()
-            .zip(&source[chunks * LANES..])
-        {
-            *out = bf16::from_f32(*value);
         }
     }
 }

@@ -9,6 +9,8 @@
 //!
 //! Layouts are channels-last throughout so that every transform works on whole channel vectors.
 
+use std::cell::RefCell;
+
 use half::bf16;
 use rayon::prelude::*;
 
@@ -213,9 +215,8 @@ impl WinogradConv {
                 .tiles_bf16
                 .par_chunks_mut(positions * padded_channels)
                 .enumerate()
-                .for_each_init(
-                    || vec![0f32; 3 * positions * cin],
-                    |work, (t, out)| {
+                .for_each(|(t, out)| {
+                    with_work(3 * positions * cin, |work| {
                         let (work, transformed) = work.split_at_mut(2 * positions * cin);
                         wide::transform_input::<N>(input, cin, locate(t), work, transformed);
                         for (values, out) in transformed
@@ -226,20 +227,19 @@ impl WinogradConv {
                             to_bf16(values, values_out);
                             pad.fill(bf16::ZERO);
                         }
-                    },
-                );
+                    });
+                });
         } else {
             scratch.tiles.resize(tiles * positions * cin, 0.0);
             scratch
                 .tiles
                 .par_chunks_mut(positions * cin)
                 .enumerate()
-                .for_each_init(
-                    || vec![0f32; 2 * positions * cin],
-                    |work, (t, transformed)| {
+                .for_each(|(t, transformed)| {
+                    with_work(2 * positions * cin, |work| {
                         wide::transform_input::<N>(input, cin, locate(t), work, transformed);
-                    },
-                );
+                    });
+                });
         }
 
         self.multiply(tiles, positions, scratch);
@@ -253,9 +253,8 @@ impl WinogradConv {
                     .enumerate()
                     .map(move |(ty, rows)| (image, ty, rows))
             })
-            .for_each_init(
-                || vec![0f32; (M * N + M * M) * cout],
-                |work, (image, ty, rows)| {
+            .for_each(|(image, ty, rows)| {
+                with_work((M * N + M * M) * cout, |work| {
                     for tx in 0..tile_cols {
                         let t = (image * tile_rows + ty) * tile_cols + tx;
                         let tile = &products[t * positions * cout..][..positions * cout];
@@ -269,8 +268,8 @@ impl WinogradConv {
                             rows,
                         );
                     }
-                },
-            );
+                });
+            });
     }
 
     /// `products[t][p] = tiles[t][p] · weights[p]`, per group: positions x groups x tile-blocks
@@ -324,6 +323,23 @@ impl WinogradConv {
                 self.weights[position_group].multiply(dst, lhs, None, false, 1);
             });
     }
+}
+
+thread_local! {
+    /// Each thread's transform buffer, kept between layers and calls (allocating and zeroing one
+    /// per parallel job cost several percent at batch 1).
+    static WORK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `run` on this thread's transform buffer, at least `len` long (its contents are left from
+/// earlier use: the transforms write every value they read).
+fn with_work(len: usize, run: impl FnOnce(&mut [f32])) {
+    WORK.with_borrow_mut(|work| {
+        if work.len() < len {
+            work.resize(len, 0.0);
+        }
+        run(&mut work[..len]);
+    });
 }
 
 /// The transforms compiled for AVX-512 where the CPU has it: the crate is built for baseline
