@@ -140,30 +140,40 @@ pub fn run(args: BenchArgs) -> Result<()> {
             exporting.elapsed().as_secs_f64() * 1e3,
             onnx.len(),
         ));
+        // The CPU path in each precision, prepared once per architecture as an application would
+        // (each stride-1 form is made the first time a batch size needs it).
+        let fast_models = match args.device {
+            DeviceChoice::Cpu => precisions
+                .iter()
+                .map(|&precision| {
+                    let options = CpuOptions::default().with_precision(precision);
+                    Ok((
+                        precision,
+                        DeployModel::with_options(deploy.clone(), options)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
+            _ => Vec::new(),
+        };
+        let model = arch.to_string();
         for &batch in &args.batch {
             let images = random_images(batch, size, &device);
             eprintln!("{arch} batch {batch}");
-            let model = arch.to_string();
             rows.push(measure(&args, &model, "training", batch, || {
                 training.forward(images.clone())
             }));
             rows.push(measure(&args, &model, "deploy", batch, || {
                 deploy.forward(images.clone())
             }));
-            if args.device == DeviceChoice::Cpu {
-                for &precision in &precisions {
-                    let options = CpuOptions::default().with_precision(precision);
-                    let fast = DeployModel::with_options(deploy.clone(), options)?;
-                    if batch == args.batch[0] {
-                        let bytes = fast.cpu_path().map_or(0, |cpu| cpu.prepared_bytes());
-                        prepared.push((model.clone(), precision, bytes));
-                    }
-                    let form = cpu_form(precision);
-                    rows.push(measure(&args, &model, form, batch, || {
-                        fast.forward(images.clone())
-                    }));
-                }
+            for (precision, fast) in &fast_models {
+                rows.push(measure(&args, &model, cpu_form(*precision), batch, || {
+                    fast.forward(images.clone())
+                }));
             }
+        }
+        for (precision, fast) in &fast_models {
+            let bytes = fast.cpu_path().map_or(0, |cpu| cpu.prepared_bytes());
+            prepared.push((model.clone(), *precision, bytes));
         }
     }
     for (name, resnet) in [
@@ -635,7 +645,8 @@ fn report(
     if !prepared.is_empty() {
         let _ = writeln!(
             out,
-            "Prepared CPU path (transformed and packed weights, held beside the model): {}.\n",
+            "Prepared CPU path (the weights, and the transformed and packed forms the batch sizes \
+             above used, held beside the model): {}.\n",
             prepared
                 .iter()
                 .map(|(model, precision, bytes)| format!(
