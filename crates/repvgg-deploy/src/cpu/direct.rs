@@ -9,7 +9,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::CpuPrecision;
-use super::kernel::to_bf16;
+use super::kernel::to_bf16_rows;
 use super::ops::MatMut;
 use super::product::{Rows, Weights};
 
@@ -146,14 +146,7 @@ impl DirectConv {
                 let lhs = if weights.takes_bf16() {
                     let padded = weights.row_length();
                     rounded.resize(rows * padded, bf16::ZERO);
-                    for (values, out) in columns
-                        .chunks_exact(depth)
-                        .zip(rounded.chunks_exact_mut(padded))
-                    {
-                        let (values_out, pad) = out.split_at_mut(depth);
-                        to_bf16(values, values_out);
-                        pad.fill(bf16::ZERO);
-                    }
+                    to_bf16_rows(columns, depth, rounded, padded);
                     Rows::Bf16 {
                         data: rounded,
                         stride: padded,
@@ -212,7 +205,10 @@ impl DirectConv {
                     // All three taps inside the row, every channel: one contiguous run; for the
                     // 3-channel stem a copy of known length (no call per nine values).
                     let run = &line[left * cin..][..3 * cin];
-                    match (<&mut [f32; 9]>::try_from(&mut *taps), <&[f32; 9]>::try_from(run)) {
+                    match (
+                        <&mut [f32; 9]>::try_from(&mut *taps),
+                        <&[f32; 9]>::try_from(run),
+                    ) {
                         (Ok(taps), Ok(run)) => *taps = *run,
                         _ => taps.copy_from_slice(run),
                     }

@@ -262,6 +262,19 @@ pub(crate) fn to_bf16(source: &[f32], destination: &mut [bf16]) {
     }
 }
 
+/// Rows of `depth` f32 values to rows of `padded` bf16 (the depth rounded up to a pair), the
+/// padding zero.
+pub(crate) fn to_bf16_rows(source: &[f32], depth: usize, destination: &mut [bf16], padded: usize) {
+    for (values, out) in source
+        .chunks_exact(depth)
+        .zip(destination.chunks_exact_mut(padded))
+    {
+        let (values_out, pad) = out.split_at_mut(depth);
+        to_bf16(values, values_out);
+        pad.fill(bf16::ZERO);
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;

@@ -20,10 +20,10 @@ use repvgg_model::{RepVggDeploy, RepVggDeployBlock, RepVggPlusDeploy};
 
 use crate::DeployError;
 use direct::DirectConv;
-use ops::{
-    Excitation, MatMut, MatRef, average_pool, matmul_add, relu, to_channels_first,
-    to_channels_last, values,
-};
+use half::bf16;
+use kernel::to_bf16_rows;
+use ops::{Excitation, MatMut, average_pool, relu, to_channels_first, to_channels_last, values};
+use product::{Rows, Weights};
 pub use winograd::WinogradTile;
 use winograd::{WinogradConv, WinogradScratch};
 
@@ -180,11 +180,56 @@ pub struct CpuDeploy {
     options: CpuOptions,
 }
 
-/// The linear classifier: weight `[features, classes]` row-major, and its bias.
+/// The linear classifier: its weight `[features, classes]` prepared for the products (packed
+/// once: at batch 1 a general product would repack all of it on every call), and its bias.
 #[derive(Debug)]
 struct Head {
-    weight: Vec<f32>,
+    weights: Weights,
     bias: Vec<f32>,
+}
+
+impl Head {
+    fn new(linear: &Linear, precision: CpuPrecision) -> Self {
+        let [features, classes] = linear.weight.dims();
+        let weight = values(linear.weight.val());
+        Self {
+            weights: Weights::new(precision, features, classes, |k, c| weight[k * classes + c]),
+            bias: linear
+                .bias
+                .as_ref()
+                .map_or_else(|| vec![0.0; classes], |bias| values(bias.val())),
+        }
+    }
+
+    /// Logits `[batch, classes]` of pooled features `[batch, features]`.
+    fn forward(&self, pooled: &[f32], batch: usize, features: usize) -> Vec<f32> {
+        let classes = self.bias.len();
+        let mut logits = vec![0f32; batch * classes];
+        let rounded: Vec<bf16>;
+        let rows = if self.weights.takes_bf16() {
+            let padded = self.weights.row_length();
+            let mut values = vec![bf16::ZERO; batch * padded];
+            to_bf16_rows(pooled, features, &mut values, padded);
+            rounded = values;
+            Rows::Bf16 {
+                data: &rounded,
+                stride: padded,
+            }
+        } else {
+            Rows::F32 {
+                data: pooled,
+                stride: features,
+            }
+        };
+        self.weights.multiply(
+            MatMut::new(&mut logits, batch, classes, classes),
+            rows,
+            Some(&self.bias),
+            false,
+            rayon::current_num_threads(),
+        );
+        logits
+    }
 }
 
 #[derive(Debug, Default)]
@@ -278,7 +323,7 @@ impl CpuDeploy {
         let head = self
             .head
             .as_ref()
-            .map_or(0, |head| (head.weight.len() + head.bias.len()) * 4);
+            .map_or(0, |head| head.weights.bytes() + head.bias.len() * 4);
         self.layers.iter().map(Layer::bytes).sum::<usize>() + head
     }
 
@@ -302,14 +347,7 @@ impl CpuDeploy {
         Self {
             layers,
             stage_lengths,
-            head: linear.map(|linear| Head {
-                weight: values(linear.weight.val()),
-                bias: linear
-                    .bias
-                    .as_ref()
-                    .map(|bias| values(bias.val()))
-                    .unwrap_or_else(|| vec![0.0; linear.weight.dims()[1]]),
-            }),
+            head: linear.map(|linear| Head::new(linear, options.precision)),
             scratch: Mutex::default(),
             options,
         }
@@ -339,22 +377,16 @@ impl CpuDeploy {
             let (pooled, features) = output;
             return Tensor::from_data(TensorData::new(pooled, [batch, features]), &device);
         };
-        let classes = head.bias.len();
-        let mut logits: Vec<f32> = (0..batch).flat_map(|_| head.bias.clone()).collect();
+        let mut logits = Vec::new();
         self.run(
             images,
             |_, _| {},
             |last, [_, height, width, features]| {
                 let pooled = average_pool(last, batch, height * width, features);
-                matmul_add(
-                    MatMut::new(&mut logits, batch, classes, classes),
-                    MatRef::new(&pooled, batch, features, features),
-                    MatRef::new(&head.weight, features, classes, classes),
-                    true,
-                    rayon::current_num_threads(),
-                );
+                logits = head.forward(&pooled, batch, features);
             },
         );
+        let classes = head.bias.len();
         Tensor::from_data(TensorData::new(logits, [batch, classes]), &device)
     }
 

@@ -15,7 +15,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::CpuPrecision;
-use super::kernel::to_bf16;
+use super::kernel::to_bf16_rows;
 use super::ops::{MatMut, SendPtr};
 use super::product::{Rows, Weights};
 
@@ -219,14 +219,7 @@ impl WinogradConv {
                     with_work(3 * positions * cin, |work| {
                         let (work, transformed) = work.split_at_mut(2 * positions * cin);
                         wide::transform_input::<N>(input, cin, locate(t), work, transformed);
-                        for (values, out) in transformed
-                            .chunks_exact(in_per_group)
-                            .zip(out.chunks_exact_mut(padded))
-                        {
-                            let (values_out, pad) = out.split_at_mut(in_per_group);
-                            to_bf16(values, values_out);
-                            pad.fill(bf16::ZERO);
-                        }
+                        to_bf16_rows(transformed, in_per_group, out, padded);
                     });
                 });
         } else {
