@@ -36,7 +36,8 @@ pub use rand_augment::{
 pub use synthetic::{SYNTHETIC_CLASSES, write_synthetic_set};
 pub use transform::{
     Crop, DEFAULT_CROP_PCT, EvalTransform, IMAGENET_MEAN, IMAGENET_STD, RandomResizedCrop,
-    TrainTransform, check_crop_pct, decode_rgb, normalize, parse_crop_pct,
+    TrainTransform, check_crop_pct, decode_rgb, decode_rgb_reusing, normalize, normalize_into,
+    parse_crop_pct,
 };
 
 /// A data set that cannot be read, or an image that cannot be decoded.

@@ -2,6 +2,7 @@
 //! works, a fresh shuffle of the whole training set every epoch, reproducible for a seed whatever
 //! the number of workers.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -18,7 +19,7 @@ use rand::seq::SliceRandom;
 use rand_distr::{Beta, Distribution};
 use rayon::prelude::*;
 
-use crate::{EvalTransform, Sample, TrainTransform, decode_rgb, normalize};
+use crate::{EvalTransform, Sample, TrainTransform, decode_rgb_reusing, normalize_into};
 
 /// How images are turned into network inputs.
 #[derive(Clone, Debug)]
@@ -250,51 +251,69 @@ struct BatchProducer {
 }
 
 impl BatchProducer {
-    /// Decodes and augments the images of `chunk` (indices into `samples`) in parallel and stacks
-    /// them; `offset` is the chunk's first position in this loader's epoch order.
+    /// Decodes and augments the images of `chunk` (indices into `samples`) in parallel, each
+    /// straight into its slot of the batch, and makes the tensors; `offset` is the chunk's first
+    /// position in this loader's epoch order.
     fn batch(&self, offset: usize, chunk: &[usize]) -> LoadedBatch {
-        let loaded: Vec<(Vec<f32>, usize)> = chunk
-            .par_iter()
+        let image_len = 3 * self.augmentation.size() * self.augmentation.size();
+        let mut pixels = vec![0f32; chunk.len() * image_len];
+        let labels: Vec<Option<usize>> = pixels
+            .par_chunks_mut(image_len)
+            .zip(chunk)
             .enumerate()
-            .filter_map(|(i, &sample_index)| {
+            .map(|(i, (slot, &sample_index))| {
                 let position = self.first_position + offset + i;
-                self.load(sample_index, position)
+                self.load(sample_index, position, slot)
             })
             .collect();
+        // Close the gaps the skipped images left, keeping the order.
+        let mut kept = Vec::with_capacity(labels.len());
+        for (slot, label) in labels.into_iter().enumerate() {
+            if let Some(label) = label {
+                let start = slot * image_len;
+                pixels.copy_within(start..start + image_len, kept.len() * image_len);
+                kept.push(label as i64);
+            }
+        }
+        pixels.truncate(kept.len() * image_len);
         LoadedBatch {
-            batch: (!loaded.is_empty()).then(|| self.stack(loaded, offset)),
+            batch: (!kept.is_empty()).then(|| self.stack(pixels, kept, offset)),
             positions: chunk.len(),
         }
     }
 
-    fn load(&self, sample_index: usize, position: usize) -> Option<(Vec<f32>, usize)> {
+    /// Decodes sample `sample_index` and writes its network input, drawn for `position` of the
+    /// epoch, into `slot`; returns its class, or `None` (recorded) if it cannot be decoded.
+    fn load(&self, sample_index: usize, position: usize, slot: &mut [f32]) -> Option<usize> {
+        thread_local! {
+            /// Each worker's decoded-image buffer, reused from image to image (it keeps the size
+            /// of the largest image decoded).
+            static DECODED: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+        }
         let sample = &self.samples[sample_index];
-        let image = match decode_rgb(&sample.path) {
+        let image = match decode_rgb_reusing(&sample.path, DECODED.take()) {
             Ok(image) => image,
             Err(error) => {
                 self.skipped.record(sample.path.clone(), error.to_string());
                 return None;
             }
         };
-        let input = match self.augmentation.as_ref() {
+        match self.augmentation.as_ref() {
             Augmentation::Train(transform) => {
                 let seed = stream_seed(self.options.seed, self.epoch, Stream::Image(position));
-                transform.input(&image, &mut StdRng::seed_from_u64(seed))
+                transform.input_into(&image, &mut StdRng::seed_from_u64(seed), slot);
             }
-            Augmentation::Eval(transform) => normalize(&transform.apply(&image)),
-        };
-        Some((input, sample.label))
+            Augmentation::Eval(transform) => normalize_into(&transform.apply(&image), slot),
+        }
+        DECODED.set(image.into_raw());
+        Some(sample.label)
     }
 
-    fn stack(&self, loaded: Vec<(Vec<f32>, usize)>, offset: usize) -> ImageBatch {
+    /// The batch tensors from `pixels`, `labels.len()` normalised images back to back, with
+    /// mixup applied when set.
+    fn stack(&self, mut pixels: Vec<f32>, labels: Vec<i64>, offset: usize) -> ImageBatch {
         let size = self.augmentation.size();
-        let count = loaded.len();
-        let mut pixels = Vec::with_capacity(count * 3 * size * size);
-        let mut labels = Vec::with_capacity(count);
-        for (image, label) in loaded {
-            pixels.extend_from_slice(&image);
-            labels.push(label as i64);
-        }
+        let count = labels.len();
         let lambda = self.options.mixup_alpha.map(|alpha| {
             let seed = stream_seed(self.options.seed, self.epoch, Stream::Mixup(offset));
             let beta = Beta::new(alpha, alpha).expect("mixup alpha is validated positive");

@@ -2,10 +2,14 @@
 //! the longer recipe's RandAugment and random erasing), resize + center crop for evaluation,
 //! then ImageNet normalization.
 
+use std::cell::RefCell;
 use std::path::Path;
 
-use image::imageops::{self, FilterType};
-use image::{ImageReader, RgbImage};
+use fast_image_resize::images::{TypedCroppedImage, TypedImage, TypedImageRef};
+use fast_image_resize::pixels::U8x3;
+use fast_image_resize::{FilterType, ResizeAlg, ResizeOptions, Resizer};
+use image::imageops;
+use image::{ColorType, DynamicImage, ImageDecoder, ImageReader, Limits, RgbImage};
 use rand::RngExt;
 
 use crate::{DataError, RandAugment, RandomErasing};
@@ -23,11 +27,29 @@ pub const DEFAULT_CROP_PCT: f64 = 0.875;
 /// Decodes an image file to 8-bit RGB, whatever it holds (grayscale, RGBA, CMYK JPEG, 16-bit
 /// PNG), guessing the format from the content rather than the extension.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, DataError> {
+    decode_rgb_reusing(path, Vec::new())
+}
+
+/// [`decode_rgb`], decoding 8-bit RGB files (most JPEGs) straight into `buffer`'s allocation,
+/// grown if too small: a worker decoding image after image hands back the last image's buffer
+/// (`RgbImage::into_raw`) rather than have fresh pages mapped and zeroed for every image. Other
+/// colour types are decoded, then converted, as `decode_rgb` does.
+pub fn decode_rgb_reusing(path: &Path, mut buffer: Vec<u8>) -> Result<RgbImage, DataError> {
     let decode = || -> Result<RgbImage, image::ImageError> {
-        Ok(ImageReader::open(path)?
+        let decoder = ImageReader::open(path)?
             .with_guessed_format()?
-            .decode()?
-            .to_rgb8())
+            .into_decoder()?;
+        // What `ImageReader::decode` checks: refuse a decompression bomb before allocating it.
+        Limits::default().reserve(decoder.total_bytes())?;
+        if decoder.color_type() != ColorType::Rgb8 {
+            return Ok(DynamicImage::from_decoder(decoder)?.into_rgb8());
+        }
+        let (width, height) = decoder.dimensions();
+        // Only the part past the old length is zeroed; the decoder overwrites all of it.
+        buffer.resize(decoder.total_bytes() as usize, 0);
+        decoder.read_image(&mut buffer)?;
+        Ok(RgbImage::from_raw(width, height, buffer)
+            .expect("the decoder filled width x height x 3 bytes"))
     };
     decode().map_err(|source| DataError::Decode {
         path: path.to_path_buf(),
@@ -47,6 +69,29 @@ pub struct Crop {
 impl Crop {
     fn apply(self, image: &RgbImage) -> RgbImage {
         imageops::crop_imm(image, self.left, self.top, self.width, self.height).to_image()
+    }
+
+    /// This rectangle of `image` resized to `width x height` with an antialiased bilinear
+    /// (triangle) filter, as PIL's `image.crop(box).resize(size, BILINEAR)` computes it (in
+    /// fixed point, with SIMD; the filter does not reach past the rectangle), reading the
+    /// rectangle in place rather than copying it out first.
+    fn resize(self, image: &RgbImage, width: u32, height: u32) -> RgbImage {
+        thread_local! {
+            /// Each thread's resizer, whose scratch buffers are reused from image to image.
+            static RESIZER: RefCell<Resizer> = RefCell::new(Resizer::new());
+        }
+        let whole = TypedImageRef::<U8x3>::from_buffer(image.width(), image.height(), image)
+            .expect("an RgbImage holds width x height RGB pixels");
+        let source = TypedCroppedImage::new(whole, self.left, self.top, self.width, self.height)
+            .expect("the crop lies inside the image");
+        let mut resized = RgbImage::new(width, height);
+        let mut target = TypedImage::<U8x3>::from_buffer(width, height, &mut resized)
+            .expect("an RgbImage holds width x height RGB pixels");
+        let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Bilinear));
+        RESIZER
+            .with_borrow_mut(|resizer| resizer.resize_typed(&source, &mut target, &options))
+            .expect("same pixel type and non-empty images");
+        resized
     }
 }
 
@@ -104,9 +149,10 @@ impl RandomResizedCrop {
         }
     }
 
+    /// Draws a crop of `image` ([`sample`](Self::sample)) and resizes it to `size x size`.
     pub fn apply(&self, image: &RgbImage, rng: &mut impl RngExt) -> RgbImage {
-        let crop = self.sample(image.width(), image.height(), rng).apply(image);
-        imageops::resize(&crop, self.size, self.size, FilterType::Triangle)
+        self.sample(image.width(), image.height(), rng)
+            .resize(image, self.size, self.size)
     }
 }
 
@@ -151,12 +197,20 @@ impl TrainTransform {
     /// The network's input: [`apply`](Self::apply), [`normalize`], then random erasing. Every
     /// draw comes from `rng`.
     pub fn input(&self, image: &RgbImage, rng: &mut impl RngExt) -> Vec<f32> {
-        let image = self.apply(image, rng);
-        let mut input = normalize(&image);
-        if let Some(erasing) = &self.random_erasing {
-            erasing.apply(&mut input, image.height(), image.width(), rng);
-        }
+        let size = self.crop.size as usize;
+        let mut input = vec![0.0; 3 * size * size];
+        self.input_into(image, rng, &mut input);
         input
+    }
+
+    /// [`input`](Self::input) written into `input`, `3 x size x size` values (a loader's slot of
+    /// its batch, so that no per-image array is allocated and copied).
+    pub fn input_into(&self, image: &RgbImage, rng: &mut impl RngExt, input: &mut [f32]) {
+        let image = self.apply(image, rng);
+        normalize_into(&image, input);
+        if let Some(erasing) = &self.random_erasing {
+            erasing.apply(input, image.height(), image.width(), rng);
+        }
     }
 }
 
@@ -179,8 +233,8 @@ pub fn parse_crop_pct(value: &str) -> Result<f64, String> {
 
 /// The evaluation transform, timm's: resize the shorter side to `floor(size / crop_pct)`
 /// (bilinear with antialiasing, the longer side keeping the aspect ratio), then take the
-/// central `size x size` crop. It agrees with timm's (PIL and torchvision) within a few levels
-/// of 255 (tested against crops timm made).
+/// central `size x size` crop. It agrees with timm's (PIL and torchvision) within a level of
+/// 255 (tested against crops timm made).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EvalTransform {
     pub size: u32,
@@ -213,7 +267,13 @@ impl EvalTransform {
             true => (self.resize, scaled_long),
             false => (scaled_long, self.resize),
         };
-        let resized = imageops::resize(image, new_width, new_height, FilterType::Triangle);
+        let whole = Crop {
+            top: 0,
+            left: 0,
+            height,
+            width,
+        };
+        let resized = whole.resize(image, new_width, new_height);
         // torchvision's centre: `round((side - size) / 2)`, Python's round (ties to even).
         let offset = |side: u32| (f64::from(side - self.size) / 2.0).round_ties_even() as u32;
         Crop {
@@ -229,12 +289,29 @@ impl EvalTransform {
 /// The image as a channels-first `[3, H, W]` float array, scaled to [0, 1] and normalised with
 /// the ImageNet mean and standard deviation.
 pub fn normalize(image: &RgbImage) -> Vec<f32> {
-    let plane = (image.width() * image.height()) as usize;
-    let mut out = vec![0f32; 3 * plane];
-    for (i, pixel) in image.pixels().enumerate() {
-        for c in 0..3 {
-            out[c * plane + i] = (f32::from(pixel[c]) / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c];
-        }
-    }
+    let mut out = vec![0f32; 3 * image.width() as usize * image.height() as usize];
+    normalize_into(image, &mut out);
     out
+}
+
+/// [`normalize`] written into `out`, which holds `3 x H x W` values.
+pub fn normalize_into(image: &RgbImage, out: &mut [f32]) {
+    // Every channel's 256 possible results, computed as the per-pixel formula would.
+    let tables: [[f32; 256]; 3] = std::array::from_fn(|c| {
+        std::array::from_fn(|value| (value as f32 / 255.0 - IMAGENET_MEAN[c]) / IMAGENET_STD[c])
+    });
+    let plane = image.width() as usize * image.height() as usize;
+    assert_eq!(
+        out.len(),
+        3 * plane,
+        "normalize_into: output of the wrong size"
+    );
+    let (red, rest) = out.split_at_mut(plane);
+    let (green, blue) = rest.split_at_mut(plane);
+    let planes = red.iter_mut().zip(green).zip(blue);
+    for (pixel, ((red, green), blue)) in image.as_raw().chunks_exact(3).zip(planes) {
+        *red = tables[0][usize::from(pixel[0])];
+        *green = tables[1][usize::from(pixel[1])];
+        *blue = tables[2][usize::from(pixel[2])];
+    }
 }

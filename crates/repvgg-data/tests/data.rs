@@ -309,9 +309,10 @@ fn evaluation_agrees_with_timm() {
             let max = *differences.iter().max().unwrap();
             let mean =
                 differences.iter().map(|&d| f64::from(d)).sum::<f64>() / differences.len() as f64;
-            // Both resample with an antialiased triangle filter; PIL works in fixed point.
+            // Both resample with an antialiased triangle filter in fixed point (PIL's, and
+            // fast_image_resize's port of it): a level apart at most, rarely.
             assert!(
-                max <= 2 && mean <= 0.3,
+                max <= 1 && mean <= 0.1,
                 "{source} at {size}/{crop_pct}: max {max}, mean {mean:.3} (of 255)"
             );
             worst = (worst.0.max(max), worst.1.max(mean));

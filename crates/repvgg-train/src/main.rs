@@ -7,8 +7,8 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use repvgg_train::throughput::LoaderBenchArgs;
 
+use crate::cli::BenchLoaderArgs;
 use crate::cli::demo::DemoArgs;
 use crate::cli::train::TrainArgs;
 
@@ -31,8 +31,8 @@ enum Command {
     /// compare the speed of both forms (a few minutes, nothing to download).
     Demo(DemoArgs),
     /// Measure the data pipeline: decoded and augmented ImageNet-sized JPEGs per second, for
-    /// each worker count.
-    BenchLoader(LoaderBenchArgs),
+    /// each worker count, beside torchvision's with --python (or REPVGG_PYTHON).
+    BenchLoader(BenchLoaderArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,7 +40,7 @@ fn main() -> ExitCode {
     cli::init_logger();
     let outcome = match (cli.command, cli.train) {
         (Some(Command::Demo(args)), _) => cli::demo::run(&args),
-        (Some(Command::BenchLoader(args)), _) => cli::run_bench_loader(&args),
+        (Some(Command::BenchLoader(args)), _) => cli::run_bench_loader(args),
         (None, Some(args)) => cli::train::run(&args),
         (None, None) => {
             eprintln!("error: give --data DIR to train, or `demo` (see --help)");

@@ -1,9 +1,11 @@
 //! How fast the training data pipeline decodes and augments ImageNet-sized JPEGs: images per
 //! second for several worker counts, and per worker, with or without RandAugment and random
-//! erasing.
+//! erasing; and, given a Python with torch, torchvision and Pillow, torchvision's pipeline over
+//! the same files, for comparison.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Instant;
 
 use burn::data::dataloader::DataLoader;
@@ -86,9 +88,59 @@ pub struct LoaderThroughput {
     pub images_per_second: f64,
 }
 
+/// torchvision + Pillow's measurements of the same pipeline over the same files.
+#[derive(Clone, Debug)]
+pub struct TorchvisionThroughput {
+    /// The versions measured, e.g. "torchvision 0.29.2, Pillow 13.0.0, torch 2.15.0".
+    pub versions: String,
+    /// One measurement per worker count, in the order of the loader's.
+    pub results: Vec<LoaderThroughput>,
+}
+
+/// Why torchvision's pipeline could not be measured (this crate's figures still stand).
+#[derive(Debug, thiserror::Error)]
+pub enum TorchvisionError {
+    /// RandAugment and random erasing are this crate's (timm's); the script has the paper's
+    /// pipeline only.
+    #[error("torchvision is measured on the paper's pipeline only (no --aa, no --reprob)")]
+    Augmented,
+    /// The interpreter could not be started.
+    #[error("cannot run {python}: {source}")]
+    Start {
+        python: String,
+        source: std::io::Error,
+    },
+    /// The script failed (a missing package, an unreadable folder): its last line of stderr.
+    #[error("the torchvision script failed: {0}")]
+    Script(String),
+    /// The script printed something else than its JSON object.
+    #[error("unexpected output of the torchvision script: {0}")]
+    Output(String),
+}
+
+/// What `bench-loader` measured: this crate's loader, and torchvision's when asked.
+#[derive(Debug)]
+pub struct LoaderComparison {
+    /// One measurement per worker count.
+    pub loader: Vec<LoaderThroughput>,
+    /// torchvision + Pillow on the same files and worker counts: `None` when no Python was
+    /// given.
+    pub torchvision: Option<Result<TorchvisionThroughput, TorchvisionError>>,
+}
+
 /// Measures the training loader (decode, RandomResizedCrop, flip, RandAugment and random
 /// erasing if asked, normalise, batch of 64) for each worker count, logging each measurement.
 pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>, LoaderBenchError> {
+    Ok(compare_loaders(args, None)?.loader)
+}
+
+/// [`bench_loader`], then, with `python` (an interpreter with torch, torchvision and Pillow),
+/// torchvision's pipeline over the same files and worker counts, so that both figures come
+/// from one machine at one time.
+pub fn compare_loaders(
+    args: &LoaderBenchArgs,
+    python: Option<&str>,
+) -> Result<LoaderComparison, LoaderBenchError> {
     if args.images == 0 || args.workers.contains(&0) {
         return Err(LoaderBenchError::Empty);
     }
@@ -106,21 +158,41 @@ pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>, Loa
             (dir, true)
         }
     };
-    let folder = ImageFolder::open(&root)?;
-    let samples: Vec<_> = folder.samples.iter().take(args.images).cloned().collect();
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut worker_counts = args.workers.clone();
     if worker_counts.is_empty() {
         worker_counts = vec![1, cores];
         worker_counts.dedup();
     }
+    let loader = measure_loader(args, &root, &worker_counts);
+    let torchvision = match (&loader, python) {
+        (Ok(_), Some(python)) => Some(measure_torchvision(python, args, &root, &worker_counts)),
+        _ => None,
+    };
+    if generated {
+        let _ = fs::remove_dir_all(&root);
+    }
+    Ok(LoaderComparison {
+        loader: loader?,
+        torchvision,
+    })
+}
+
+/// This crate's loader over the first `args.images` images of `root`, once per worker count.
+fn measure_loader(
+    args: &LoaderBenchArgs,
+    root: &Path,
+    worker_counts: &[usize],
+) -> Result<Vec<LoaderThroughput>, LoaderBenchError> {
+    let folder = ImageFolder::open(root)?;
+    let samples: Vec<_> = folder.samples.iter().take(args.images).cloned().collect();
     let transform = TrainTransform {
         rand_augment: args.rand_augment.clone(),
         random_erasing: args.random_erasing.map(RandomErasing::new),
         ..TrainTransform::new(args.image_size)
     };
     let mut results = Vec::new();
-    for workers in worker_counts {
+    for &workers in worker_counts {
         let loader = ImageLoader::new(
             samples.clone(),
             Augmentation::Train(transform.clone()),
@@ -147,10 +219,66 @@ pub fn bench_loader(args: &LoaderBenchArgs) -> Result<Vec<LoaderThroughput>, Loa
             images_per_second,
         });
     }
-    if generated {
-        let _ = fs::remove_dir_all(&root);
-    }
     Ok(results)
+}
+
+/// torchvision's pipeline (`bench_loader_torchvision.py`, passed to `python -c`) over the first
+/// `args.images` images of `root`, once per worker count.
+fn measure_torchvision(
+    python: &str,
+    args: &LoaderBenchArgs,
+    root: &Path,
+    worker_counts: &[usize],
+) -> Result<TorchvisionThroughput, TorchvisionError> {
+    if args.rand_augment.is_some() || args.random_erasing.is_some() {
+        return Err(TorchvisionError::Augmented);
+    }
+    let workers: Vec<String> = worker_counts.iter().map(usize::to_string).collect();
+    log::info!("measuring torchvision's pipeline with {python}");
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(include_str!("bench_loader_torchvision.py"))
+        .arg(root)
+        .args(["--images", &args.images.to_string()])
+        .args(["--workers", &workers.join(",")])
+        .args(["--size", &args.image_size.to_string()])
+        .output()
+        .map_err(|source| TorchvisionError::Start {
+            python: python.to_string(),
+            source,
+        })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let last = stderr.lines().last().unwrap_or("no message");
+        return Err(TorchvisionError::Script(last.to_string()));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    parse_torchvision(&stdout).ok_or_else(|| TorchvisionError::Output(stdout.trim().to_string()))
+}
+
+/// The script's JSON object, or `None` if it is not what the script prints.
+fn parse_torchvision(stdout: &str) -> Option<TorchvisionThroughput> {
+    let json: serde_json::Value = serde_json::from_str(stdout.trim()).ok()?;
+    let version = |key: &str| json[key].as_str().map(str::to_string);
+    let versions = format!(
+        "torchvision {}, Pillow {}, torch {}",
+        version("torchvision")?,
+        version("pillow")?,
+        version("torch")?
+    );
+    let results = json["results"]
+        .as_array()?
+        .iter()
+        .map(|result| {
+            let images = result["images"].as_u64()? as usize;
+            Some(LoaderThroughput {
+                workers: result["workers"].as_u64()? as usize,
+                images,
+                images_per_second: images as f64 / result["seconds"].as_f64()?,
+            })
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(TorchvisionThroughput { versions, results })
 }
 
 /// `count` photo-like 500x375 JPEGs (smooth gradients, edges and grain) in two class folders.
@@ -186,4 +314,29 @@ fn write_imagenet_like(root: &Path, count: usize) -> Result<(), LoaderBenchError
         written.map_err(|source| LoaderBenchError::Write { path, source })?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_torchvision_scripts_output_is_read() {
+        let stdout = r#"{"torch": "2.15.0", "torchvision": "0.29.2", "pillow": "13.0.0",
+            "results": [{"workers": 1, "images": 256, "seconds": 0.5},
+                        {"workers": 2, "images": 256, "seconds": 0.25}]}"#;
+        let parsed = parse_torchvision(stdout).unwrap();
+        assert_eq!(
+            parsed.versions,
+            "torchvision 0.29.2, Pillow 13.0.0, torch 2.15.0"
+        );
+        let figures: Vec<_> = parsed
+            .results
+            .iter()
+            .map(|r| (r.workers, r.images, r.images_per_second))
+            .collect();
+        assert_eq!(figures, [(1, 256, 512.0), (2, 256, 1024.0)]);
+        assert!(parse_torchvision("Traceback (most recent call last):").is_none());
+        assert!(parse_torchvision(r#"{"torch": "2.15.0", "results": []}"#).is_none());
+    }
 }
