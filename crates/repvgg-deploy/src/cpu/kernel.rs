@@ -643,7 +643,8 @@ mod tests {
         }
     }
 
-    /// The vector conversion rounds as `half` does (to nearest, ties to even).
+    /// The vector conversion rounds as `half` does (to nearest, ties to even), except that the
+    /// hardware flushes subnormal values to zero (as its dot products treat them anyway).
     #[test]
     fn bf16_conversion_rounds_to_nearest_even() {
         let mut source = values(1000, 11);
@@ -657,7 +658,12 @@ mod tests {
         let mut converted = vec![bf16::ZERO; source.len()];
         to_bf16(&source, &mut converted);
         for (value, out) in source.iter().zip(&converted) {
-            assert_eq!(out.to_bits(), bf16::from_f32(*value).to_bits(), "{value}");
+            let expected = bf16::from_f32(*value);
+            let flushed = value.is_subnormal() && *out == bf16::ZERO;
+            assert!(
+                out.to_bits() == expected.to_bits() || flushed,
+                "{value}: {out}"
+            );
         }
     }
 }
