@@ -172,3 +172,59 @@ impl Weights {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::kernel::reference_product;
+
+    /// gemm's path (CPUs without AVX-512) and the packed kernels compute the same product, with
+    /// the bias and ReLU, on one thread and shared between two.
+    #[test]
+    fn both_kernels_compute_the_definition() {
+        let (rows, depth, columns) = (11, 30, 70);
+        let value = |i: usize| ((i * 37 % 101) as f32 - 50.0) / 50.0;
+        let lhs: Vec<f32> = (0..rows * depth).map(value).collect();
+        let rhs: Vec<f32> = (0..depth * columns).map(|i| value(i + 7)).collect();
+        let bias: Vec<f32> = (0..columns).map(|i| value(i + 3)).collect();
+        let expected = reference_product(
+            Element::F32,
+            &lhs,
+            &rhs,
+            [rows, depth, columns],
+            &bias,
+            true,
+        );
+        let row_major = Weights::RowMajor {
+            data: rhs.clone(),
+            depth,
+            columns,
+        };
+        let mut candidates = vec![row_major];
+        if kernel::supported(Element::F32) {
+            let packed = PackedRhs::new(Element::F32, depth, columns, |k, c| rhs[k * columns + c]);
+            candidates.push(Weights::Packed(packed));
+        }
+        for weights in &candidates {
+            for threads in [1, 2] {
+                let mut out = vec![f32::NAN; rows * columns];
+                weights.multiply(
+                    MatMut::new(&mut out, rows, columns, columns),
+                    Rows::F32 {
+                        data: &lhs,
+                        stride: depth,
+                    },
+                    Some(&bias),
+                    true,
+                    threads,
+                );
+                for (actual, expected) in out.iter().zip(&expected) {
+                    assert!(
+                        (actual - expected).abs() <= 1e-5,
+                        "{threads} threads: {actual} vs {expected}"
+                    );
+                }
+            }
+        }
+    }
+}
