@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use burn::tensor::{Device, TensorData};
 use repvgg_data::write_synthetic_set;
-use repvgg_deploy::write_checkpoint;
+use repvgg_deploy::{CpuPrecision, write_checkpoint};
 use repvgg_model::{RepVggConfig, Weights, reparameterize};
 use tempfile::TempDir;
 
@@ -108,6 +108,30 @@ fn both_forms_of_a_model_score_the_same() {
     let (a, b) = (accuracy_line(&from_training), accuracy_line(&from_deploy));
     assert_eq!(a, b);
     assert!(a.contains("(40 images"), "{a}");
+
+    // bf16: the training checkpoint converted and run in bf16 where the CPU can, else refused
+    // with the missing feature named.
+    let bf16 = eval(
+        &[
+            &[
+                "--weights",
+                training.to_str().unwrap(),
+                "--data",
+                data.to_str().unwrap(),
+                "--precision",
+                "bf16",
+            ],
+            &common[..],
+        ]
+        .concat(),
+    );
+    if CpuPrecision::Bf16.is_supported() {
+        assert!(accuracy_line(&bf16).contains("(40 images"));
+    } else {
+        let stderr = String::from_utf8_lossy(&bf16.stderr);
+        assert_eq!(bf16.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("lacks AVX512_BF16"), "{stderr}");
+    }
 }
 
 #[test]
@@ -175,6 +199,22 @@ fn bad_input_is_refused_with_a_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("crop_pct must be in (0, 1]"), "{stderr}");
+
+    // So is an unknown precision.
+    let output = eval(&[
+        "--weights",
+        file.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--precision",
+        "fp8",
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unknown precision \"fp8\": f32 or bf16"),
+        "{stderr}"
+    );
 }
 
 /// A small network for the ten synthetic classes (the training demo's layout).

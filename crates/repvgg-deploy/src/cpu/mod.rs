@@ -1,9 +1,10 @@
 //! A CPU inference path for the deploy model. The plain stack of 3x3 convolutions runs with
 //! channels-last activations kept from layer to layer (none of the per-layer layout conversions
-//! of a general-purpose backend): stride-1 layers by Winograd ([`winograd`]: F(4x4, 3x3) in f32,
-//! F(2x2, 3x3) in bf16), the strided ones as blocked im2col + matrix product ([`direct`]), bias
-//! and ReLU applied as each layer's output is written. Weights are rearranged (Winograd-
-//! transformed, packed for the matrix kernels of [`kernel`]) once, when the path is built.
+//! of a general-purpose backend): stride-1 layers by Winograd F(4x4, 3x3) or F(2x2, 3x3)
+//! ([`winograd`]) or im2col, chosen per layer and call ([`ConvAlgorithm::Auto`]), the strided
+//! ones as blocked im2col + matrix product ([`direct`]), bias and ReLU applied as each layer's
+//! output is written. Weights are rearranged (Winograd-transformed, packed for the matrix kernels
+//! of [`kernel`]) once per form, the first time a call needs it.
 
 mod direct;
 mod kernel;
@@ -34,8 +35,9 @@ pub enum CpuPrecision {
     #[default]
     F32,
     /// Weights and activations rounded to bfloat16 for the products, accumulated in f32: twice
-    /// f32's multiply rate on CPUs with AVX512_BF16 (and half the weight traffic), a relative
-    /// error of about 1e-2 in the logits. Refused on CPUs without AVX512_BF16.
+    /// f32's multiply rate on CPUs with AVX512_BF16 (and half the weight traffic); measured
+    /// relative logit differences from f32 of 4e-4 (random-weight A0, B0) to 7e-3 (a trained
+    /// model). Refused on CPUs without AVX512_BF16.
     Bf16,
 }
 
@@ -78,7 +80,9 @@ impl std::str::FromStr for CpuPrecision {
 /// How the stride-1 layers are computed (the strided ones always by im2col).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvAlgorithm {
-    /// The fastest measured for the precision: Winograd F(4x4) in f32, F(2x2) in bf16.
+    /// Chosen per layer from its shape and the call's batch and image size: im2col under 64
+    /// input channels per group, Winograd F(2x2) where F(4x4) would have fewer than 32 tiles,
+    /// F(4x4) elsewhere (the choices `cargo xtask bench-layers` measured fastest).
     #[default]
     Auto,
     /// Winograd with the given output tile.
