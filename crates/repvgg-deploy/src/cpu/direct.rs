@@ -9,7 +9,7 @@ use half::bf16;
 use rayon::prelude::*;
 
 use super::CpuPrecision;
-use super::kernel::to_bf16_rows;
+use super::kernel::to_bf16;
 use super::ops::MatMut;
 use super::product::{Rows, Weights};
 
@@ -140,18 +140,20 @@ impl DirectConv {
         let out_per_group = cout / self.groups;
         let depth = 9 * in_per_group;
         COLUMNS.with_borrow_mut(|(columns, rounded)| {
-            columns.resize(rows * depth, 0.0);
             for (g, weights) in self.weights.iter().enumerate() {
-                self.im2col(input, shape, first, g * in_per_group, in_per_group, columns);
+                let channels = (g * in_per_group, in_per_group);
                 let lhs = if weights.takes_bf16() {
+                    // Gathered straight into bf16: no f32 copy to convert afterwards.
                     let padded = weights.row_length();
                     rounded.resize(rows * padded, bf16::ZERO);
-                    to_bf16_rows(columns, depth, rounded, padded);
+                    self.im2col(input, shape, first, channels, padded, rounded);
                     Rows::Bf16 {
                         data: rounded,
                         stride: padded,
                     }
                 } else {
+                    columns.resize(rows * depth, 0.0);
+                    self.im2col(input, shape, first, channels, depth, columns);
                     Rows::F32 {
                         data: columns,
                         stride: depth,
@@ -169,16 +171,17 @@ impl DirectConv {
         });
     }
 
-    /// The columns of output rows `first..first + columns.len() / depth` for the channels
-    /// `channel..channel + count`: per row, the 3x3 neighbourhood (ky, kx, ci), zero outside.
-    fn im2col(
+    /// The columns of output rows `first..first + columns.len() / row_length` for the channels
+    /// `channel..channel + count`: per row, the 3x3 neighbourhood (ky, kx, ci), zero outside,
+    /// then zeros up to `row_length` (bf16 rows are padded to a pair).
+    fn im2col<T: Column>(
         &self,
         input: &[f32],
         shape: Shape,
         first: usize,
-        channel: usize,
-        count: usize,
-        columns: &mut [f32],
+        (channel, count): (usize, usize),
+        row_length: usize,
+        columns: &mut [T],
     ) {
         let Shape {
             height,
@@ -188,7 +191,9 @@ impl DirectConv {
         } = shape;
         let cin = self.in_channels;
         let depth = 9 * count;
-        for (i, row) in columns.chunks_exact_mut(depth).enumerate() {
+        for (i, row) in columns.chunks_exact_mut(row_length).enumerate() {
+            let (row, padding) = row.split_at_mut(depth);
+            padding.fill(T::ZERO);
             let r = first + i;
             let (image, pixel) = (r / (out_height * out_width), r % (out_height * out_width));
             let (oy, ox) = (pixel / out_width, pixel % out_width);
@@ -197,32 +202,55 @@ impl DirectConv {
                 let taps = &mut row[ky * 3 * count..][..3 * count];
                 let iy = (oy * self.stride + ky).wrapping_sub(1);
                 if iy >= height {
-                    taps.fill(0.0);
+                    taps.fill(T::ZERO);
                     continue;
                 }
                 let line = &input[(image * height + iy) * width * cin..][..width * cin];
                 if count == cin && left < width && left + 3 <= width {
-                    // All three taps inside the row, every channel: one contiguous run; for the
-                    // 3-channel stem a copy of known length (no call per nine values).
-                    let run = &line[left * cin..][..3 * cin];
-                    match (
-                        <&mut [f32; 9]>::try_from(&mut *taps),
-                        <&[f32; 9]>::try_from(run),
-                    ) {
-                        (Ok(taps), Ok(run)) => *taps = *run,
-                        _ => taps.copy_from_slice(run),
-                    }
+                    // All three taps inside the row, every channel: one contiguous run.
+                    T::gather(taps, &line[left * cin..][..3 * cin]);
                     continue;
                 }
                 for (kx, tap) in taps.chunks_exact_mut(count).enumerate() {
                     let ix = left.wrapping_add(kx);
                     if ix < width {
-                        tap.copy_from_slice(&line[ix * cin + channel..][..count]);
+                        T::gather(tap, &line[ix * cin + channel..][..count]);
                     } else {
-                        tap.fill(0.0);
+                        tap.fill(T::ZERO);
                     }
                 }
             }
         }
+    }
+}
+
+/// An element of im2col's columns: f32, or bf16 for the bf16 products.
+trait Column: Copy {
+    const ZERO: Self;
+
+    /// `destination = source`, converted.
+    fn gather(destination: &mut [Self], source: &[f32]);
+}
+
+impl Column for f32 {
+    const ZERO: Self = 0.0;
+
+    fn gather(destination: &mut [Self], source: &[f32]) {
+        // The 3-channel stem's runs of nine as a copy of known length (no call per run).
+        match (
+            <&mut [f32; 9]>::try_from(&mut *destination),
+            <&[f32; 9]>::try_from(source),
+        ) {
+            (Ok(destination), Ok(source)) => *destination = *source,
+            _ => destination.copy_from_slice(source),
+        }
+    }
+}
+
+impl Column for bf16 {
+    const ZERO: Self = bf16::ZERO;
+
+    fn gather(destination: &mut [Self], source: &[f32]) {
+        to_bf16(source, destination);
     }
 }

@@ -40,25 +40,27 @@ impl Element {
     }
 }
 
-/// Whether this CPU runs the kernels of `element`.
+/// Whether this CPU runs the kernels of `element` (detected once: the bf16 conversions ask
+/// per row).
 pub(crate) fn supported(element: Element) -> bool {
+    static DETECTED: std::sync::LazyLock<[bool; 2]> = std::sync::LazyLock::new(detect);
+    DETECTED[element as usize]
+}
+
+/// `[f32, bf16]` support of this CPU.
+fn detect() -> [bool; 2] {
     #[cfg(target_arch = "x86_64")]
     {
         let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-        match element {
-            Element::F32 => avx512,
-            Element::Bf16 => {
-                avx512
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512bf16")
-            }
-        }
+        let bf16 = avx512
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512bf16");
+        [avx512, bf16]
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = element;
-        false
+        [false, false]
     }
 }
 
