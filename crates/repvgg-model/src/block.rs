@@ -7,7 +7,7 @@ use burn::module::{Module, ModuleDisplay};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Tensor, s};
 
 use crate::config::{BlockSpec, RepVggConfig};
 use crate::se::SqueezeExcite;
@@ -68,7 +68,30 @@ impl ConvBn {
     }
 
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.conv.forward(input))
+        self.bn.forward(self.convolve(input))
+    }
+
+    /// The convolution; an ungrouped 1x1 one (the `rbr_1x1` branch) as one matrix product of
+    /// the weight `[out, in]` with the pixels `[N, in, H x W]` (taken every `stride` pixels:
+    /// its padding is 0), which Burn differentiates as two products, where its general
+    /// convolution would go through im2col forward and a transposed convolution backward.
+    fn convolve(&self, input: Tensor<4>) -> Tensor<4> {
+        let conv = &self.conv;
+        if conv.kernel_size != [1, 1] || conv.groups != 1 || conv.dilation != [1, 1] {
+            return conv.forward(input);
+        }
+        let [sy, sx] = conv.stride;
+        let input = if [sy, sx] == [1, 1] {
+            input
+        } else {
+            input.slice(s![.., .., ..;sy as isize, ..;sx as isize])
+        };
+        let [batch, channels, height, width] = input.dims();
+        let out_channels = conv.weight.dims()[0];
+        let weight = conv.weight.val().reshape([1, out_channels, channels]);
+        weight
+            .matmul(input.reshape([batch, channels, height * width]))
+            .reshape([batch, out_channels, height, width])
     }
 }
 
