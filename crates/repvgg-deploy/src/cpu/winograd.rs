@@ -216,8 +216,8 @@ impl WinogradConv {
                 .par_chunks_mut(positions * padded_channels)
                 .enumerate()
                 .for_each(|(t, out)| {
-                    with_work(3 * positions * cin, |work| {
-                        let (work, transformed) = work.split_at_mut(2 * positions * cin);
+                    with_work((2 * positions + 1) * cin, |work| {
+                        let (work, transformed) = work.split_at_mut((positions + 1) * cin);
                         wide::transform_input::<N>(input, cin, locate(t), work, transformed);
                         to_bf16_rows(transformed, in_per_group, out, padded);
                     });
@@ -229,7 +229,7 @@ impl WinogradConv {
                 .par_chunks_mut(positions * cin)
                 .enumerate()
                 .for_each(|(t, transformed)| {
-                    with_work(2 * positions * cin, |work| {
+                    with_work((positions + 1) * cin, |work| {
                         wide::transform_input::<N>(input, cin, locate(t), work, transformed);
                     });
                 });
@@ -247,7 +247,7 @@ impl WinogradConv {
                     .map(move |(ty, rows)| (image, ty, rows))
             })
             .for_each(|(image, ty, rows)| {
-                with_work((M * N + M * M) * cout, |work| {
+                with_work((M * N + M) * cout, |work| {
                     for tx in 0..tile_cols {
                         let t = (image * tile_rows + ty) * tile_cols + tx;
                         let tile = &products[t * positions * cout..][..positions * cout];
@@ -412,7 +412,8 @@ struct TileAt {
 }
 
 /// `Bᵀ d B` of the `N x N` input tile at `at` (zero outside the image), into `transformed`
-/// `[position][channel]`. `work` holds `2 N²` channel vectors.
+/// `[position][channel]`. The tile's pixels are read where they lie in `input`; `work` holds
+/// `N² + 1` channel vectors (a zero one for the padding, and the first pass's rows).
 #[inline(always)]
 fn transform_input<const N: usize>(
     input: &[f32],
@@ -421,23 +422,20 @@ fn transform_input<const N: usize>(
     work: &mut [f32],
     transformed: &mut [f32],
 ) {
-    let (patch, rows) = work.split_at_mut(N * N * channels);
-    for py in 0..N {
-        for px in 0..N {
-            let dst = &mut patch[(py * N + px) * channels..][..channels];
-            let (iy, ix) = ((at.y + py).wrapping_sub(1), (at.x + px).wrapping_sub(1));
-            if iy < at.height && ix < at.width {
-                let start = ((at.image * at.height + iy) * at.width + ix) * channels;
-                dst.copy_from_slice(&input[start..start + channels]);
-            } else {
-                dst.fill(0.0);
-            }
+    let (zeros, rows) = work.split_at_mut(channels);
+    zeros.fill(0.0);
+    let zeros: &[f32] = zeros;
+    let pixel = |py: usize, px: usize| {
+        let (iy, ix) = ((at.y + py).wrapping_sub(1), (at.x + px).wrapping_sub(1));
+        if iy < at.height && ix < at.width {
+            &input[((at.image * at.height + iy) * at.width + ix) * channels..][..channels]
+        } else {
+            zeros
         }
-    }
+    };
     // Bᵀ over the tile's rows (column by column), then over the columns of the result.
     for px in 0..N {
-        let d: [&[f32]; N] =
-            std::array::from_fn(|py| &patch[(py * N + px) * channels..][..channels]);
+        let d: [&[f32]; N] = std::array::from_fn(|py| pixel(py, px));
         input_rows(&d, vectors::<N>(rows, px, N, channels), channels);
     }
     for i in 0..N {
@@ -502,7 +500,7 @@ fn vectors<const N: usize>(
 /// `Aᵀ m A` of one tile's products `[position][channel]` (`N x N` positions), plus the bias (and
 /// ReLU), written to the tile's `M x M` pixels of `rows` (the tile row's up to `M` image rows,
 /// channels-last) from column `x` of `width`, clipped at the image's right and bottom edges.
-/// `work` holds `M N + M²` channel vectors.
+/// `work` holds `M N + M` channel vectors (the first pass's columns, and the clipped pixels').
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn transform_output<const M: usize, const N: usize>(
@@ -514,39 +512,55 @@ fn transform_output<const M: usize, const N: usize>(
     work: &mut [f32],
     rows: &mut [f32],
 ) {
-    let (columns, tile) = work.split_at_mut(M * N * channels);
+    let (columns, clipped) = work.split_at_mut(M * N * channels);
     // Aᵀ over the rows: columns[r][j] for r < M, j < N.
     for j in 0..N {
         let m: [&[f32]; N] =
             std::array::from_fn(|i| &products[(i * N + j) * channels..][..channels]);
-        output_rows(&m, vectors::<M>(columns, j, N, channels), channels);
+        let out = vectors::<M>(columns, j, N, channels);
+        output_rows::<N, M, false>(&m, out, channels, bias, 0.0);
     }
-    // Aᵀ over the columns: tile[r][c] for r, c < M.
-    for r in 0..M {
-        let m: [&[f32]; N] =
-            std::array::from_fn(|j| &columns[(r * N + j) * channels..][..channels]);
-        output_rows(&m, vectors::<M>(tile, r * M, 1, channels), channels);
-    }
+    // Aᵀ over the columns, each output row's pixels written with the bias (and ReLU) where
+    // they lie in the image; those past its right edge go to `clipped`.
     let image_rows = rows.len() / (width * channels);
+    let visible = M.min(width - x);
     let floor = if relu_after { 0.0 } else { f32::NEG_INFINITY };
     for r in 0..M.min(image_rows) {
-        for c in 0..M.min(width - x) {
-            let dst = &mut rows[(r * width + x + c) * channels..][..channels];
-            let src = &tile[(r * M + c) * channels..][..channels];
-            for ((out, value), b) in dst.iter_mut().zip(src).zip(bias) {
-                *out = (value + b).max(floor);
-            }
-        }
+        let m: [&[f32]; N] =
+            std::array::from_fn(|j| &columns[(r * N + j) * channels..][..channels]);
+        let line = &mut rows[(r * width + x) * channels..][..visible * channels];
+        let mut inside = line.chunks_exact_mut(channels);
+        let mut outside = clipped.chunks_exact_mut(channels);
+        let out: [&mut [f32]; M] = std::array::from_fn(|c| {
+            let pixel = if c < visible {
+                inside.next()
+            } else {
+                outside.next()
+            };
+            pixel.expect("a vector for every pixel")
+        });
+        output_rows::<N, M, true>(&m, out, channels, bias, floor);
     }
 }
 
-/// `Aᵀ` applied to N channel vectors, giving M (2 of 4 for F(2x2), 4 of 6 for F(4x4)).
+/// `Aᵀ` applied to N channel vectors, giving M (2 of 4 for F(2x2), 4 of 6 for F(4x4)); with
+/// `FINISH`, plus `bias` and at least `floor` (the output pixels).
 #[inline(always)]
-fn output_rows<const N: usize, const M: usize>(
+fn output_rows<const N: usize, const M: usize, const FINISH: bool>(
     m: &[&[f32]; N],
     mut out: [&mut [f32]; M],
     channels: usize,
+    bias: &[f32],
+    floor: f32,
 ) {
+    let bias = &bias[..channels];
+    let finish = |value: f32, c: usize| {
+        if FINISH {
+            (value + bias[c]).max(floor)
+        } else {
+            value
+        }
+    };
     match (m.as_slice(), out.as_mut_slice()) {
         (&[m0, m1, m2, m3], [o0, o1]) => {
             let (m0, m1, m2, m3) = (
@@ -557,8 +571,8 @@ fn output_rows<const N: usize, const M: usize>(
             );
             let (o0, o1) = (&mut o0[..channels], &mut o1[..channels]);
             for c in 0..channels {
-                o0[c] = m0[c] + m1[c] + m2[c];
-                o1[c] = m1[c] - m2[c] - m3[c];
+                o0[c] = finish(m0[c] + m1[c] + m2[c], c);
+                o1[c] = finish(m1[c] - m2[c] - m3[c], c);
             }
         }
         (&[m0, m1, m2, m3, m4, m5], [o0, o1, o2, o3]) => {
@@ -572,10 +586,10 @@ fn output_rows<const N: usize, const M: usize>(
             for c in 0..channels {
                 let (sum12, diff12) = (m1[c] + m2[c], m1[c] - m2[c]);
                 let (sum34, diff34) = (m3[c] + m4[c], m3[c] - m4[c]);
-                o0[c] = m0[c] + sum12 + sum34;
-                o1[c] = diff12 + 2.0 * diff34;
-                o2[c] = sum12 + 4.0 * sum34;
-                o3[c] = diff12 + 8.0 * diff34 + m5[c];
+                o0[c] = finish(m0[c] + sum12 + sum34, c);
+                o1[c] = finish(diff12 + 2.0 * diff34, c);
+                o2[c] = finish(sum12 + 4.0 * sum34, c);
+                o3[c] = finish(diff12 + 8.0 * diff34 + m5[c], c);
             }
         }
         _ => unreachable!("F(2x2) or F(4x4)"),
