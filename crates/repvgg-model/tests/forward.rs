@@ -6,10 +6,12 @@ mod test_device;
 use std::collections::BTreeMap;
 
 use burn::module::Module;
+use burn::nn::conv::Conv2dConfig;
 use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{BatchNormConfig, PaddingConfig2d};
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData, Tolerance};
-use repvgg_model::{RepVggArch, RepVggConfig, SqueezeExcite, tensor_infos};
+use repvgg_model::{ConvBn, RepVggArch, RepVggConfig, SqueezeExcite, tensor_infos};
 
 use test_device::test_device;
 
@@ -148,6 +150,48 @@ fn all_floats(module: &impl Module) -> Vec<TensorData> {
     let mut collect = Collect(Vec::new());
     module.visit(&mut collect);
     collect.0
+}
+
+/// The 1x1 branch runs as a matrix product (strided: on every other pixel); it must compute,
+/// and differentiate, what Burn's convolution does, at odd sizes too.
+#[test]
+fn the_one_by_one_branch_is_its_convolution() {
+    let device = test_device().autodiff();
+    device.seed(11);
+    for stride in [1, 2] {
+        let conv = Conv2dConfig::new([6, 5], [1, 1])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(0, 0, 0, 0))
+            .with_bias(false)
+            .init(&device);
+        let branch = ConvBn {
+            conv,
+            bn: BatchNormConfig::new(5).init(&device),
+        };
+        let input = images([2, 6, 7, 9], &device).require_grad();
+        let fast = branch.forward(input.clone());
+        let general = branch.bn.forward(branch.conv.forward(input.clone()));
+        assert_eq!(fast.dims(), general.dims(), "stride {stride}");
+        fast.clone()
+            .into_data()
+            .assert_approx_eq::<f32>(&general.clone().into_data(), Tolerance::default());
+
+        // A loss weighting each output by a fixed random number, so that the gradients are
+        // of order one (not the near-cancelling ones of a loss BN normalises away).
+        let weights = images(general.dims(), &device);
+        let gradients = |output: Tensor<4>| {
+            let grads = output.mul(weights.clone()).sum().backward();
+            let weight = branch.conv.weight.grad(&grads).expect("weight gradient");
+            (
+                weight.into_data(),
+                input.grad(&grads).expect("input gradient").into_data(),
+            )
+        };
+        let (fast_weight, fast_input) = gradients(fast);
+        let (general_weight, general_input) = gradients(general.clone());
+        fast_weight.assert_approx_eq::<f32>(&general_weight, Tolerance::default());
+        fast_input.assert_approx_eq::<f32>(&general_input, Tolerance::default());
+    }
 }
 
 #[test]
