@@ -259,3 +259,36 @@ fn wrong_channel_count_is_refused() {
         CpuDeploy::new(&RepVggConfig::new(vec![1, 1], vec![0.25, 0.25]).init_deploy(&device));
     model.forward(Tensor::<4>::zeros([1, 1, 32, 32], &device));
 }
+
+/// Calls from several threads at once, on one model and on several: each pass runs on the
+/// thread pool, whose threads take up other calls' work while they wait inside a layer; every
+/// call must still compute its own images' logits.
+#[test]
+fn concurrent_calls_agree() {
+    let device = Device::flex();
+    let config = RepVggArch::A0.config().with_num_classes(10);
+    let generic = config.init_deploy(&device);
+    let shared = CpuDeploy::new(&generic);
+    let images: Vec<Tensor<4>> = (0..4)
+        .map(|_| Tensor::random([1, 3, 40, 48], Distribution::Normal(0.0, 1.0), &device))
+        .collect();
+    let expected: Vec<_> = images
+        .iter()
+        .map(|images| generic.forward(images.clone()).into_data())
+        .collect();
+    std::thread::scope(|scope| {
+        for (images, expected) in images.iter().zip(&expected) {
+            let (shared, generic) = (&shared, &generic);
+            scope.spawn(move || {
+                let own = CpuDeploy::new(generic);
+                for _ in 0..6 {
+                    for model in [shared, &own] {
+                        let actual = model.forward(images.clone()).into_data();
+                        let difference = logit_difference(&actual, expected);
+                        assert!(difference.relative <= 1e-4, "{difference:?}");
+                    }
+                }
+            });
+        }
+    });
+}

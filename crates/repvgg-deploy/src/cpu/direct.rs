@@ -139,36 +139,39 @@ impl DirectConv {
         let in_per_group = self.in_channels / self.groups;
         let out_per_group = cout / self.groups;
         let depth = 9 * in_per_group;
-        COLUMNS.with_borrow_mut(|(columns, rounded)| {
-            for (g, weights) in self.weights.iter().enumerate() {
-                let channels = (g * in_per_group, in_per_group);
-                let lhs = if weights.takes_bf16() {
-                    // Gathered straight into bf16: no f32 copy to convert afterwards.
-                    let padded = weights.row_length();
-                    rounded.resize(rows * padded, bf16::ZERO);
-                    self.im2col(input, shape, first, channels, padded, rounded);
-                    Rows::Bf16 {
-                        data: rounded,
-                        stride: padded,
-                    }
-                } else {
-                    columns.resize(rows * depth, 0.0);
-                    self.im2col(input, shape, first, channels, depth, columns);
-                    Rows::F32 {
-                        data: columns,
-                        stride: depth,
-                    }
-                };
-                let bias = &self.bias[g * out_per_group..][..out_per_group];
-                weights.multiply(
-                    MatMut::new(&mut out[g * out_per_group..], rows, out_per_group, cout),
-                    lhs,
-                    Some(bias),
-                    relu_after,
-                    threads,
-                );
-            }
-        });
+        // Taken out of the thread's slot for the block and put back after: while a product split
+        // over the threads waits, this thread runs other jobs, another call's blocks among them
+        // (which then find the slot empty and allocate their own).
+        let (mut columns, mut rounded) = COLUMNS.take();
+        for (g, weights) in self.weights.iter().enumerate() {
+            let channels = (g * in_per_group, in_per_group);
+            let lhs = if weights.takes_bf16() {
+                // Gathered straight into bf16: no f32 copy to convert afterwards.
+                let padded = weights.row_length();
+                rounded.resize(rows * padded, bf16::ZERO);
+                self.im2col(input, shape, first, channels, padded, &mut rounded);
+                Rows::Bf16 {
+                    data: &rounded,
+                    stride: padded,
+                }
+            } else {
+                columns.resize(rows * depth, 0.0);
+                self.im2col(input, shape, first, channels, depth, &mut columns);
+                Rows::F32 {
+                    data: &columns,
+                    stride: depth,
+                }
+            };
+            let bias = &self.bias[g * out_per_group..][..out_per_group];
+            weights.multiply(
+                MatMut::new(&mut out[g * out_per_group..], rows, out_per_group, cout),
+                lhs,
+                Some(bias),
+                relu_after,
+                threads,
+            );
+        }
+        COLUMNS.set((columns, rounded));
     }
 
     /// The columns of output rows `first..first + columns.len() / row_length` for the channels

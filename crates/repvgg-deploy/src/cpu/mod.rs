@@ -470,6 +470,13 @@ impl CpuDeploy {
         // and join between the pool's threads, instead of this thread handing every phase to
         // the pool and sleeping until it is woken (two thread wake-ups per phase, several
         // phases per layer: a tenth of the time at batch 1).
+        // Each layer's form for this input is made here first: made inside the pool, a form's
+        // parallel preparation could wait on a thread that is itself waiting for that form.
+        let [batch, _, mut height, mut width] = images.dims();
+        for layer in &self.layers {
+            layer.prepared(layer.algorithm_for([batch, height, width]));
+            (height, width) = (height.div_ceil(layer.stride), width.div_ceil(layer.stride));
+        }
         rayon::scope(|_| self.run_layers(images, on_layer, stage_end, last));
     }
 
