@@ -446,42 +446,69 @@ fn transform_input<const N: usize>(
 
 /// `Bᵀ` applied to N channel vectors (4 for F(2x2), 6 for F(4x4)).
 #[inline(always)]
-fn input_rows<const N: usize>(d: &[&[f32]; N], mut out: [&mut [f32]; N], channels: usize) {
-    match (d.as_slice(), out.as_mut_slice()) {
-        (&[d0, d1, d2, d3], [o0, o1, o2, o3]) => {
-            let (d0, d1, d2, d3) = (
-                &d0[..channels],
-                &d1[..channels],
-                &d2[..channels],
-                &d3[..channels],
-            );
-            let (o0, o1, o2, o3) = (
-                &mut o0[..channels],
-                &mut o1[..channels],
-                &mut o2[..channels],
-                &mut o3[..channels],
-            );
-            for c in 0..channels {
-                o0[c] = d0[c] - d2[c];
-                o1[c] = d1[c] + d2[c];
-                o2[c] = d2[c] - d1[c];
-                o3[c] = d1[c] - d3[c];
+fn input_rows<const N: usize>(d: &[&[f32]; N], out: [&mut [f32]; N], channels: usize) {
+    lanewise(d, out, channels, None, |d: [f32; N], _| {
+        match *d.as_slice() {
+            [d0, d1, d2, d3] => {
+                let values = [d0 - d2, d1 + d2, d2 - d1, d1 - d3];
+                std::array::from_fn(|i| values[i])
+            }
+            [d0, d1, d2, d3, d4, d5] => {
+                let values = [
+                    4.0 * d0 - 5.0 * d2 + d4,
+                    -4.0 * (d1 + d2) + d3 + d4,
+                    4.0 * (d1 - d2) - d3 + d4,
+                    -2.0 * (d1 - d3) - d2 + d4,
+                    2.0 * (d1 - d3) - d2 + d4,
+                    4.0 * d1 - 5.0 * d3 + d5,
+                ];
+                std::array::from_fn(|i| values[i])
+            }
+            _ => unreachable!("input tiles of side 4 or 6"),
+        }
+    });
+}
+
+/// Channels per step of [`lanewise`]: one AVX-512 vector of f32.
+const LANES: usize = 16;
+
+/// `out[o][c] = f(inputs[..][c], per_channel[c])[o]` for every channel `c` (`per_channel`
+/// zero if `None`), a vector of channels at a time: each step reads its lanes of every input
+/// before it writes any output, so the compiler needs no run-time check that the slices do not
+/// overlap (a failed check falls back to scalar code).
+#[inline(always)]
+fn lanewise<const I: usize, const O: usize>(
+    inputs: &[&[f32]; I],
+    mut out: [&mut [f32]; O],
+    channels: usize,
+    per_channel: Option<&[f32]>,
+    f: impl Fn([f32; I], f32) -> [f32; O],
+) {
+    let zeros = [0f32; LANES];
+    let whole = channels - channels % LANES;
+    for c in (0..whole).step_by(LANES) {
+        let lanes: [[f32; LANES]; I] =
+            std::array::from_fn(|i| inputs[i][c..c + LANES].try_into().expect("a vector"));
+        let extra: &[f32; LANES] = per_channel.map_or(&zeros, |values| {
+            values[c..c + LANES].try_into().expect("a vector")
+        });
+        let mut results = [[0f32; LANES]; O];
+        for lane in 0..LANES {
+            let values = f(std::array::from_fn(|i| lanes[i][lane]), extra[lane]);
+            for (result, value) in results.iter_mut().zip(values) {
+                result[lane] = value;
             }
         }
-        (&[d0, d1, d2, d3, d4, d5], [o0, o1, o2, o3, o4, o5]) => {
-            let [d0, d1, d2, d3, d4, d5] = [d0, d1, d2, d3, d4, d5].map(|row| &row[..channels]);
-            let [o0, o1, o2, o3, o4, o5] = [o0, o1, o2, o3, o4, o5].map(|row| &mut row[..channels]);
-            for c in 0..channels {
-                let (d0, d1, d2, d3, d4, d5) = (d0[c], d1[c], d2[c], d3[c], d4[c], d5[c]);
-                o0[c] = 4.0 * d0 - 5.0 * d2 + d4;
-                o1[c] = -4.0 * (d1 + d2) + d3 + d4;
-                o2[c] = 4.0 * (d1 - d2) - d3 + d4;
-                o3[c] = -2.0 * (d1 - d3) - d2 + d4;
-                o4[c] = 2.0 * (d1 - d3) - d2 + d4;
-                o5[c] = 4.0 * d1 - 5.0 * d3 + d5;
-            }
+        for (out, result) in out.iter_mut().zip(&results) {
+            out[c..c + LANES].copy_from_slice(result);
         }
-        _ => unreachable!("input tiles of side 4 or 6"),
+    }
+    for c in whole..channels {
+        let extra = per_channel.map_or(0.0, |values| values[c]);
+        let values = f(std::array::from_fn(|i| inputs[i][c]), extra);
+        for (out, value) in out.iter_mut().zip(values) {
+            out[c] = value;
+        }
     }
 }
 
@@ -548,50 +575,35 @@ fn transform_output<const M: usize, const N: usize>(
 #[inline(always)]
 fn output_rows<const N: usize, const M: usize, const FINISH: bool>(
     m: &[&[f32]; N],
-    mut out: [&mut [f32]; M],
+    out: [&mut [f32]; M],
     channels: usize,
     bias: &[f32],
     floor: f32,
 ) {
-    let bias = &bias[..channels];
-    let finish = |value: f32, c: usize| {
+    let bias = FINISH.then_some(&bias[..channels]);
+    lanewise(m, out, channels, bias, |m: [f32; N], bias| {
+        let values: [f32; M] = match *m.as_slice() {
+            [m0, m1, m2, m3] => {
+                let values = [m0 + m1 + m2, m1 - m2 - m3];
+                std::array::from_fn(|i| values[i])
+            }
+            [m0, m1, m2, m3, m4, m5] => {
+                let (sum12, diff12) = (m1 + m2, m1 - m2);
+                let (sum34, diff34) = (m3 + m4, m3 - m4);
+                let values = [
+                    m0 + sum12 + sum34,
+                    diff12 + 2.0 * diff34,
+                    sum12 + 4.0 * sum34,
+                    diff12 + 8.0 * diff34 + m5,
+                ];
+                std::array::from_fn(|i| values[i])
+            }
+            _ => unreachable!("F(2x2) or F(4x4)"),
+        };
         if FINISH {
-            (value + bias[c]).max(floor)
+            values.map(|value| (value + bias).max(floor))
         } else {
-            value
+            values
         }
-    };
-    match (m.as_slice(), out.as_mut_slice()) {
-        (&[m0, m1, m2, m3], [o0, o1]) => {
-            let (m0, m1, m2, m3) = (
-                &m0[..channels],
-                &m1[..channels],
-                &m2[..channels],
-                &m3[..channels],
-            );
-            let (o0, o1) = (&mut o0[..channels], &mut o1[..channels]);
-            for c in 0..channels {
-                o0[c] = finish(m0[c] + m1[c] + m2[c], c);
-                o1[c] = finish(m1[c] - m2[c] - m3[c], c);
-            }
-        }
-        (&[m0, m1, m2, m3, m4, m5], [o0, o1, o2, o3]) => {
-            let [m0, m1, m2, m3, m4, m5] = [m0, m1, m2, m3, m4, m5].map(|row| &row[..channels]);
-            let (o0, o1, o2, o3) = (
-                &mut o0[..channels],
-                &mut o1[..channels],
-                &mut o2[..channels],
-                &mut o3[..channels],
-            );
-            for c in 0..channels {
-                let (sum12, diff12) = (m1[c] + m2[c], m1[c] - m2[c]);
-                let (sum34, diff34) = (m3[c] + m4[c], m3[c] - m4[c]);
-                o0[c] = finish(m0[c] + sum12 + sum34, c);
-                o1[c] = finish(diff12 + 2.0 * diff34, c);
-                o2[c] = finish(sum12 + 4.0 * sum34, c);
-                o3[c] = finish(diff12 + 8.0 * diff34 + m5[c], c);
-            }
-        }
-        _ => unreachable!("F(2x2) or F(4x4)"),
-    }
+    });
 }
