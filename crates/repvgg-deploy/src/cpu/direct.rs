@@ -105,8 +105,10 @@ impl DirectConv {
         };
         let rows = batch * out_height * out_width;
         let depth = 9 * self.in_channels / self.groups;
-        let block = (BLOCK_FLOATS / depth).clamp(16, 512);
-        let blocks = rows.div_ceil(block);
+        // Blocks of equal size: a short last block would stream all the weights for a few rows
+        // (B0's last layer at batch 1: 49 rows as 16 + 16 + 16 + 1).
+        let blocks = rows.div_ceil((BLOCK_FLOATS / depth).clamp(16, 512));
+        let block = rows.div_ceil(blocks);
         let threads = rayon::current_num_threads();
         output.resize(rows * self.out_channels, 0.0);
         if blocks >= 2 * threads {
