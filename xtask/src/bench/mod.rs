@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
@@ -31,8 +32,10 @@ use resnet::ResNet;
 /// side by side in one run.
 ///
 /// Prints a markdown report and writes it to --output with a description of the machine.
-/// Latency is the median of --runs timed forward passes after --warmup untimed ones; weights are
-/// random (speed does not depend on them).
+/// Latency is the median over --rounds rounds of the median of --runs timed forward passes after
+/// --warmup untimed ones; each round times our models, then PyTorch's and the engines', so that
+/// the figures compared are measured close in time. Weights are random (speed does not depend on
+/// them).
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Architectures, comma separated.
@@ -63,6 +66,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2)]
     warmup: usize,
 
+    /// Rounds, each timing every model, ours then PyTorch's and the engines' (the median over
+    /// rounds is reported): on a shared machine, whose load changes over tens of seconds, the
+    /// figures compared then come from measurements close in time.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+
     /// Python for the PyTorch columns (torch, timm; CPU and CUDA) and the deployment engines
     /// (onnxruntime, openvino; CPU only); a missing package skips its figures, "none" skips them
     /// all.
@@ -78,33 +87,104 @@ pub struct BenchArgs {
     output: PathBuf,
 }
 
+/// One model at one batch size, built once and timed in every round.
+struct Subject {
+    model: String,
+    form: &'static str,
+    batch: usize,
+    /// One forward pass on the subject's input, reading the logits back (which waits for the
+    /// device).
+    forward: Box<dyn Fn()>,
+}
+
+impl Subject {
+    /// `net` run by `forward` on `images` (a batch of them).
+    fn new<M: 'static>(
+        model: &str,
+        form: &'static str,
+        images: &Tensor<4>,
+        net: M,
+        forward: impl Fn(&M, Tensor<4>) -> Tensor<2> + 'static,
+    ) -> Self {
+        let input = images.clone();
+        Subject {
+            model: model.to_string(),
+            form,
+            batch: images.dims()[0],
+            forward: Box::new(move || {
+                forward(&net, input.clone()).into_data();
+            }),
+        }
+    }
+}
+
+/// Everything `run` times, built before the first round.
+#[derive(Default)]
+struct Subjects {
+    /// Every model at every batch size, in the report's row order.
+    list: Vec<Subject>,
+    /// Each architecture's CPU path in each precision, kept to report its prepared size (which
+    /// grows with the batch sizes run) after the rounds.
+    cpu_paths: Vec<(String, CpuPrecision, Arc<DeployModel>)>,
+    /// Each architecture's ONNX export: time in ms, size in bytes.
+    exports: Vec<(String, f64, usize)>,
+}
+
+/// A latency measured in each round: the median over the rounds of each round's median, and the
+/// range of those per-round medians.
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    /// With an even number of rounds, the mean of the middle two.
+    median_ms: f64,
+    min_ms: f64,
+    max_ms: f64,
+    /// How many rounds measured it.
+    rounds: usize,
+}
+
+impl Latency {
+    /// The latency of per-round medians `ms` (at least one).
+    fn over_rounds(mut ms: Vec<f64>) -> Self {
+        assert!(!ms.is_empty(), "a latency needs at least one round");
+        ms.sort_by(f64::total_cmp);
+        let n = ms.len();
+        Latency {
+            median_ms: (ms[(n - 1) / 2] + ms[n / 2]) / 2.0,
+            min_ms: ms[0],
+            max_ms: ms[n - 1],
+            rounds: n,
+        }
+    }
+}
+
 /// One timed model at one batch size.
 struct Measurement {
     model: String,
     form: &'static str,
     batch: usize,
-    median_ms: f64,
+    latency: Latency,
     /// Peak resident memory of a fresh process running this model at this batch (CPU only):
     /// (whole process, inference above the loaded model).
     peak_mb: Option<(f64, f64)>,
-    torch_ms: Option<f64>,
+    /// PyTorch eager's latency for the same model (each of our deploy forms beside its one).
+    torch: Option<Latency>,
 }
 
 impl Measurement {
     fn images_per_second(&self) -> f64 {
-        self.batch as f64 * 1000.0 / self.median_ms
+        self.batch as f64 * 1000.0 / self.latency.median_ms
     }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
     ensure!(args.runs > 0, "--runs must be at least 1");
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
     ensure_repvgg(&args.arch)?;
     ensure!(
         !args.batch.is_empty() && args.batch.iter().all(|&b| b > 0),
         "--batch needs positive sizes"
     );
     let device = args.device.device()?;
-    let size = args.size as usize;
     let started = Instant::now();
 
     let precisions: Vec<CpuPrecision> = args
@@ -120,104 +200,44 @@ pub fn run(args: BenchArgs) -> Result<()> {
         })
         .collect();
     let onnx_dir = tempfile::tempdir().context("cannot create a directory for the ONNX files")?;
-    let mut exports = Vec::new();
-    let mut prepared = Vec::new();
-    let mut rows = Vec::new();
-    for &arch in &args.arch {
-        let config = arch.config();
-        let training = config.init(&device);
-        let weights = Weights::from_module(&training)?;
-        let deploy = reparameterize(&weights, &config, &device)?
-            .load_into(config.init_deploy(&device), "the deploy model")?;
-        // The file the engines run: this deploy model, exported as `convert --output X.onnx`
-        // would.
-        let exporting = Instant::now();
-        let onnx = network_to_onnx(&deploy.clone().into(), &OnnxOptions::default())?;
-        let path = onnx_dir.path().join(format!("{}.onnx", arch.name()));
-        std::fs::write(&path, &onnx).with_context(|| format!("cannot write {}", path.display()))?;
-        exports.push((
-            arch.to_string(),
-            exporting.elapsed().as_secs_f64() * 1e3,
-            onnx.len(),
-        ));
-        // The CPU path in each precision, prepared once per architecture as an application would
-        // (each stride-1 form is made the first time a batch size needs it).
-        let fast_models = match args.device {
-            DeviceChoice::Cpu => precisions
-                .iter()
-                .map(|&precision| {
-                    let options = CpuOptions::default().with_precision(precision);
-                    Ok((
-                        precision,
-                        DeployModel::with_options(deploy.clone(), options)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?,
-            _ => Vec::new(),
-        };
-        let model = arch.to_string();
-        for &batch in &args.batch {
-            let images = random_images(batch, size, &device);
-            eprintln!("{arch} batch {batch}");
-            rows.push(measure(&args, &model, "training", batch, || {
-                training.forward(images.clone())
-            }));
-            rows.push(measure(&args, &model, "deploy", batch, || {
-                deploy.forward(images.clone())
-            }));
-            for (precision, fast) in &fast_models {
-                rows.push(measure(&args, &model, cpu_form(*precision), batch, || {
-                    fast.forward(images.clone())
-                }));
-            }
-        }
-        for (precision, fast) in &fast_models {
-            let bytes = fast.cpu_path().map_or(0, |cpu| cpu.prepared_bytes());
-            prepared.push((model.clone(), *precision, bytes));
-        }
-    }
-    for (name, resnet) in [
-        ("ResNet-18", ResNet::resnet18(&device)),
-        ("ResNet-50", ResNet::resnet50(&device)),
-    ] {
-        for &batch in &args.batch {
-            let images = random_images(batch, size, &device);
-            eprintln!("{name} batch {batch}");
-            rows.push(measure(&args, name, "-", batch, || {
-                resnet.forward(images.clone())
-            }));
-        }
-    }
+    let subjects = build_subjects(&args, &precisions, &device, onnx_dir.path())?;
     let reparameterization = time_reparameterization(&args.arch, &device)?;
 
-    let torch = match (args.device, args.python.as_str()) {
-        (DeviceChoice::Cpu | DeviceChoice::Cuda, python) if python != "none" => {
-            eprintln!("PyTorch and the deployment engines ({python} scripts/bench_torch.py)");
-            match run_torch(&args, onnx_dir.path()) {
-                Ok(torch) => Some(torch),
-                Err(err) => {
-                    eprintln!("warning: no Python figures: {err:#}");
-                    None
-                }
-            }
-        }
-        _ => None,
-    };
+    let (ours, torch_rounds) = time_rounds(&args, &subjects.list, onnx_dir.path());
+    let torch = TorchFigures::over_rounds(&torch_rounds);
     if let Some(torch) = &torch {
         for note in &torch.notes {
             eprintln!("note: {note}");
         }
-        for row in &mut rows {
-            // PyTorch has one deploy model: each of ours is compared with it.
-            let form = if row.form.starts_with("deploy") {
-                "deploy"
-            } else {
-                row.form
-            };
-            let key = format!("{}/{}/{}", row.model, form, row.batch);
-            row.torch_ms = torch.models.get(&key).copied();
-        }
     }
+    if args.device == DeviceChoice::Cpu {
+        eprintln!("peak memory: one fresh process per row");
+    }
+    let rows: Vec<Measurement> = subjects
+        .list
+        .iter()
+        .zip(ours)
+        .map(|(subject, ms)| Measurement {
+            model: subject.model.clone(),
+            form: subject.form,
+            batch: subject.batch,
+            latency: Latency::over_rounds(ms),
+            peak_mb: (args.device == DeviceChoice::Cpu)
+                .then(|| peak_memory_of(&subject.model, subject.form, subject.batch, args.size))
+                .flatten(),
+            torch: torch
+                .as_ref()
+                .and_then(|torch| torch.eager(&subject.model, subject.form, subject.batch)),
+        })
+        .collect();
+    let prepared: Vec<_> = subjects
+        .cpu_paths
+        .iter()
+        .map(|(model, precision, fast)| {
+            let bytes = fast.cpu_path().map_or(0, |cpu| cpu.prepared_bytes());
+            (model.clone(), *precision, bytes)
+        })
+        .collect();
     let loader = (args.loader_images > 0)
         .then(|| {
             bench_loader(&LoaderBenchArgs {
@@ -236,7 +256,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         &rows,
         &prepared,
         &reparameterization,
-        &exports,
+        &subjects.exports,
         torch.as_ref(),
         loader.as_ref().and_then(|l| l.first()),
     );
@@ -249,6 +269,167 @@ pub fn run(args: BenchArgs) -> Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// Builds every model the rounds time, at every batch size (one input per batch size, shared),
+/// and exports each architecture's deploy model to `onnx_dir` for the engines.
+fn build_subjects(
+    args: &BenchArgs,
+    precisions: &[CpuPrecision],
+    device: &Device,
+    onnx_dir: &Path,
+) -> Result<Subjects> {
+    let inputs: Vec<Tensor<4>> = args
+        .batch
+        .iter()
+        .map(|&batch| random_images(batch, args.size as usize, device))
+        .collect();
+    // The CPU path runs on the CPU backend only.
+    let precisions = if args.device == DeviceChoice::Cpu {
+        precisions
+    } else {
+        &[]
+    };
+    let mut subjects = Subjects::default();
+    for &arch in &args.arch {
+        eprintln!("building {arch}");
+        subjects.add_repvgg(arch, precisions, device, &inputs, onnx_dir)?;
+    }
+    for (name, resnet) in [
+        ("ResNet-18", ResNet::resnet18(device)),
+        ("ResNet-50", ResNet::resnet50(device)),
+    ] {
+        for images in &inputs {
+            subjects.list.push(Subject::new(
+                name,
+                "-",
+                images,
+                resnet.clone(),
+                |net, images| net.forward(images),
+            ));
+        }
+    }
+    Ok(subjects)
+}
+
+impl Subjects {
+    /// `arch`'s training-time model, its deploy model through Burn's ops and through the CPU path
+    /// in each of `precisions`, at each batch size of `inputs`; and its ONNX export, written to
+    /// `onnx_dir` as `convert --output X.onnx` would write it.
+    fn add_repvgg(
+        &mut self,
+        arch: RepVggArch,
+        precisions: &[CpuPrecision],
+        device: &Device,
+        inputs: &[Tensor<4>],
+        onnx_dir: &Path,
+    ) -> Result<()> {
+        let config = arch.config();
+        let training = config.init(device);
+        let weights = Weights::from_module(&training)?;
+        let deploy = reparameterize(&weights, &config, device)?
+            .load_into(config.init_deploy(device), "the deploy model")?;
+        let exporting = Instant::now();
+        let onnx = network_to_onnx(&deploy.clone().into(), &OnnxOptions::default())?;
+        let path = onnx_dir.join(format!("{}.onnx", arch.name()));
+        std::fs::write(&path, &onnx).with_context(|| format!("cannot write {}", path.display()))?;
+        self.exports.push((
+            arch.to_string(),
+            exporting.elapsed().as_secs_f64() * 1e3,
+            onnx.len(),
+        ));
+        // The CPU path in each precision, prepared once per architecture as an application would
+        // (each stride-1 form is made the first time a batch size needs it).
+        let fast_models = precisions
+            .iter()
+            .map(|&precision| {
+                let options = CpuOptions::default().with_precision(precision);
+                let fast = DeployModel::with_options(deploy.clone(), options)?;
+                Ok((precision, Arc::new(fast)))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let model = arch.to_string();
+        for images in inputs {
+            self.list.push(Subject::new(
+                &model,
+                "training",
+                images,
+                training.clone(),
+                |net, images| net.forward(images),
+            ));
+            self.list.push(Subject::new(
+                &model,
+                "deploy",
+                images,
+                deploy.clone(),
+                |net, images| net.forward(images),
+            ));
+            for (precision, fast) in &fast_models {
+                self.list.push(Subject::new(
+                    &model,
+                    cpu_form(*precision),
+                    images,
+                    Arc::clone(fast),
+                    |net, images| net.forward(images),
+                ));
+            }
+        }
+        for (precision, fast) in fast_models {
+            self.cpu_paths.push((model.clone(), precision, fast));
+        }
+        Ok(())
+    }
+}
+
+/// Runs --rounds rounds, each timing every subject and then (unless --python none, or on wgpu)
+/// running `scripts/bench_torch.py` once: our figures and Python's are measured close in time,
+/// however the machine's load drifts between rounds. Returns each subject's per-round medians,
+/// and the Python figures of the rounds whose script run succeeded.
+fn time_rounds(
+    args: &BenchArgs,
+    subjects: &[Subject],
+    onnx_dir: &Path,
+) -> (Vec<Vec<f64>>, Vec<TorchFigures<f64>>) {
+    let python =
+        matches!(args.device, DeviceChoice::Cpu | DeviceChoice::Cuda) && args.python != "none";
+    let mut ours = vec![Vec::with_capacity(args.rounds); subjects.len()];
+    let mut torch = Vec::new();
+    for round in 1..=args.rounds {
+        let progress = format!("round {round}/{}", args.rounds);
+        for (times, ms) in ours
+            .iter_mut()
+            .zip(time_subjects(args, subjects, &progress))
+        {
+            times.push(ms);
+        }
+        if !python {
+            continue;
+        }
+        eprintln!(
+            "{progress}: PyTorch and the deployment engines ({} scripts/bench_torch.py)",
+            args.python
+        );
+        match run_torch(args, onnx_dir) {
+            Ok(figures) => torch.push(figures),
+            Err(err) => eprintln!("warning: {progress}: no Python figures: {err:#}"),
+        }
+    }
+    (ours, torch)
+}
+
+/// One round of our side: each subject's median latency (of --runs passes after --warmup), in
+/// order.
+fn time_subjects(args: &BenchArgs, subjects: &[Subject], progress: &str) -> Vec<f64> {
+    let mut times = Vec::with_capacity(subjects.len());
+    for group in subjects.chunk_by(|a, b| a.model == b.model && a.batch == b.batch) {
+        eprintln!("{progress}: {} batch {}", group[0].model, group[0].batch);
+        times.extend(
+            group
+                .iter()
+                .map(|subject| median_millis(args.warmup, args.runs, &subject.forward)),
+        );
+    }
+    times
 }
 
 /// The row name of the CPU path in `precision`.
@@ -265,29 +446,6 @@ fn random_images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
         Distribution::Normal(0.0, 1.0),
         device,
     )
-}
-
-/// Median latency of `forward` (synchronised by reading the logits back).
-fn measure(
-    args: &BenchArgs,
-    model: &str,
-    form: &'static str,
-    batch: usize,
-    forward: impl Fn() -> Tensor<2>,
-) -> Measurement {
-    let median_ms = median_millis(args.warmup, args.runs, || {
-        forward().into_data();
-    });
-    Measurement {
-        model: model.to_string(),
-        form,
-        batch,
-        median_ms,
-        peak_mb: (args.device == DeviceChoice::Cpu)
-            .then(|| peak_memory_of(model, form, batch, args.size))
-            .flatten(),
-        torch_ms: None,
-    }
 }
 
 /// Runs `cargo xtask bench-memory` for one configuration in a fresh process, so that no earlier
@@ -412,28 +570,92 @@ fn time_reparameterization(archs: &[RepVggArch], device: &Device) -> Result<Vec<
     Ok(times)
 }
 
-/// What `scripts/bench_torch.py` measured.
-struct TorchFigures {
+/// What `scripts/bench_torch.py` measured: latencies `F` are one round's median ms (`f64`), or
+/// [`Latency`] over the rounds.
+struct TorchFigures<F> {
     /// PyTorch's version, when torch and timm were there.
     version: Option<String>,
     threads: usize,
+    /// How many rounds (script runs) the figures come from.
+    rounds: usize,
     /// PyTorch eager, by "RepVGG-A0/deploy/8".
-    models: HashMap<String, f64>,
+    models: HashMap<String, F>,
     /// The engines that ran the exported files.
-    engines: Vec<EngineFigures>,
+    engines: Vec<EngineFigures<F>>,
     /// What was skipped, and why.
     notes: Vec<String>,
 }
 
 /// One deployment engine's latencies on the exported files.
-struct EngineFigures {
+struct EngineFigures<F> {
+    /// bench_torch.py's name for it: "openvino-default".
+    key: &'static str,
     /// "ONNX Runtime 1.32.0 (f32)".
     label: String,
-    /// Median ms, by "RepVGG-A0/8".
-    models: HashMap<String, f64>,
+    /// By "RepVGG-A0/8".
+    models: HashMap<String, F>,
 }
 
-fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures> {
+impl TorchFigures<Latency> {
+    /// The rounds' figures in one (none without a round): each latency over the rounds that
+    /// measured it; version, threads, engines' labels and notes as the first round found them.
+    fn over_rounds(rounds: &[TorchFigures<f64>]) -> Option<Self> {
+        let first = rounds.first()?;
+        let engines = first
+            .engines
+            .iter()
+            .map(|engine| EngineFigures {
+                key: engine.key,
+                label: engine.label.clone(),
+                models: latencies(
+                    rounds
+                        .iter()
+                        .flat_map(|round| &round.engines)
+                        .filter(|other| other.key == engine.key)
+                        .map(|other| &other.models),
+                ),
+            })
+            .collect();
+        Some(TorchFigures {
+            version: first.version.clone(),
+            threads: first.threads,
+            rounds: rounds.len(),
+            models: latencies(rounds.iter().map(|round| &round.models)),
+            engines,
+            notes: first.notes.clone(),
+        })
+    }
+
+    /// PyTorch eager's latency for our `model` in `form` at `batch`: PyTorch has one deploy
+    /// model, which each of our deploy forms is compared with.
+    fn eager(&self, model: &str, form: &str, batch: usize) -> Option<Latency> {
+        let form = if form.starts_with("deploy") {
+            "deploy"
+        } else {
+            form
+        };
+        self.models.get(&format!("{model}/{form}/{batch}")).copied()
+    }
+}
+
+/// Each model's latency over the rounds' figures (by model) that include it.
+fn latencies<'a>(
+    rounds: impl Iterator<Item = &'a HashMap<String, f64>>,
+) -> HashMap<String, Latency> {
+    let mut per_model: HashMap<String, Vec<f64>> = HashMap::new();
+    for figures in rounds {
+        for (model, &ms) in figures {
+            per_model.entry(model.clone()).or_default().push(ms);
+        }
+    }
+    per_model
+        .into_iter()
+        .map(|(model, ms)| (model, Latency::over_rounds(ms)))
+        .collect()
+}
+
+/// One run of `scripts/bench_torch.py`: one round's Python figures.
+fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures<f64>> {
     let join = |items: Vec<String>| items.join(",");
     let mut script_args = vec![
         "--archs".into(),
@@ -464,10 +686,11 @@ fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures> {
         ("openvino-default", "OpenVINO"),
     ];
     let engines = names
-        .iter()
+        .into_iter()
         .filter_map(|(key, name)| {
             let engine = json["engines"].get(key)?;
             Some(EngineFigures {
+                key,
                 label: format!(
                     "{name} {} ({})",
                     engine["version"].as_str().unwrap_or("?"),
@@ -493,6 +716,7 @@ fn run_torch(args: &BenchArgs, onnx_dir: &Path) -> Result<TorchFigures> {
     Ok(TorchFigures {
         version: json["torch"].as_str().map(str::to_string),
         threads: json["threads"].as_u64().unwrap_or(0) as usize,
+        rounds: 1,
         models,
         engines,
         notes,
@@ -548,12 +772,13 @@ fn report(
     prepared: &[(String, CpuPrecision, usize)],
     reparameterization: &[(String, f64)],
     exports: &[(String, f64, usize)],
-    torch: Option<&TorchFigures>,
+    torch: Option<&TorchFigures<Latency>>,
     loader: Option<&repvgg_train::throughput::LoaderThroughput>,
 ) -> String {
     let mut out = String::new();
     let command = format!(
-        "cargo xtask bench --arch {} --batch {} --size {} --device {} --precision {} --runs {}",
+        "cargo xtask bench --arch {} --batch {} --size {} --device {} --precision {} --runs {} \
+         --rounds {}",
         args.arch
             .iter()
             .map(|a| a.name())
@@ -571,7 +796,8 @@ fn report(
             .map(|p| p.name())
             .collect::<Vec<_>>()
             .join(","),
-        args.runs
+        args.runs,
+        args.rounds
     );
     let _ = writeln!(out, "# Benchmarks\n");
     let _ = writeln!(out, "Produced by `{command}`.\n");
@@ -591,16 +817,22 @@ fn report(
     }
     let _ = writeln!(
         out,
-        "## Inference at {0}x{0} (median of {1} runs after {2} warm-up)\n",
-        args.size, args.runs, args.warmup
+        "## Inference at {0}x{0} (median of {1} rounds, each the median of {2} runs after {3} \
+         warm-up)\n",
+        args.size, args.rounds, args.runs, args.warmup
     );
+    if let Some(torch) = torch {
+        interleaving(&mut out, args, torch);
+    }
     let _ = writeln!(
         out,
         "| model | form | batch | burn img/s | burn ms | PyTorch img/s | burn / PyTorch | deploy speed-up | peak MB | inference MB |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {
-        let torch_ips = row.torch_ms.map(|ms| row.batch as f64 * 1000.0 / ms);
+        let torch_ips = row
+            .torch
+            .map(|torch| row.batch as f64 * 1000.0 / torch.median_ms);
         let speedup = row
             .form
             .starts_with("deploy")
@@ -609,7 +841,7 @@ fn report(
                     .find(|r| r.model == row.model && r.batch == row.batch && r.form == "training")
             })
             .flatten()
-            .map(|training| format!("{:.2}x", training.median_ms / row.median_ms));
+            .map(|training| format!("{:.2}x", training.latency.median_ms / row.latency.median_ms));
         let _ = writeln!(
             out,
             "| {} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {} | {} |",
@@ -617,7 +849,7 @@ fn report(
             row.form,
             row.batch,
             row.images_per_second(),
-            row.median_ms,
+            row.latency.median_ms,
             torch_ips.map_or("-".into(), |v| format!("{v:.1}")),
             torch_ips.map_or("-".into(), |v| format!(
                 "{:.2}",
@@ -687,15 +919,41 @@ fn report(
     out
 }
 
+/// Why PyTorch's and the engines' figures are comparable with ours: the rounds interleave them.
+fn interleaving(out: &mut String, args: &BenchArgs, torch: &TorchFigures<Latency>) {
+    let _ = write!(
+        out,
+        "The rounds are interleaved: each times this project's rows, then PyTorch and the \
+         deployment engines, in turn, so that the figures compared are measured close in time \
+         (a shared machine's load changes between measurements minutes apart)."
+    );
+    if torch.rounds < args.rounds {
+        let _ = write!(
+            out,
+            " PyTorch's and the engines' figures come from the {} of {} rounds in which \
+             `scripts/bench_torch.py` succeeded.",
+            torch.rounds, args.rounds
+        );
+    }
+    let _ = writeln!(out, "\n");
+}
+
 /// The deploy model through the CPU path beside PyTorch eager and the engines running its ONNX
-/// export, in images/s.
-fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
+/// export, in images/s: each cell the median over the rounds and, over several rounds, their
+/// range.
+fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures<Latency>) {
+    let ranges = if rows.iter().any(|row| row.latency.rounds > 1) {
+        " (in brackets, the range of the rounds' figures)"
+    } else {
+        ""
+    };
     let _ = writeln!(
         out,
         "\n## Deployment engines (the same deploy model: ours, and its ONNX export)\n\n\
          ONNX Runtime (CPU execution provider, all graph optimisations) and OpenVINO (CPU, \
          latency hint; in f32, and in its default precision) run the file `cargo xtask convert \
-         --output X.onnx` writes, with {} threads, in the same run. Images/s:\n",
+         --output X.onnx` writes, with {} threads, in the same run. Images/s, the median over \
+         the rounds{ranges}:\n",
         torch.threads
     );
     let bf16 = rows.iter().any(|row| row.form == "deploy-cpu-bf16");
@@ -713,17 +971,12 @@ fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
         "|---|---:|---:|---:{}|",
         "|---:".repeat(torch.engines.len() + usize::from(bf16))
     );
-    let per_second = |batch: usize, ms: Option<f64>| {
-        ms.map_or("-".to_string(), |ms| {
-            format!("{:.1}", batch as f64 * 1000.0 / ms)
-        })
-    };
     for row in rows.iter().filter(|row| row.form == "deploy-cpu") {
         let mut line = format!(
-            "| {} | {} | {:.1}",
+            "| {} | {} | {}",
             row.model,
             row.batch,
-            row.images_per_second()
+            images_per_second_cell(row.batch, Some(row.latency))
         );
         if bf16 {
             let bf16_row = rows.iter().find(|r| {
@@ -731,18 +984,35 @@ fn engines_table(out: &mut String, rows: &[Measurement], torch: &TorchFigures) {
             });
             line += &format!(
                 " | {}",
-                per_second(row.batch, bf16_row.map(|r| r.median_ms))
+                images_per_second_cell(row.batch, bf16_row.map(|r| r.latency))
             );
         }
-        line += &format!(" | {}", per_second(row.batch, row.torch_ms));
+        line += &format!(" | {}", images_per_second_cell(row.batch, row.torch));
         for engine in &torch.engines {
             let key = format!("{}/{}", row.model, row.batch);
             line += &format!(
                 " | {}",
-                per_second(row.batch, engine.models.get(&key).copied())
+                images_per_second_cell(row.batch, engine.models.get(&key).copied())
             );
         }
         let _ = writeln!(out, "{line} |");
     }
     out.push('\n');
+}
+
+/// A cell of images/s at `batch`: the median and, over several rounds, the range ("92.3
+/// (88.0-95.1)"); "-" where nothing was measured.
+fn images_per_second_cell(batch: usize, latency: Option<Latency>) -> String {
+    let Some(latency) = latency else {
+        return "-".to_string();
+    };
+    let per_second = |ms: f64| batch as f64 * 1000.0 / ms;
+    let median = per_second(latency.median_ms);
+    if latency.rounds > 1 {
+        // The slowest round has the fewest images/s.
+        let (low, high) = (per_second(latency.max_ms), per_second(latency.min_ms));
+        format!("{median:.1} ({low:.1}-{high:.1})")
+    } else {
+        format!("{median:.1}")
+    }
 }
