@@ -13,7 +13,8 @@ pub(super) fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
     tensor
         .into_data()
         .convert::<f32>()
-        .try_to_vec::<f32>()
+        // The tensor's own buffer where it can be taken over (no copy).
+        .try_into_vec::<f32>()
         .expect("f32 after conversion")
 }
 
