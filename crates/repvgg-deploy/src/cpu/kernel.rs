@@ -147,8 +147,23 @@ fn pair(low: f32, high: f32) -> u32 {
 /// apart; f32 or bf16 as the right-hand side is.
 #[derive(Clone, Copy)]
 pub(crate) enum Lhs<'a> {
-    F32 { data: &'a [f32], stride: usize },
-    Bf16 { data: &'a [bf16], stride: usize },
+    F32 {
+        data: &'a [f32],
+        stride: usize,
+    },
+    Bf16 {
+        data: &'a [bf16],
+        stride: usize,
+    },
+    /// f32 rows whose depth lies in runs of `segment` values, `pitch` apart (the row's first
+    /// run at its start): a convolution read where its input lies, each run one row of the
+    /// kernel's window (the 3-channel stem: 3 runs of 9 values, one image row apart).
+    F32Segments {
+        data: &'a [f32],
+        stride: usize,
+        segment: usize,
+        pitch: usize,
+    },
 }
 
 /// `dst = bias + lhs · rhs` (then `max(0, ..)` when `relu`) for the columns of the panels
@@ -168,6 +183,8 @@ pub(crate) fn multiply(
     relu: bool,
 ) {
     let (rows, depth) = (dst.rows(), rhs.padded_depth());
+    // Each row: `depth / segment` runs of `segment` values, `pitch` apart.
+    let (mut segment, mut pitch) = (depth, 0);
     let (stride, len) = match lhs {
         Lhs::F32 { data, stride } => {
             assert_eq!(
@@ -175,6 +192,24 @@ pub(crate) fn multiply(
                 Element::F32,
                 "f32 rows need an f32 right-hand side"
             );
+            (stride, data.len())
+        }
+        Lhs::F32Segments {
+            data,
+            stride,
+            segment: run,
+            pitch: apart,
+        } => {
+            assert_eq!(
+                rhs.element,
+                Element::F32,
+                "f32 rows need an f32 right-hand side"
+            );
+            assert!(
+                run > 0 && depth % run == 0,
+                "runs of {run} do not make a depth of {depth}"
+            );
+            (segment, pitch) = (run, apart);
             (stride, data.len())
         }
         Lhs::Bf16 { data, stride } => {
@@ -209,8 +244,9 @@ pub(crate) fn multiply(
     if rows == 0 {
         return;
     }
+    let row_extent = (depth / segment - 1) * pitch + segment;
     assert!(
-        stride >= depth && (rows - 1) * stride + depth <= len,
+        (rows - 1) * stride + row_extent <= len,
         "{rows} rows of {depth} values, {stride} apart, do not fit in {len}"
     );
     #[cfg(target_arch = "x86_64")]
@@ -218,7 +254,7 @@ pub(crate) fn multiply(
     // above), every row written within `dst` (checked by `MatMut`), the panels within
     // `rhs.data` by construction, and the bias covers every column.
     unsafe {
-        avx512::multiply(dst, lhs, rhs, panels, bias, relu);
+        avx512::multiply(dst, lhs, [segment, pitch], rhs, panels, bias, relu);
     }
 }
 
@@ -293,6 +329,9 @@ mod avx512 {
         /// First word of the tile's first row, and the distance between rows, in 32-bit words.
         lhs: *const u32,
         lhs_stride: usize,
+        /// Each row's runs: `segment` words long, `pitch` words apart.
+        segment: usize,
+        pitch: usize,
         rhs: *const u32,
         out: *mut f32,
         out_stride: usize,
@@ -308,6 +347,7 @@ mod avx512 {
     pub(super) unsafe fn multiply(
         dst: MatMut<'_>,
         lhs: Lhs<'_>,
+        [segment, pitch]: [usize; 2],
         rhs: &PackedRhs,
         panels: Range<usize>,
         bias: Option<&[f32]>,
@@ -324,13 +364,36 @@ mod avx512 {
             relu,
         };
         match lhs {
-            Lhs::F32 { data, stride } => unsafe {
-                multiply_f32(data.as_ptr().cast(), stride, rhs, panels, out)
+            Lhs::F32 { data, stride } | Lhs::F32Segments { data, stride, .. } => unsafe {
+                let rows = Rows {
+                    first: data.as_ptr().cast(),
+                    stride,
+                    segment,
+                    pitch,
+                };
+                multiply_f32(rows, rhs, panels, out)
             },
             Lhs::Bf16 { data, stride } => unsafe {
-                multiply_bf16(data.as_ptr().cast(), stride / 2, rhs, panels, out)
+                // Pairs of values: one run of the whole depth.
+                let rows = Rows {
+                    first: data.as_ptr().cast(),
+                    stride: stride / 2,
+                    segment: segment / 2,
+                    pitch: 0,
+                };
+                multiply_bf16(rows, rhs, panels, out)
             },
         }
+    }
+
+    /// The left-hand side as the kernels read it, in 32-bit words: rows `stride` apart from
+    /// `first`, each in runs of `segment` words, `pitch` apart.
+    #[derive(Clone, Copy)]
+    struct Rows {
+        first: *const u32,
+        stride: usize,
+        segment: usize,
+        pitch: usize,
     }
 
     /// The output matrix as the kernels write it.
@@ -346,33 +409,19 @@ mod avx512 {
 
     // One body, compiled twice: the f32 kernels must run on AVX-512 CPUs without AVX512_BF16.
     #[target_feature(enable = "avx512f")]
-    unsafe fn multiply_f32(
-        lhs: *const u32,
-        stride: usize,
-        rhs: &PackedRhs,
-        panels: Range<usize>,
-        out: Output,
-    ) {
-        unsafe { multiply_words::<false>(lhs, stride, rhs, panels, out) }
+    unsafe fn multiply_f32(lhs: Rows, rhs: &PackedRhs, panels: Range<usize>, out: Output) {
+        unsafe { multiply_words::<false>(lhs, rhs, panels, out) }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
-    unsafe fn multiply_bf16(
-        lhs: *const u32,
-        stride: usize,
-        rhs: &PackedRhs,
-        panels: Range<usize>,
-        out: Output,
-    ) {
-        unsafe { multiply_words::<true>(lhs, stride, rhs, panels, out) }
+    unsafe fn multiply_bf16(lhs: Rows, rhs: &PackedRhs, panels: Range<usize>, out: Output) {
+        unsafe { multiply_words::<true>(lhs, rhs, panels, out) }
     }
 
-    /// The product with `lhs` read as 32-bit words (one f32 or one bf16 pair), its rows
-    /// `lhs_stride` words apart.
+    /// The product with `lhs` read as 32-bit words (one f32 or one bf16 pair).
     #[inline(always)]
     unsafe fn multiply_words<const BF16: bool>(
-        lhs_ptr: *const u32,
-        lhs_stride: usize,
+        lhs: Rows,
         rhs: &PackedRhs,
         panels: Range<usize>,
         out: Output,
@@ -397,8 +446,10 @@ mod avx512 {
             for row in (0..rows).step_by(tile_rows) {
                 let tile = Tile {
                     // SAFETY (all pointer offsets): within the buffers, as the caller checked.
-                    lhs: unsafe { lhs_ptr.add(row * lhs_stride) },
-                    lhs_stride,
+                    lhs: unsafe { lhs.first.add(row * lhs.stride) },
+                    lhs_stride: lhs.stride,
+                    segment: lhs.segment,
+                    pitch: lhs.pitch,
                     rhs: unsafe { rhs.data.as_ptr().add(first * rhs.words) },
                     out: unsafe { out.data.add(row * out.stride + first - origin) },
                     out_stride: out.stride,
@@ -438,20 +489,25 @@ mod avx512 {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); V]; R];
             let panel_width = V * LANES;
-            for word in 0..tile.words {
-                // SAFETY: the panel holds `words` rows of `V` vectors; each lhs row `words` words.
-                let rhs = tile.rhs.wrapping_add(word * panel_width);
-                let weights: [__m512; V] =
-                    std::array::from_fn(|v| _mm512_loadu_ps(rhs.add(v * LANES).cast()));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let value = tile.lhs.add(r * tile.lhs_stride + word).read_unaligned();
-                    let broadcast = _mm512_set1_epi32(value as i32);
-                    for (acc, weights) in acc.iter_mut().zip(&weights) {
-                        *acc = if BF16 {
-                            _mm512_dpbf16_ps(*acc, as_pairs(broadcast), as_pairs(*weights))
-                        } else {
-                            _mm512_fmadd_ps(_mm512_castsi512_ps(broadcast), *weights, *acc)
-                        };
+            for run in 0..tile.words / tile.segment {
+                let lhs = tile.lhs.add(run * tile.pitch);
+                let first = run * tile.segment;
+                for word in first..first + tile.segment {
+                    // SAFETY: the panel holds `words` rows of `V` vectors; each lhs row's runs
+                    // hold `words` words.
+                    let rhs = tile.rhs.wrapping_add(word * panel_width);
+                    let weights: [__m512; V] =
+                        std::array::from_fn(|v| _mm512_loadu_ps(rhs.add(v * LANES).cast()));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let value = lhs.add(r * tile.lhs_stride + word - first).read_unaligned();
+                        let broadcast = _mm512_set1_epi32(value as i32);
+                        for (acc, weights) in acc.iter_mut().zip(&weights) {
+                            *acc = if BF16 {
+                                _mm512_dpbf16_ps(*acc, as_pairs(broadcast), as_pairs(*weights))
+                            } else {
+                                _mm512_fmadd_ps(_mm512_castsi512_ps(broadcast), *weights, *acc)
+                            };
+                        }
                     }
                 }
             }
@@ -598,6 +654,52 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// Rows read in runs where they lie (a convolution's windows, overlapping) compute the
+    /// product of the rows gathered densely.
+    #[test]
+    fn rows_in_runs_agree_with_the_definition() {
+        if !supported(Element::F32) {
+            return;
+        }
+        // 13 windows, 2 values apart, of 3 runs of 9 values, 40 apart (a stride-2 stem on a
+        // padded row of 40 values), into 50 columns.
+        let (rows, stride, segment, pitch, columns) = (13, 2, 9, 40, 50);
+        let depth = 3 * segment;
+        let source = values((rows - 1) * stride + 2 * pitch + segment, 5);
+        let rhs = values(depth * columns, 6);
+        let bias = values(columns, 7);
+        let gathered: Vec<f32> = (0..rows)
+            .flat_map(|r| (0..depth).map(move |k| (r, k)))
+            .map(|(r, k)| source[r * stride + k / segment * pitch + k % segment])
+            .collect();
+        let packed = PackedRhs::new(Element::F32, depth, columns, |k, c| rhs[k * columns + c]);
+        let mut out = vec![0f32; rows * columns];
+        let lhs = Lhs::F32Segments {
+            data: &source,
+            stride,
+            segment,
+            pitch,
+        };
+        let dst = MatMut::new(&mut out, rows, columns, columns);
+        multiply(dst, lhs, &packed, 0..packed.panels(), Some(&bias), true);
+        let expected = reference_product(
+            Element::F32,
+            &gathered,
+            &rhs,
+            [rows, depth, columns],
+            &bias,
+            true,
+        );
+        for (i, (actual, expected)) in out.iter().zip(&expected).enumerate() {
+            assert!(
+                (actual - expected).abs() <= 1e-5 * (1.0 + expected.abs()),
+                "[{}][{}]: {actual} vs {expected}",
+                i / columns,
+                i % columns
+            );
         }
     }
 

@@ -10,6 +10,7 @@ mod direct;
 mod kernel;
 mod ops;
 mod product;
+mod stem;
 mod winograd;
 
 use std::sync::{Mutex, OnceLock};
@@ -25,6 +26,7 @@ use half::bf16;
 use kernel::to_bf16_rows;
 use ops::{Excitation, MatMut, average_pool, relu, to_channels_first, to_channels_last, values};
 use product::{Rows, Weights};
+use stem::StemConv;
 pub use winograd::WinogradTile;
 use winograd::{WinogradConv, WinogradScratch};
 
@@ -260,12 +262,38 @@ struct Layer {
     winograd2: OnceLock<WinogradConv>,
     winograd4: OnceLock<WinogradConv>,
     im2col: OnceLock<DirectConv>,
+    /// Whether the layer is the network's first, on the images (the one that can run as a
+    /// [`StemConv`], reading them padded).
+    takes_images: bool,
+    stem: OnceLock<StemConv>,
     se: Option<Excitation>,
     post_se: Option<Excitation>,
 }
 
-/// A layer's convolution as one call runs it.
+/// How a layer's convolution is computed for one call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// On the padded images, in place ([`stem`]).
+    Stem,
+    Winograd(WinogradTile),
+    Im2col,
+}
+
+impl Form {
+    /// The name [`LayerTime::algorithm`] gives it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Stem => "in place",
+            Self::Winograd(WinogradTile::F2x2) => "winograd F(2x2)",
+            Self::Winograd(WinogradTile::F4x4) => "winograd F(4x4)",
+            Self::Im2col => "im2col",
+        }
+    }
+}
+
+/// A layer's convolution, prepared for its form.
 enum Conv<'a> {
+    Stem(&'a StemConv),
     Winograd(&'a WinogradConv),
     Im2col(&'a DirectConv),
 }
@@ -343,7 +371,8 @@ impl CpuDeploy {
             .collect();
         let layers = std::iter::once(stem)
             .chain(stages.iter().flatten().copied())
-            .map(|block| Layer::new(block, &options))
+            .enumerate()
+            .map(|(index, block)| Layer::new(block, &options, index == 0))
             .collect();
         let stage_lengths = std::iter::once(1)
             .chain(stages.iter().map(Vec::len))
@@ -474,7 +503,7 @@ impl CpuDeploy {
         // parallel preparation could wait on a thread that is itself waiting for that form.
         let [batch, _, mut height, mut width] = images.dims();
         for layer in &self.layers {
-            layer.prepared(layer.algorithm_for([batch, height, width]));
+            layer.prepared(layer.form_for([batch, height, width]));
             (height, width) = (height.div_ceil(layer.stride), width.div_ceil(layer.stride));
         }
         rayon::scope(|_| self.run_layers(images, on_layer, stage_end, last));
@@ -504,14 +533,27 @@ impl CpuDeploy {
             output,
             winograd,
         } = guard.as_deref_mut().unwrap_or(&mut fresh);
-        to_channels_last(&values(images), channels, height, width, input);
+        let images = values(images);
+        match self
+            .layers
+            .first()
+            .map(|stem| stem.form_for([batch, height, width]))
+        {
+            Some(Form::Stem) => {
+                let Conv::Stem(stem) = self.layers[0].prepared(Form::Stem) else {
+                    unreachable!("the stem form is a StemConv")
+                };
+                stem.pad(&images, batch, height, width, input);
+            }
+            _ => to_channels_last(&images, channels, height, width, input),
+        }
         let mut layers = self.layers.iter().enumerate();
         let mut out_channels = channels;
         for &length in &self.stage_lengths {
             for (index, layer) in layers.by_ref().take(length) {
                 let started = Instant::now();
                 let shape_in = [batch, height, width, out_channels];
-                let algorithm = algorithm_name(layer.algorithm_for([batch, height, width]));
+                let algorithm = layer.form_for([batch, height, width]).name();
                 (height, width) = layer.forward(input, batch, height, width, winograd, output);
                 out_channels = layer.out_channels();
                 std::mem::swap(input, output);
@@ -537,15 +579,6 @@ struct LayerRun {
     seconds: f64,
 }
 
-/// An algorithm as [`LayerTime::algorithm`] names it.
-fn algorithm_name(tile: Option<WinogradTile>) -> &'static str {
-    match tile {
-        Some(WinogradTile::F2x2) => "winograd F(2x2)",
-        Some(WinogradTile::F4x4) => "winograd F(4x4)",
-        None => "im2col",
-    }
-}
-
 /// One layer's time in a forward pass ([`CpuDeploy::layer_times`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LayerTime {
@@ -554,14 +587,15 @@ pub struct LayerTime {
     /// `[batch, height, width, channels]` of its input and of its output.
     pub input: [usize; 4],
     pub output: [usize; 4],
-    /// How it was computed: `winograd F(4x4)`, `winograd F(2x2)` or `im2col`.
+    /// How it was computed: `winograd F(4x4)`, `winograd F(2x2)`, `im2col` or `in place`
+    /// (the stem).
     pub algorithm: &'static str,
     /// Median milliseconds.
     pub millis: f64,
 }
 
 impl Layer {
-    fn new(block: &RepVggDeployBlock, options: &CpuOptions) -> Self {
+    fn new(block: &RepVggDeployBlock, options: &CpuOptions, takes_images: bool) -> Self {
         let conv = &block.rbr_reparam;
         let weight = conv.weight.val();
         let [out_channels, in_per_group, kh, kw] = weight.dims();
@@ -580,37 +614,48 @@ impl Layer {
             winograd2: OnceLock::new(),
             winograd4: OnceLock::new(),
             im2col: OnceLock::new(),
+            takes_images,
+            stem: OnceLock::new(),
             se: block.se.as_ref().map(Excitation::new),
             post_se: block.post_se.as_ref().map(Excitation::new),
         }
     }
 
-    /// The algorithm for an input of `[batch, height, width]`: im2col for strided layers and for
-    /// narrow ones (under 64 input channels per group the Winograd transforms cost more than
-    /// they save); F(2x2) where F(4x4) would have fewer than 32 tiles (its 2.25x larger
-    /// transformed kernels are then read for too little work: stage 3 of A0 at batch 1);
-    /// F(4x4) elsewhere. Measured per layer with `cargo xtask bench-layers`.
-    fn algorithm_for(&self, [batch, height, width]: [usize; 3]) -> Option<WinogradTile> {
+    /// The form for an input of `[batch, height, width]`: the first layer in place on the
+    /// padded images where it [suits](StemConv::suits) a stem (whatever the algorithm option,
+    /// which is about the stride-1 layers); im2col for strided layers and for narrow ones (under
+    /// 64 input channels per group the Winograd transforms cost more than they save); F(2x2)
+    /// where F(4x4) would have fewer than 32 tiles (its 2.25x larger transformed kernels are
+    /// then read for too little work: stage 3 of A0 at batch 1); F(4x4) elsewhere. Measured per
+    /// layer with `cargo xtask bench-layers`.
+    fn form_for(&self, [batch, height, width]: [usize; 3]) -> Form {
+        if self.takes_images && StemConv::suits(self.shape) {
+            return Form::Stem;
+        }
         if self.stride != 1 {
-            return None;
+            return Form::Im2col;
         }
         match self.options.algorithm {
-            ConvAlgorithm::Winograd(tile) => Some(tile),
-            ConvAlgorithm::Im2col => None,
-            ConvAlgorithm::Auto if self.shape[1] < 64 => None,
+            ConvAlgorithm::Winograd(tile) => Form::Winograd(tile),
+            ConvAlgorithm::Im2col => Form::Im2col,
+            ConvAlgorithm::Auto if self.shape[1] < 64 => Form::Im2col,
             ConvAlgorithm::Auto if batch * height.div_ceil(4) * width.div_ceil(4) < 32 => {
-                Some(WinogradTile::F2x2)
+                Form::Winograd(WinogradTile::F2x2)
             }
-            ConvAlgorithm::Auto => Some(WinogradTile::F4x4),
+            ConvAlgorithm::Auto => Form::Winograd(WinogradTile::F4x4),
         }
     }
 
-    /// The convolution prepared for `tile` (Winograd) or im2col (`None`), made on first use.
-    fn prepared(&self, tile: Option<WinogradTile>) -> Conv<'_> {
+    /// The convolution prepared for `form`, made on first use.
+    fn prepared(&self, form: Form) -> Conv<'_> {
         let (weight, shape, precision) = (&self.weight, self.shape, self.options.precision);
         let bias = || self.bias.clone();
-        match tile {
-            Some(tile) => {
+        match form {
+            Form::Stem => Conv::Stem(
+                self.stem
+                    .get_or_init(|| StemConv::new(weight, bias(), shape, self.stride)),
+            ),
+            Form::Winograd(tile) => {
                 let cell = match tile {
                     WinogradTile::F2x2 => &self.winograd2,
                     WinogradTile::F4x4 => &self.winograd4,
@@ -619,7 +664,7 @@ impl Layer {
                     cell.get_or_init(|| WinogradConv::new(weight, bias(), shape, tile, precision)),
                 )
             }
-            None => Conv::Im2col(
+            Form::Im2col => Conv::Im2col(
                 self.im2col
                     .get_or_init(|| DirectConv::new(weight, bias(), shape, self.stride, precision)),
             ),
@@ -633,6 +678,7 @@ impl Layer {
             .filter_map(OnceLock::get)
             .map(WinogradConv::bytes)
             .chain(self.im2col.get().map(DirectConv::bytes))
+            .chain(self.stem.get().map(StemConv::bytes))
             .sum::<usize>();
         let se = [&self.se, &self.post_se]
             .into_iter()
@@ -651,7 +697,8 @@ impl Layer {
     }
 
     /// Convolution + bias (+ SE) + ReLU (+ post-SE) of channels-last `input` `[batch, height, width, in]`
-    /// into `output`; returns the output's height and width.
+    /// (the stem: the images as [`StemConv::pad`] writes them) into `output`; returns the
+    /// output's height and width.
     fn forward(
         &self,
         input: &[f32],
@@ -663,17 +710,20 @@ impl Layer {
     ) -> (usize, usize) {
         // Without SE, ReLU is applied as the convolution writes its output.
         let relu_after = self.se.is_none();
-        let (out_height, out_width) =
-            match self.prepared(self.algorithm_for([batch, height, width])) {
-                Conv::Winograd(conv) => {
-                    conv.forward(input, batch, height, width, relu_after, winograd, output);
-                    (height, width)
-                }
-                Conv::Im2col(conv) => {
-                    conv.forward(input, batch, height, width, relu_after, output);
-                    conv.output_size(height, width)
-                }
-            };
+        let (out_height, out_width) = match self.prepared(self.form_for([batch, height, width])) {
+            Conv::Stem(conv) => {
+                conv.forward(input, batch, height, width, relu_after, output);
+                conv.output_size(height, width)
+            }
+            Conv::Winograd(conv) => {
+                conv.forward(input, batch, height, width, relu_after, winograd, output);
+                (height, width)
+            }
+            Conv::Im2col(conv) => {
+                conv.forward(input, batch, height, width, relu_after, output);
+                conv.output_size(height, width)
+            }
+        };
         let positions = out_height * out_width;
         if let Some(se) = &self.se {
             se.apply(output, batch, positions, self.out_channels());
