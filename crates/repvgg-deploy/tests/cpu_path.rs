@@ -54,7 +54,8 @@ fn assert_agrees_with(
 }
 
 /// The shapes every algorithm and precision is checked on: A0 at one image and several
-/// (partial tiles of either size), a grouped network and one with squeeze-excitation.
+/// (partial tiles of either size; at 320x320 the Winograd layers run an image at a time), a
+/// grouped network and one with squeeze-excitation.
 fn check_every_shape(options: CpuOptions, tolerance: f32) {
     let grouped = RepVggConfig::new(vec![2, 2, 2, 1], vec![0.25, 0.25, 0.25, 0.25])
         .with_grouped_layers(BTreeMap::from([(2, 4), (4, 2), (6, 4)]))
@@ -69,6 +70,7 @@ fn check_every_shape(options: CpuOptions, tolerance: f32) {
     for (config, size) in [
         (&a0, [1, 57, 71]),
         (&a0, [2, 64, 64]),
+        (&a0, [2, 320, 320]),
         (&grouped, [2, 33, 47]),
         (&excited, [1, 33, 35]),
         (&odd, [2, 29, 30]),

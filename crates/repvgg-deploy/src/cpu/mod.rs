@@ -2,7 +2,8 @@
 //! channels-last activations kept from layer to layer (none of the per-layer layout conversions
 //! of a general-purpose backend): stride-1 layers by Winograd F(4x4, 3x3) or F(2x2, 3x3)
 //! ([`winograd`]) or im2col, chosen per layer and call ([`ConvAlgorithm::Auto`]), the strided
-//! ones as blocked im2col + matrix product ([`direct`]), bias and ReLU applied as each layer's
+//! ones as blocked im2col + matrix product ([`direct`]) but for the stem, which reads the padded
+//! images in place ([`stem`]), bias and ReLU applied as each layer's
 //! output is written. Weights are rearranged (Winograd-transformed, packed for the matrix kernels
 //! of [`kernel`]) once per form, the first time a call needs it.
 

@@ -23,6 +23,13 @@ use super::product::{Rows, Weights};
 /// enough that the products of one layer spread over every core at batch 1.
 const TILES_PER_PRODUCT: usize = 128;
 
+/// The transformed tiles and products of the images run together: at most this many bytes (or
+/// one image's). The phases (input transform, products, output transform) then pass them
+/// through the caches instead of memory (a whole batch's are 21 MB for B0's first stage at batch
+/// 8): an image at a time, that stage's layers took 4.7 instead of 8.3 ms at batch 8, and the
+/// 256-channel ones 4.2 instead of 4.5 ms, even though each image reads the weights again.
+const CHUNK_BYTES: usize = 2 << 20;
+
 /// The output tile of a Winograd convolution: F(2x2, 3x3) (16 products per 4 outputs, 2.25x
 /// fewer multiplies than im2col, transforms of 0 and ±1 that keep bf16's rounding small) or
 /// F(4x4, 3x3) (36 per 16, 4x fewer, transformed kernels 2.25x larger).
@@ -168,25 +175,47 @@ impl WinogradConv {
         scratch: &mut WinogradScratch,
         output: &mut Vec<f32>,
     ) {
-        let size = [batch, height, width];
-        match self.tile {
-            WinogradTile::F2x2 => {
-                self.forward_tiles::<2, 4>(input, size, relu_after, scratch, output);
-            }
-            WinogradTile::F4x4 => {
-                self.forward_tiles::<4, 6>(input, size, relu_after, scratch, output);
+        output.resize(batch * height * width * self.out_channels, 0.0);
+        // A few images at a time, so that their transformed tiles and products stay in the
+        // caches between the phases.
+        let chunk = (CHUNK_BYTES / self.buffer_bytes(height, width)).max(1);
+        let (in_image, out_image) = (
+            height * width * self.in_channels,
+            height * width * self.out_channels,
+        );
+        for (input, output) in input
+            .chunks(chunk * in_image)
+            .zip(output.chunks_mut(chunk * out_image))
+        {
+            let size = [input.len() / in_image, height, width];
+            match self.tile {
+                WinogradTile::F2x2 => {
+                    self.forward_tiles::<2, 4>(input, size, relu_after, scratch, output);
+                }
+                WinogradTile::F4x4 => {
+                    self.forward_tiles::<4, 6>(input, size, relu_after, scratch, output);
+                }
             }
         }
     }
 
-    /// [`forward`](Self::forward) for output tiles of side `M` (input tiles of side `N = M + 2`).
+    /// Bytes of transformed tiles and products for one image of `height x width`.
+    fn buffer_bytes(&self, height: usize, width: usize) -> usize {
+        let side = self.tile.transform().len() - 2;
+        let tiles = height.div_ceil(side) * width.div_ceil(side);
+        let tile_bytes = if self.weights[0].takes_bf16() { 2 } else { 4 };
+        tiles * self.tile.positions() * (self.in_channels * tile_bytes + self.out_channels * 4)
+    }
+
+    /// [`forward`](Self::forward) on the images of `input` (some of a call's) for output tiles
+    /// of side `M` (input tiles of side `N = M + 2`), into `output`, their part of the call's.
     fn forward_tiles<const M: usize, const N: usize>(
         &self,
         input: &[f32],
         [batch, height, width]: [usize; 3],
         relu_after: bool,
         scratch: &mut WinogradScratch,
-        output: &mut Vec<f32>,
+        output: &mut [f32],
     ) {
         let (cin, cout) = (self.in_channels, self.out_channels);
         let positions = N * N;
@@ -200,7 +229,6 @@ impl WinogradConv {
             width,
         };
         scratch.products.resize(tiles * positions * cout, 0.0);
-        output.resize(batch * height * width * cout, 0.0);
 
         let in_per_group = cin / self.groups;
         let padded = self.weights[0].row_length();
