@@ -866,8 +866,10 @@ fn report(
         out,
         "\n\"deploy-cpu\": the deploy model through `repvgg_deploy::DeployModel`, which on the CPU \
          backend runs `CpuDeploy` (channels-last throughout, Winograd F(4x4) or F(2x2) or im2col for \
-         the stride-1 layers as `ConvAlgorithm::Auto` chooses, blocked im2col for the strided ones, matrix products by its own AVX-512 kernels \
-         on weights packed once (gemm on other CPUs), bias and ReLU on the output pass); \
+         the stride-1 layers as `ConvAlgorithm::Auto` chooses, a few images at a time, blocked \
+         im2col for the strided ones, the stem on the zero-bordered images in place, matrix \
+         products by its own AVX-512 kernels on weights packed once (gemm on other CPUs), bias \
+         and ReLU on the output pass); \
          \"deploy-cpu-bf16\": the same in bf16 (weights and activations rounded to bfloat16 for \
          the products, f32 accumulation, AVX512_BF16); \
          \"deploy\": the same model through Burn's generic ops.\n\n\"peak MB\": the peak resident memory of a fresh process that builds the model (random \
