@@ -10,7 +10,7 @@ use rayon::prelude::*;
 
 use super::CpuPrecision;
 use super::kernel::to_bf16;
-use super::ops::MatMut;
+use super::ops::{MatMut, output_size};
 use super::product::{Rows, Weights};
 
 /// Target size of one block's columns, in floats (128 KiB: well inside a core's L2).
@@ -79,10 +79,7 @@ impl DirectConv {
 
     /// Output height and width for an input of `height x width`.
     pub fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
-        (
-            (height - 1) / self.stride + 1,
-            (width - 1) / self.stride + 1,
-        )
+        output_size(height, width, self.stride)
     }
 
     /// Convolution + bias (+ ReLU when `relu_after`) of channels-last `input` `[batch, height,

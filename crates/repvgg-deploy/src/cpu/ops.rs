@@ -215,6 +215,11 @@ pub(super) fn relu(values: &mut [f32]) {
     }
 }
 
+/// Output height and width of a padding-1 3x3 convolution of `stride` on `height x width`.
+pub(super) fn output_size(height: usize, width: usize, stride: usize) -> (usize, usize) {
+    ((height - 1) / stride + 1, (width - 1) / stride + 1)
+}
+
 /// `[N, C, H, W]` to `[N, H, W, C]`, into `out`.
 pub(super) fn to_channels_last(
     data: &[f32],

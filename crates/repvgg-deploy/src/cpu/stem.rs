@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use super::kernel::{self, Element, Lhs, PackedRhs};
-use super::ops::MatMut;
+use super::ops::{MatMut, output_size};
 
 /// Input channels up to which a layer is computed as a stem (the images' 3 in every preset).
 const MAX_CHANNELS: usize = 4;
@@ -67,10 +67,7 @@ impl StemConv {
 
     /// Output height and width for an input of `height x width`.
     pub fn output_size(&self, height: usize, width: usize) -> (usize, usize) {
-        (
-            (height - 1) / self.stride + 1,
-            (width - 1) / self.stride + 1,
-        )
+        output_size(height, width, self.stride)
     }
 
     /// `images` `[batch, in, height, width]` into `padded`: `[batch, height + 2, width + 2, in]`,
