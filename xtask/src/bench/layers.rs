@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use anyhow::{Result, ensure};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 use clap::Args;
 use repvgg_deploy::{ConvAlgorithm, CpuDeploy, CpuOptions, CpuPrecision, LayerTime};
 use repvgg_model::RepVggArch;
@@ -37,14 +37,21 @@ pub struct LayerBenchArgs {
     )]
     algorithm: Vec<ConvAlgorithm>,
 
-    /// Timed passes per configuration (the median of each layer is reported).
+    /// Timed passes per configuration and round (each layer's median is kept).
     #[arg(long, default_value_t = 10)]
     runs: usize,
+
+    /// Rounds, each timing every configuration in turn (starting one further along each round);
+    /// each layer's figure is the median over the rounds. Configurations timed one after another
+    /// only once would each see a different moment of a shared machine's load.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 pub fn run(args: LayerBenchArgs) -> Result<()> {
     ensure_repvgg(&args.arch)?;
     ensure!(args.runs > 0, "--runs must be at least 1");
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
     let device = Device::flex();
     let mut out = String::new();
     for &arch in &args.arch {
@@ -61,15 +68,43 @@ pub fn run(args: LayerBenchArgs) -> Result<()> {
         for &batch in &args.batch {
             eprintln!("{arch} batch {batch}");
             let images = random_images(batch, args.size as usize, &device);
-            let times: Vec<Vec<LayerTime>> = columns
-                .iter()
-                .map(|(_, cpu)| cpu.layer_times(images.clone(), args.runs))
-                .collect();
+            let times = interleaved(&columns, &images, args.runs, args.rounds);
             table(&mut out, arch, batch, &columns, &times);
         }
     }
     print!("{out}");
     Ok(())
+}
+
+/// Each column's layer times over `rounds` rounds, the columns taken in turn (round `r` from
+/// column `r`): per layer, the median over the rounds of each round's median.
+fn interleaved(
+    columns: &[(CpuOptions, CpuDeploy)],
+    images: &Tensor<4>,
+    runs: usize,
+    rounds: usize,
+) -> Vec<Vec<LayerTime>> {
+    let mut measured: Vec<Vec<Vec<LayerTime>>> = vec![Vec::new(); columns.len()];
+    for round in 0..rounds {
+        for offset in 0..columns.len() {
+            let column = (round + offset) % columns.len();
+            let times = columns[column].1.layer_times(images.clone(), runs);
+            measured[column].push(times);
+        }
+    }
+    measured
+        .into_iter()
+        .map(|mut rounds| {
+            let mut layers = rounds.pop().expect("at least one round");
+            for (i, layer) in layers.iter_mut().enumerate() {
+                let mut millis: Vec<f64> = rounds.iter().map(|round| round[i].millis).collect();
+                millis.push(layer.millis);
+                millis.sort_by(f64::total_cmp);
+                layer.millis = millis[millis.len() / 2];
+            }
+            layers
+        })
+        .collect()
 }
 
 fn table(
@@ -79,7 +114,10 @@ fn table(
     columns: &[(CpuOptions, CpuDeploy)],
     times: &[Vec<LayerTime>],
 ) {
-    let _ = writeln!(out, "\n### {arch}, batch {batch} (ms per layer, median)\n");
+    let _ = writeln!(
+        out,
+        "\n### {arch}, batch {batch} (ms per layer, median over interleaved rounds)\n"
+    );
     let mut header = "| layer | input | output".to_string();
     for (options, _) in columns {
         let _ = write!(header, " | {} {}", options.precision, options.algorithm);
