@@ -278,8 +278,9 @@ step_bench() {
   rc=0
   report="$OUT_DIR/BENCHMARKS-cuda.md"
   rm -f "$report"
+  # One round: the lent GPU is not shared, and three would not fit the step's time.
   run_logged bench 120 "$XTASK" bench --device cuda --arch A0 --batch 1,64 --runs 10 \
-    --warmup 3 --loader-images 0 --python "$PYTHON" --output "$report" || rc=$?
+    --warmup 3 --rounds 1 --loader-images 0 --python "$PYTHON" --output "$report" || rc=$?
   # | RepVGG-A0 | deploy | 64 | burn img/s | burn ms | PyTorch img/s | burn / PyTorch | ...
   line=$(awk -F'|' '$2 ~ /RepVGG-A0/ && $3 ~ /^ deploy $/ && $4 ~ / 64 / { gsub(/ /, "")
     printf "A0 deploy b64: burn %s img/s, PyTorch %s (%sx)", $5, $7, $8 }' \
