@@ -80,7 +80,8 @@ impl std::str::FromStr for CpuPrecision {
     }
 }
 
-/// How the stride-1 layers are computed (the strided ones always by im2col).
+/// How the stride-1 layers are computed (the strided ones always by im2col, but for the stem,
+/// which reads the images in place where the CPU has the f32 kernels).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ConvAlgorithm {
     /// Chosen per layer from its shape and the call's batch and image size: im2col under 64
@@ -535,18 +536,9 @@ impl CpuDeploy {
             winograd,
         } = guard.as_deref_mut().unwrap_or(&mut fresh);
         let images = values(images);
-        match self
-            .layers
-            .first()
-            .map(|stem| stem.form_for([batch, height, width]))
-        {
-            Some(Form::Stem) => {
-                let Conv::Stem(stem) = self.layers[0].prepared(Form::Stem) else {
-                    unreachable!("the stem form is a StemConv")
-                };
-                stem.pad(&images, batch, height, width, input);
-            }
-            _ => to_channels_last(&images, channels, height, width, input),
+        match self.layers.first().and_then(Layer::stem) {
+            Some(stem) => stem.pad(&images, batch, height, width, input),
+            None => to_channels_last(&images, channels, height, width, input),
         }
         let mut layers = self.layers.iter().enumerate();
         let mut out_channels = channels;
@@ -630,7 +622,7 @@ impl Layer {
     /// then read for too little work: stage 3 of A0 at batch 1); F(4x4) elsewhere. Measured per
     /// layer with `cargo xtask bench-layers`.
     fn form_for(&self, [batch, height, width]: [usize; 3]) -> Form {
-        if self.takes_images && StemConv::suits(self.shape) {
+        if self.runs_as_stem() {
             return Form::Stem;
         }
         if self.stride != 1 {
@@ -647,15 +639,26 @@ impl Layer {
         }
     }
 
+    /// Whether the layer runs as a stem: the first, where it [suits](StemConv::suits) one.
+    fn runs_as_stem(&self) -> bool {
+        self.takes_images && StemConv::suits(self.shape)
+    }
+
+    /// The layer prepared as a stem (made on first use), if it runs as one.
+    fn stem(&self) -> Option<&StemConv> {
+        self.runs_as_stem().then(|| {
+            self.stem.get_or_init(|| {
+                StemConv::new(&self.weight, self.bias.clone(), self.shape, self.stride)
+            })
+        })
+    }
+
     /// The convolution prepared for `form`, made on first use.
     fn prepared(&self, form: Form) -> Conv<'_> {
         let (weight, shape, precision) = (&self.weight, self.shape, self.options.precision);
         let bias = || self.bias.clone();
         match form {
-            Form::Stem => Conv::Stem(
-                self.stem
-                    .get_or_init(|| StemConv::new(weight, bias(), shape, self.stride)),
-            ),
+            Form::Stem => Conv::Stem(self.stem().expect("only a stem takes the stem form")),
             Form::Winograd(tile) => {
                 let cell = match tile {
                     WinogradTile::F2x2 => &self.winograd2,

@@ -502,8 +502,9 @@ const LANES: usize = 16;
 
 /// `out[o][c] = f(inputs[..][c], per_channel[c])[o]` for every channel `c` (`per_channel`
 /// zero if `None`), a vector of channels at a time: each step reads its lanes of every input
-/// before it writes any output, so the compiler needs no run-time check that the slices do not
-/// overlap (a failed check falls back to scalar code).
+/// before it writes any output, so the compiler makes vector code that needs no run-time check
+/// that the slices do not overlap (the loops over whole slices this replaced ran partly in
+/// scalar code under `perf`, and took twice as long for 64 channels).
 #[inline(always)]
 fn lanewise<const I: usize, const O: usize>(
     inputs: &[&[f32]; I],
