@@ -71,17 +71,17 @@ impl ConvBn {
         self.bn.forward(self.convolve(input))
     }
 
-    /// The convolution; an ungrouped, unpadded 1x1 one (the `rbr_1x1` branch) as one matrix
-    /// product of the weight `[out, in]` with the pixels `[N, in, H x W]` (taken every `stride`
-    /// pixels), which Burn differentiates as two products, where its general convolution would
-    /// go through im2col forward and a transposed convolution backward.
+    /// The convolution; an ungrouped, unpadded, unbiased 1x1 one (the `rbr_1x1` branch) as one
+    /// matrix product of the weight `[out, in]` with the pixels `[N, in, H x W]` (taken every
+    /// `stride` pixels), which Burn differentiates as two products, where its general
+    /// convolution would go through im2col forward and a transposed convolution backward.
     fn convolve(&self, input: Tensor<4>) -> Tensor<4> {
         let conv = &self.conv;
         let unpadded = matches!(
             conv.padding,
             PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)
         );
-        if conv.kernel_size != [1, 1] || conv.groups != 1 || !unpadded {
+        if conv.kernel_size != [1, 1] || conv.groups != 1 || !unpadded || conv.bias.is_some() {
             return conv.forward(input);
         }
         let [sy, sx] = conv.stride;
