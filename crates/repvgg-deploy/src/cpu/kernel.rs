@@ -326,12 +326,8 @@ mod avx512 {
     /// Where one kernel call reads and writes.
     #[derive(Clone, Copy)]
     struct Tile {
-        /// First word of the tile's first row, and the distance between rows, in 32-bit words.
-        lhs: *const u32,
-        lhs_stride: usize,
-        /// Each row's runs: `segment` words long, `pitch` words apart.
-        segment: usize,
-        pitch: usize,
+        /// The tile's rows (`first` its first row's first word).
+        lhs: Rows,
         rhs: *const u32,
         out: *mut f32,
         out_stride: usize,
@@ -446,10 +442,10 @@ mod avx512 {
             for row in (0..rows).step_by(tile_rows) {
                 let tile = Tile {
                     // SAFETY (all pointer offsets): within the buffers, as the caller checked.
-                    lhs: unsafe { lhs.first.add(row * lhs.stride) },
-                    lhs_stride: lhs.stride,
-                    segment: lhs.segment,
-                    pitch: lhs.pitch,
+                    lhs: Rows {
+                        first: unsafe { lhs.first.add(row * lhs.stride) },
+                        ..lhs
+                    },
                     rhs: unsafe { rhs.data.as_ptr().add(first * rhs.words) },
                     out: unsafe { out.data.add(row * out.stride + first - origin) },
                     out_stride: out.stride,
@@ -489,17 +485,23 @@ mod avx512 {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); V]; R];
             let panel_width = V * LANES;
-            for run in 0..tile.words / tile.segment {
-                let lhs = tile.lhs.add(run * tile.pitch);
-                let first = run * tile.segment;
-                for word in first..first + tile.segment {
+            let Rows {
+                first: rows,
+                stride,
+                segment,
+                pitch,
+            } = tile.lhs;
+            for run in 0..tile.words / segment {
+                let lhs = rows.add(run * pitch);
+                let first = run * segment;
+                for word in first..first + segment {
                     // SAFETY: the panel holds `words` rows of `V` vectors; each lhs row's runs
                     // hold `words` words.
                     let rhs = tile.rhs.wrapping_add(word * panel_width);
                     let weights: [__m512; V] =
                         std::array::from_fn(|v| _mm512_loadu_ps(rhs.add(v * LANES).cast()));
                     for (r, acc) in acc.iter_mut().enumerate() {
-                        let value = lhs.add(r * tile.lhs_stride + word - first).read_unaligned();
+                        let value = lhs.add(r * stride + word - first).read_unaligned();
                         let broadcast = _mm512_set1_epi32(value as i32);
                         for (acc, weights) in acc.iter_mut().zip(&weights) {
                             *acc = if BF16 {
