@@ -536,10 +536,9 @@ impl CpuDeploy {
             winograd,
         } = guard.as_deref_mut().unwrap_or(&mut fresh);
         let images = values(images);
-        match self.layers.first().and_then(Layer::stem) {
-            Some(stem) => stem.pad(&images, batch, height, width, input),
-            None => to_channels_last(&images, channels, height, width, input),
-        }
+        // The stem reads its windows in place, within a zero border.
+        let border = usize::from(self.layers.first().is_some_and(Layer::runs_as_stem));
+        to_channels_last(&images, [batch, channels, height, width], border, input);
         let mut layers = self.layers.iter().enumerate();
         let mut out_channels = channels;
         for &length in &self.stage_lengths {
@@ -701,7 +700,7 @@ impl Layer {
     }
 
     /// Convolution + bias (+ SE) + ReLU (+ post-SE) of channels-last `input` `[batch, height, width, in]`
-    /// (the stem: the images as [`StemConv::pad`] writes them) into `output`; returns the
+    /// (the stem: within a one-pixel zero border) into `output`; returns the
     /// output's height and width.
     fn forward(
         &self,

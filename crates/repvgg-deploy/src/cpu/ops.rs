@@ -220,23 +220,36 @@ pub(super) fn output_size(height: usize, width: usize, stride: usize) -> (usize,
     ((height - 1) / stride + 1, (width - 1) / stride + 1)
 }
 
-/// `[N, C, H, W]` to `[N, H, W, C]`, into `out`.
+/// `data` `[N, C, H, W]` to `[N, H + 2 border, W + 2 border, C]`, into `out`: channels-last,
+/// within a zero border of `border` pixels (1 for the stem, which reads its windows in place).
 pub(super) fn to_channels_last(
     data: &[f32],
-    channels: usize,
-    height: usize,
-    width: usize,
+    [batch, channels, height, width]: [usize; 4],
+    border: usize,
     out: &mut Vec<f32>,
 ) {
     let plane = height * width;
-    out.resize(data.len(), 0.0);
-    out.par_chunks_mut(plane * channels)
+    let (padded_height, padded_width) = (height + 2 * border, width + 2 * border);
+    out.resize(batch * padded_height * padded_width * channels, 0.0);
+    out.par_chunks_mut(padded_width * channels)
         .enumerate()
-        .for_each(|(n, image)| {
+        .for_each(|(row, line)| {
+            let (image, y) = (
+                row / padded_height,
+                (row % padded_height).wrapping_sub(border),
+            );
+            if y >= height {
+                line.fill(0.0);
+                return;
+            }
+            let (left, rest) = line.split_at_mut(border * channels);
+            let (inside, right) = rest.split_at_mut(width * channels);
+            left.fill(0.0);
+            right.fill(0.0);
             for c in 0..channels {
-                let source = &data[(n * channels + c) * plane..][..plane];
-                for (p, value) in source.iter().enumerate() {
-                    image[p * channels + c] = *value;
+                let source = &data[(image * channels + c) * plane + y * width..][..width];
+                for (pixel, value) in inside.chunks_exact_mut(channels).zip(source) {
+                    pixel[c] = *value;
                 }
             }
         });

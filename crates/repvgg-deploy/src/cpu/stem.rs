@@ -70,43 +70,9 @@ impl StemConv {
         output_size(height, width, self.stride)
     }
 
-    /// `images` `[batch, in, height, width]` into `padded`: `[batch, height + 2, width + 2, in]`,
-    /// the border zero (the input [`forward`](Self::forward) reads).
-    pub fn pad(
-        &self,
-        images: &[f32],
-        batch: usize,
-        height: usize,
-        width: usize,
-        padded: &mut Vec<f32>,
-    ) {
-        let channels = self.in_channels;
-        let plane = height * width;
-        padded.resize(batch * (height + 2) * (width + 2) * channels, 0.0);
-        padded
-            .par_chunks_mut((width + 2) * channels)
-            .enumerate()
-            .for_each(|(row, line)| {
-                let (image, y) = (row / (height + 2), (row % (height + 2)).wrapping_sub(1));
-                if y >= height {
-                    line.fill(0.0);
-                    return;
-                }
-                let (left, rest) = line.split_at_mut(channels);
-                let (inside, right) = rest.split_at_mut(width * channels);
-                left.fill(0.0);
-                right.fill(0.0);
-                for c in 0..channels {
-                    let source = &images[(image * channels + c) * plane + y * width..][..width];
-                    for (pixel, value) in inside.chunks_exact_mut(channels).zip(source) {
-                        pixel[c] = *value;
-                    }
-                }
-            });
-    }
-
-    /// Convolution + bias (+ ReLU when `relu_after`) of `padded` (as [`pad`](Self::pad) writes
-    /// it, for images of `height x width`) into `output` `[batch, out_height, out_width, out]`.
+    /// Convolution + bias (+ ReLU when `relu_after`) of `padded`, images of `height x width`
+    /// channels-last within a one-pixel zero border (`[batch, height + 2, width + 2, in]`), into
+    /// `output` `[batch, out_height, out_width, out]`.
     pub fn forward(
         &self,
         padded: &[f32],
