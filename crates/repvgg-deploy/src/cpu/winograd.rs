@@ -28,8 +28,8 @@ const TILES_PER_PRODUCT: usize = 128;
 /// through the caches instead of memory (a whole batch's are 21 MB for B0's first stage at batch
 /// 8): an image at a time, that stage's layers took 4.7 instead of 8.3 ms at batch 8, and the
 /// 256-channel ones 4.2 instead of 4.5 ms, even though each image reads the weights again.
-/// Against 2 MB, budgets of 4 and 8 MB were slower for most layers (by up to 20% and 40%), 1 MB
-/// within 5% either way.
+/// Against 2 MB, budgets of 4 and 8 MB were slower for most layers (by up to 23% and 42%), 1 MB
+/// within about 5% either way.
 const CHUNK_BYTES: usize = 2 << 20;
 
 /// The output tile of a Winograd convolution: F(2x2, 3x3) (16 products per 4 outputs, 2.25x
