@@ -23,7 +23,7 @@ import onnxruntime as ort
 from safetensors.numpy import load_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-FIXTURES = ROOT / "crates/repvgg-deploy/tests/fixtures"
+FIXTURES = ROOT / "crates/repvgg-testing/fixtures"
 NETWORKS = ("narrow", "grouped", "se")
 
 

@@ -2,14 +2,14 @@
 # Builds the bundle that scripts/gpu-check.sh runs from on a machine with an NVIDIA GPU and no
 # Rust (../shared/GPU.md), compiled once with CUDA, stripped, and packed into ONE xz archive,
 # gpu-bundle/repvgg-cuda.tar.xz (git-ignored). Two executables:
-#   xtask      every command the check runs: the trainer's (`train`, `demo`, `bench-loader`, the
-#              same code as `repvgg-train`), the CLI's (`eval`, `convert`, as `repvgg`), `bench`
-#              and `bench-train`;
-#   gpu_suite  every backend-agnostic test of the workspace in one test binary (repvgg-train's
-#              tests/gpu_suite.rs, feature gpu-suite).
+#   xtask         every command the check runs: the developer's (`bench`, `bench-train`,
+#                 `bench-loader`) and, with xtask's `gpu-bundle` feature, the whole `repvgg`
+#                 tool as `xtask repvgg ...` (`train`, `demo`, `eval`, `convert`: the same code);
+#   device_suite  every backend-agnostic test of the workspace in one test binary
+#                 (crates/repvgg-testing/tests/device_suite).
 # Each executable is ~170 MiB (Burn, CubeCL and a static LLVM) and ~35 MiB compressed; the code
-# they share compresses once only in part (different layouts), so separate binaries (trainer,
-# CLI, xtask and nine test binaries) would not fit. Prints the archive's size beside the
+# they share compresses once only in part (different layouts), so separate binaries (the tool,
+# xtask and one test binary per crate) would not fit. Prints the archive's size beside the
 # checkout's: everything the GPU machine receives must fit in 64 MiB.
 #
 # Usage (from anywhere in the checkout):
@@ -27,10 +27,10 @@ ROOT="$PWD"
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/repvgg-burn/target}"
 export CARGO_TERM_COLOR=never
-FEATURES="repvgg-model/cuda,repvgg-train/cuda,repvgg-cli/cuda,xtask/cuda,repvgg-train/gpu-suite"
+FEATURES="repvgg-model/cuda,repvgg-cli/cuda,xtask/cuda,xtask/gpu-bundle,repvgg-testing/cuda"
 BINS=(xtask)
 # The backend-agnostic tests (they take their device from REPVGG_TEST_DEVICE), in one binary.
-TESTS=(gpu_suite)
+TESTS=(device_suite)
 BUNDLE_DIR="$ROOT/gpu-bundle"
 BUNDLE="$BUNDLE_DIR/repvgg-cuda.tar.xz"
 # Staging stays outside the checkout: only the archive travels.

@@ -13,10 +13,10 @@
 # It prints one summary table and exits non-zero on any failure; the full log goes to
 # $OUT/gpu-check.log (OUT defaults to gpu-check-out/ in the checkout).
 #
-# The bundle holds two executables: xtask, which carries every command (the trainer's `train`,
-# `demo` and `bench-loader` as `repvgg-train` has them, `eval` and `convert` as `repvgg` has
-# them, `bench`, `bench-train`), and gpu_suite, every backend-agnostic test in one binary (run one
-# test file's module per process, as its own binary would run).
+# The bundle holds two executables: xtask built with its `gpu-bundle` feature, which carries the
+# developer commands (`bench`, `bench-train`, `bench-loader`) and the whole `repvgg` tool as
+# `xtask repvgg ...` (`train`, `demo`, `eval`, `convert`), and device_suite, every
+# backend-agnostic test in one binary (repvgg-testing's; run one module per process).
 #
 # Usage, from the checkout with gpu-bundle/ (git-ignored, made by gpu-build.sh) in it:
 #   bash scripts/gpu-check.sh
@@ -149,7 +149,7 @@ archive.extractall(sys.argv[2], **({"filter": "data"} if hasattr(tarfile, "data_
   fi
 }
 
-# The backend-agnostic tests on CUDA: one process per test file (a module of gpu_suite), in the
+# The backend-agnostic tests on CUDA: one process per module of device_suite, in the
 # crate directory cargo runs it in, each within what is left of the budget.
 step_tests() {
   local name dir module rc counts modules
@@ -174,7 +174,7 @@ step_tests() {
 # two epochs of its network and recipe on CUDA per precision.
 step_train() {
   local rc=0
-  run_logged demo-data 60 "$XTASK" demo --output "$WORK/demo" --epochs 1 \
+  run_logged demo-data 60 "$XTASK" repvgg demo --output "$WORK/demo" --epochs 1 \
     --train-per-class 40 --val-per-class 10 || rc=$?
   if [ "$rc" != 0 ] || [ ! -f "$WORK/demo/run/config.json" ]; then
     row "demo data (CPU)" cpu f32 "$(verdict "$rc")" "see demo-data in the log"
@@ -192,7 +192,7 @@ train_on_cuda() {
   local name="$1" label="$2" precision="$3" max_difference="$4" max_disagreement="$5"
   shift 5
   local rc=0 file="$WORK/logs/train-$name.log"
-  run_logged "train-$name" 120 "$XTASK" train --data "$WORK/demo/data" --output "$WORK/$name" \
+  run_logged "train-$name" 120 "$XTASK" repvgg train --data "$WORK/demo/data" --output "$WORK/$name" \
     --config "$WORK/demo/run/config.json" --epochs 2 --batch-size 64 --lr 0.4 \
     --warmup-epochs 1 --image-size 32 --min-crop-scale 0.35 --workers 8 \
     --device cuda --precision "$precision" "$@" || rc=$?
@@ -228,7 +228,7 @@ step_cli() {
   local form rc figure top1 result
   for form in model model-deploy; do
     rc=0
-    run_logged "eval-$form" 60 "$XTASK" eval --weights "$WORK/f32/$form.bpk" \
+    run_logged "eval-$form" 60 "$XTASK" repvgg eval --weights "$WORK/f32/$form.bpk" \
       --data "$WORK/demo/data" --image-size 32 --device cuda --workers 8 || rc=$?
     # "top-1 52.00%  top-5 91.00%  (100 images, 1315.7 images/s)"
     figure=$(grep -o 'top-1 .*' "$WORK/logs/eval-$form.log" | tail -1 | tr -s ' ' || true)
@@ -245,7 +245,7 @@ step_cli() {
   done
   rc=0
   mkdir -p "$WORK/convert"
-  run_logged convert 60 "$XTASK" convert --input "$model" \
+  run_logged convert 60 "$XTASK" repvgg convert --input "$model" \
     --output "$WORK/convert/model-deploy.bpk" --device cuda --verify --verify-size 64 || rc=$?
   figure=$(grep -o 'max |logit difference| .*' "$WORK/logs/convert.log" | tail -1 || true)
   row "repvgg convert --verify" cuda f32 "$(verdict "$rc")" "${figure:-see log}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the PyTorch parity fixtures of crates/repvgg-deploy/tests/fixtures and the odd image
+"""Writes the PyTorch parity fixtures of crates/repvgg-testing/fixtures and the odd image
 files of crates/repvgg-data/tests/images.
 
 Small RepVGG networks in the reference implementation's naming (training-time and deploy-time
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-OUT = ROOT / "crates/repvgg-deploy/tests/fixtures"
+OUT = ROOT / "crates/repvgg-testing/fixtures"
 IMAGES = ROOT / "crates/repvgg-data/tests/images"
 BASE_WIDTHS = (64, 128, 256, 512)
 EPS = 1e-5

@@ -1,19 +1,15 @@
-//! Developer commands for the workspace: `cargo xtask <command>`. `convert`, `eval` and `archs`
-//! are the installable `repvgg` tool's commands (crate `repvgg-cli`), kept here under the names
-//! people are told; `bench` and `bench-train` are the developers' own. `train`, `demo` and
-//! `bench-loader` are the trainer's (`repvgg-train`), so that one binary carries every command
-//! to a GPU machine (`scripts/gpu-build.sh`).
-
-use std::process::ExitCode;
-
-use clap::{Parser, Subcommand};
-use repvgg_cli::{archs, convert, eval};
-use repvgg_train::throughput::LoaderBenchArgs;
+//! The developers' chores: `cargo xtask <command>`. The measurements (`bench`, `bench-train`,
+//! `bench-layers`, `bench-precision`, `bench-loader`) and the PyTorch fixtures (`fixtures`).
+//! The user's commands live in the `repvgg` tool (crate `repvgg-cli`); built with the
+//! `gpu-bundle` feature, this binary also carries that tool whole as `xtask repvgg ...`, so that
+//! one executable travels to a GPU machine (`scripts/gpu-build.sh`).
 
 mod bench;
-/// The trainer's command line (flags, the run, what it prints), compiled in here unchanged.
-#[path = "../../crates/repvgg-train/src/cli/mod.rs"]
-mod cli;
+
+use std::process::{Command as Process, ExitCode};
+
+use anyhow::{Context, Result, ensure};
+use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
 #[command(about = "Developer commands for repvgg-burn", version)]
@@ -24,50 +20,46 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the architecture table (parameters and compute of every reference architecture,
-    /// as computed by `repvgg-model`) in markdown, as quoted in the README (`repvgg archs`).
-    Archs {
-        /// Square input size the compute is counted at.
-        #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
-        size: u32,
-    },
-    Convert(convert::ConvertArgs),
-    Eval(eval::EvalArgs),
-    Bench(bench::BenchArgs),
+    Bench(bench::inference::BenchArgs),
     /// Time full training steps (forward, backward, SGD) beside PyTorch eager, and write
-    /// BENCHMARKS-training.md.
+    /// benchmarks/training.md.
     BenchTrain(bench::training::TrainBenchArgs),
     BenchLayers(bench::layers::LayerBenchArgs),
     BenchPrecision(bench::precision::PrecisionBenchArgs),
+    /// Measure the data pipeline: decoded and augmented ImageNet-sized JPEGs per second, for
+    /// each worker count, beside torchvision's with --python (or REPVGG_PYTHON).
+    BenchLoader(bench::loader::LoaderBenchArgs),
     /// One memory measurement of `bench`, in a fresh process.
     #[command(hide = true)]
-    BenchMemory(bench::MemoryArgs),
-    /// Train RepVGG as `repvgg-train --data DIR ...` does (same flags; see `repvgg-train
-    /// --help`).
-    Train(Box<cli::train::TrainArgs>),
-    /// `repvgg-train demo`: generate the demo's images, train on them on the CPU, convert.
-    Demo(cli::demo::DemoArgs),
-    /// `repvgg-train bench-loader`: the data pipeline's images/s per worker count.
-    BenchLoader(LoaderBenchArgs),
+    BenchMemory(bench::memory::MemoryArgs),
+    /// Regenerate the PyTorch parity fixtures and the test images with scripts/make_fixtures.py,
+    /// then check the ONNX export against ONNX Runtime (scripts/check_onnx.py).
+    Fixtures {
+        /// A Python with torch, timm, safetensors and onnxruntime.
+        #[arg(long, env = "REPVGG_PYTHON", default_value = "python3")]
+        python: String,
+        /// Arguments for make_fixtures.py (e.g. --plus-only).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// The `repvgg` tool, whole (the GPU bundle's one executable).
+    #[cfg(feature = "gpu-bundle")]
+    #[command(hide = true)]
+    Repvgg(repvgg_cli::Cli),
 }
 
 fn main() -> ExitCode {
-    cli::init_logger();
+    repvgg_cli::init_logger();
     let result = match Cli::parse().command {
-        Command::Archs { size } => {
-            print!("{}", archs::table(size as usize));
-            Ok(())
-        }
-        Command::Convert(args) => convert::run(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Bench(args) => bench::run(args),
+        Command::Bench(args) => bench::inference::run(args),
         Command::BenchTrain(args) => bench::training::run(args),
         Command::BenchLayers(args) => bench::layers::run(args),
         Command::BenchPrecision(args) => bench::precision::run(args),
-        Command::BenchMemory(args) => bench::run_memory(args),
-        Command::Train(args) => cli::train::run(&args),
-        Command::Demo(args) => cli::demo::run(&args),
-        Command::BenchLoader(args) => cli::run_bench_loader(&args),
+        Command::BenchLoader(args) => bench::loader::run(args),
+        Command::BenchMemory(args) => bench::memory::run_memory(args),
+        Command::Fixtures { python, args } => fixtures(&python, &args),
+        #[cfg(feature = "gpu-bundle")]
+        Command::Repvgg(cli) => return cli.run(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,4 +68,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `cargo xtask fixtures`: builds the `repvgg` binary that check_onnx.py converts with, then
+/// runs make_fixtures.py.
+fn fixtures(python: &str, args: &[String]) -> Result<()> {
+    let root = bench::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Process::new(cargo)
+        .args(["build", "--workspace"])
+        .current_dir(&root)
+        .status()
+        .context("cannot run cargo")?;
+    ensure!(built.success(), "cargo build --workspace failed");
+    let script = root.join("scripts/make_fixtures.py");
+    let ran = Process::new(python)
+        .arg(&script)
+        .args(args)
+        .current_dir(&root)
+        .status()
+        .with_context(|| format!("cannot run {python}"))?;
+    ensure!(ran.success(), "{} failed", script.display());
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `repvgg archs` (also `cargo xtask archs`): the architecture table, as the README quotes it.
+//! `repvgg archs`: the architecture table, as the README quotes it.
 
 use repvgg_model::RepVggArch;
 

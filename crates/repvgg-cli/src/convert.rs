@@ -1,4 +1,4 @@
-//! `repvgg convert` (also `cargo xtask convert`): any supported checkpoint in, the deploy-time
+//! `repvgg convert`: any supported checkpoint in, the deploy-time
 //! model out.
 
 use std::path::{Path, PathBuf};
@@ -8,10 +8,10 @@ use anyhow::{Context, Result, bail};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use repvgg_deploy::onnx::{OPSET, OnnxOptions, write_onnx};
-use repvgg_deploy::{
-    DeployNetwork, Form, Format, ResolvedCheckpoint, read_checkpoint, write_checkpoint,
+use repvgg_deploy::{Form, Format, ResolvedCheckpoint, read_checkpoint, write_checkpoint};
+use repvgg_model::{
+    DeployNetwork, DeviceChoice, LogitDifference, RepVggConfig, Weights, logit_difference,
 };
-use repvgg_model::{DeviceChoice, LogitDifference, RepVggConfig, Weights, logit_difference};
 
 use crate::{ArchArgs, thousands};
 

@@ -1,4 +1,4 @@
-//! `repvgg eval` (also `cargo xtask eval`): top-1 / top-5 of any weights file on an ImageFolder
+//! `repvgg eval`: top-1 / top-5 of any weights file on an ImageFolder
 //! validation set.
 
 use std::path::{Path, PathBuf};

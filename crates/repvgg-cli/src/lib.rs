@@ -1,18 +1,94 @@
-//! The commands of the `repvgg` tool, as a library so that `cargo xtask convert` and `eval` run
-//! the very same code: [`convert`], [`eval`], [`classify`] and [`archs`]. Each takes its clap
-//! arguments, does its work through the library crates (`repvgg-deploy`, `repvgg-data`,
-//! `repvgg-model`) and prints what a user needs to read.
+//! `repvgg`, the command-line tool: [`train`] (and its [`demo`]), [`convert`], [`eval`],
+//! [`classify`] and [`archs`]. Each command maps its flags onto the library crates' configs
+//! (`repvgg-train`, `repvgg-deploy`, `repvgg-data`, `repvgg-model`), does its work through them
+//! and prints what a user needs to read. [`Cli`] is the whole tool, so that another binary (the
+//! GPU bundle's `xtask`) can carry it as one subcommand.
 
 pub mod archs;
 pub mod classify;
 pub mod convert;
+pub mod demo;
 pub mod eval;
+mod report;
+pub mod train;
 
+use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use repvgg_data::{DEFAULT_CROP_PCT, EvalTransform};
-use repvgg_deploy::{ArchSource, CpuOptions, CpuPrecision, DeployModel, DeployNetwork};
-use repvgg_model::RepVggArch;
+use repvgg_deploy::{ArchSource, CpuOptions, CpuPrecision, DeployModel};
+use repvgg_model::{DeployNetwork, RepVggArch};
+
+/// RepVGG for Burn: train, convert training checkpoints (ours, the PyTorch reference's, timm's)
+/// into the fast plain model, evaluate weights, classify images.
+#[derive(Parser, Debug)]
+#[command(name = "repvgg", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The tool's commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Train(Box<train::TrainArgs>),
+    Demo(demo::DemoArgs),
+    Convert(convert::ConvertArgs),
+    Eval(eval::EvalArgs),
+    Classify(classify::ClassifyArgs),
+    /// Print the architecture table: parameters and compute of every reference architecture.
+    Archs {
+        /// Square input size the compute is counted at.
+        #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
+        size: u32,
+    },
+}
+
+impl Cli {
+    /// Runs the command, printing an error (with its causes) on failure: exit code 1.
+    pub fn run(self) -> ExitCode {
+        let result = match self.command {
+            Command::Train(args) => train::run(&args),
+            Command::Demo(args) => demo::run(&args),
+            Command::Convert(args) => convert::run(args),
+            Command::Eval(args) => eval::run(args),
+            Command::Classify(args) => classify::run(args),
+            Command::Archs { size } => {
+                print!("{}", archs::table(size as usize));
+                Ok(())
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Shows the libraries' `log` lines on stderr: this project's at `info` (as plain lines: the
+/// trainer's progress, downloads, skipped images), every other crate's from `warn` (burn-train
+/// logs every iteration at `info`); `RUST_LOG` overrides.
+pub fn init_logger() {
+    let filter = env_logger::Env::default().default_filter_or("warn,repvgg=info");
+    env_logger::Builder::from_env(filter)
+        .format(|out, record| match record.level() {
+            log::Level::Info => writeln!(out, "{}", record.args()),
+            level => {
+                let style = out.default_level_style(level);
+                let label = match level {
+                    log::Level::Warn => "warning",
+                    other => other.as_str(),
+                };
+                writeln!(out, "{style}{label}{style:#}: {}", record.args())
+            }
+        })
+        .init();
+}
 
 /// How a command is told the architecture of a weights file.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -60,8 +136,8 @@ impl CropArgs {
     }
 }
 
-/// The deploy network ready for inference in `precision`: bf16 runs the CPU deploy path in
-/// bf16 (CPU device, AVX512_BF16), f32 every device's own path.
+/// The deploy network ready for inference in `precision`: bf16 runs the CPU engine in bf16
+/// (CPU device, AVX512_BF16), f32 every device's own path.
 pub fn deploy_model(net: DeployNetwork, precision: CpuPrecision) -> anyhow::Result<DeployModel> {
     Ok(match precision {
         CpuPrecision::F32 => DeployModel::new(net),

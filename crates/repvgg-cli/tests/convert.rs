@@ -1,7 +1,7 @@
-//! `repvgg convert` (and so `cargo xtask convert`) end to end: real conversions, and every kind
+//! `repvgg convert` end to end: real conversions, and every kind
 //! of bad input failing with a clear message and a non-zero exit (never a panic).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 use burn::config::Config;
@@ -9,21 +9,7 @@ use burn::tensor::{Device, TensorData};
 use repvgg_deploy::{read_checkpoint, write_checkpoint};
 use repvgg_model::Weights;
 use repvgg_model::{RepVggArch, RepVggConfig};
-use tempfile::TempDir;
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../repvgg-deploy/tests/fixtures")
-        .join(name)
-}
-
-/// A fresh directory for one test, removed when the returned guard is dropped.
-fn scratch(test: &str) -> TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("repvgg-cli-{test}-"))
-        .tempdir()
-        .unwrap()
-}
+use repvgg_testing::{fixture, scratch};
 
 fn convert(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_repvgg"))

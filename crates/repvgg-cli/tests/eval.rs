@@ -7,15 +7,7 @@ use burn::tensor::{Device, TensorData};
 use repvgg_data::write_synthetic_set;
 use repvgg_deploy::{CpuPrecision, write_checkpoint};
 use repvgg_model::{RepVggConfig, Weights, reparameterize};
-use tempfile::TempDir;
-
-/// A fresh directory for one test, removed when the returned guard is dropped.
-fn scratch(test: &str) -> TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("repvgg-cli-eval-{test}-"))
-        .tempdir()
-        .unwrap()
-}
+use repvgg_testing::scratch;
 
 fn eval(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_repvgg"))

@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use burn::tensor::Device;
@@ -13,17 +13,8 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use repvgg_data::write_synthetic_set;
 use repvgg_deploy::{ArchSource, ResolvedCheckpoint, write_checkpoint};
 use repvgg_model::{RepVggConfig, Weights};
-
-#[path = "../../repvgg-deploy/tests/common/mutation.rs"]
-mod mutation;
-
-use mutation::{Format, apply};
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../repvgg-deploy/tests/fixtures")
-        .join(name)
-}
+use repvgg_testing::fixture;
+use repvgg_testing::mutation::{self, Format, apply};
 
 /// The arguments of a command given the weights file, its config (when it records none) and a
 /// directory for anything it writes.

@@ -9,20 +9,12 @@ use repvgg_data::{
     DataError, EvalTransform, IMAGENET_MEAN, IMAGENET_STD, ImageFolder, RandomResizedCrop,
     TrainTransform, decode_rgb, normalize,
 };
-use tempfile::TempDir;
+use repvgg_testing::scratch;
 
 fn image_file(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/images")
         .join(name)
-}
-
-/// A fresh directory for one test, removed when the returned guard is dropped.
-fn scratch(test: &str) -> TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("repvgg-data-{test}-"))
-        .tempdir()
-        .unwrap()
 }
 
 /// A `width x height` image whose pixel `(x, y)` is `(x, y, 7)`.

@@ -11,7 +11,7 @@ use crate::error::DeployError;
 /// What the tensor shapes say about a network: everything a [`RepVggConfig`] holds except
 /// the width multipliers (only widths are visible) and BN hyper-parameters.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DetectedLayout {
+pub(crate) struct DetectedLayout {
     /// Blocks per stage (RepVGGplus: stage 3's two halves together).
     pub num_blocks: Vec<usize>,
     /// `[stem, stage1, ...]`.

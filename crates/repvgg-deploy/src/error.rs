@@ -71,13 +71,16 @@ pub enum DeployError {
     /// timm publishes no ImageNet weights for this architecture (it has no g2 variants).
     #[error("no pretrained weights for {arch}: timm publishes them for {available}")]
     NoPretrained { arch: String, available: String },
-    /// The CPU path cannot compute in the precision asked for on this CPU (bf16 needs
-    /// AVX512_BF16), or not on the model's device.
-    #[error("the CPU path cannot run in {precision}: {reason}")]
+    /// CPU engine options for a model that is not on Burn's CPU backend.
+    #[error("the CPU engine cannot run in {precision}: {reason}")]
     UnsupportedPrecision {
         precision: &'static str,
         reason: String,
     },
+    /// CPU engine options this CPU cannot run (bf16 without AVX512_BF16).
+    #[cfg(feature = "cpu")]
+    #[error(transparent)]
+    Cpu(#[from] repvgg_cpu::CpuError),
     /// Downloading pretrained weights failed: bad HTTP status, network error, interrupted
     /// transfer or a file that is not the expected checkpoint.
     #[error("downloading {url}: {message}")]

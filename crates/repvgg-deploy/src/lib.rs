@@ -1,10 +1,19 @@
-//! RepVGG deployment: reading checkpoints of every kind users have (our burnpack files, the
-//! PyTorch reference's `.pth`, RepVGGplus's `main.py` checkpoints, timm's safetensors) into a
-//! ready network ([`TrainingNetwork`] or [`DeployNetwork`], RepVGG or RepVGGplus) with its
-//! architecture resolved, writing deploy checkpoints the reference loads and ONNX graphs for the deployment
-//! engines ([`onnx`], default feature `onnx`), and [`DeployModel`], the deploy
-//! network for inference with a fast path on the CPU ([`CpuDeploy`], default feature
-//! `cpu-path`). The re-parameterization itself lives with the networks, in `repvgg-model`.
+//! Deploying RepVGG: checkpoints of every kind users have (our burnpack files, the PyTorch
+//! reference's `.pth`, RepVGGplus's `main.py` checkpoints, timm's safetensors) read into a ready
+//! network with its architecture resolved, deploy checkpoints written in the reference's naming,
+//! ONNX graphs for the deployment engines, and [`DeployModel`]: the deploy-time network for
+//! inference, on the CPU engine of `repvgg-cpu` where the model lives on Burn's CPU backend.
+//! The re-parameterization itself lives with the networks, in `repvgg-model`.
+//!
+//! - Read: [`load_checkpoint`] (any file, either form, into the network it holds),
+//!   [`DeployModel::load`] (straight to the fast deploy model), [`ResolvedCheckpoint::read`]
+//!   (the tensors and the architecture, before building anything), [`read_checkpoint`] (the
+//!   tensors alone). The architecture comes from one rule: [`ArchSource`].
+//! - Write: [`write_checkpoint`] (`.bpk`, or `.safetensors` the reference loads), and [`onnx`].
+//! - Pretrained weights (feature `pretrained`): `pretrained(arch, form, device)`.
+//!
+//! Features: `cpu` (default) the CPU engine, `onnx` (default) the ONNX export, `pretrained` the
+//! download of timm's ImageNet weights.
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};
@@ -20,32 +29,25 @@
 //! ```
 
 mod checkpoint;
-#[cfg(feature = "cpu-path")]
-mod cpu;
 mod deploy_model;
 mod detect;
 mod error;
 mod load;
-mod network;
 #[cfg(feature = "onnx")]
 pub mod onnx;
 #[cfg(feature = "pretrained")]
 mod pretrained;
-mod timing;
+pub mod timing;
 
 pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint};
-#[cfg(feature = "cpu-path")]
-pub use cpu::{ConvAlgorithm, CpuDeploy, CpuOptions, CpuPrecision, LayerTime, WinogradTile};
 pub use deploy_model::DeployModel;
-pub use detect::{DetectedLayout, detect_arch};
+pub use detect::detect_arch;
 pub use error::{BoxedError, DeployError};
-pub use load::{
-    ArchSource, LoadedModel, ResolvedCheckpoint, load_checkpoint, resolve_architecture,
-};
-pub use network::{DeployNetwork, TrainingNetwork};
+pub use load::{ArchSource, LoadedModel, ResolvedCheckpoint, load_checkpoint};
 #[cfg(feature = "pretrained")]
 pub use pretrained::{
     DEFAULT_PRETRAINED_URL, PRETRAINED_ARCHS, PretrainedOptions, download_pretrained, pretrained,
     pretrained_with,
 };
-pub use timing::{images_per_second, median_millis};
+#[cfg(feature = "cpu")]
+pub use repvgg_cpu::{ConvAlgorithm, CpuEngine, CpuOptions, CpuPrecision, WinogradTile};

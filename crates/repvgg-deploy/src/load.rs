@@ -7,12 +7,14 @@ use std::path::{Path, PathBuf};
 
 use burn::config::Config;
 use burn::tensor::{Device, Tensor};
-use repvgg_model::{RepVggArch, RepVggConfig, Weights, WeightsError, deploy_layout};
+use repvgg_model::{
+    DeployNetwork, RepVggArch, RepVggConfig, Reparameterize, TrainingNetwork, Weights,
+    WeightsError, deploy_layout,
+};
 
 use crate::checkpoint::{Checkpoint, Form, read_checkpoint};
 use crate::detect::detect_arch;
 use crate::error::DeployError;
-use crate::network::{DeployNetwork, TrainingNetwork};
 
 /// Where the architecture of a checkpoint comes from.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -155,7 +157,7 @@ pub fn load_checkpoint(
 }
 
 /// The architecture of `checkpoint`, by the one rule (see [`ArchSource`]), with a description.
-pub fn resolve_architecture(
+fn resolve_architecture(
     source: &ArchSource,
     checkpoint: &Checkpoint,
 ) -> Result<(RepVggConfig, String), DeployError> {

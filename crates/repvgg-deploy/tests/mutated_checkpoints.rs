@@ -1,5 +1,5 @@
 //! Bad checkpoints never crash the readers: valid small files of every format, damaged byte by
-//! byte and structurally (`common/mutation.rs`), each give a `DeployError` (or, where the damage
+//! byte and structurally (`repvgg_testing::mutation`), each give a `DeployError` (or, where the damage
 //! missed everything that is read, a valid checkpoint), never a panic, through reading,
 //! architecture resolution (detection included) and the conversion to deploy weights. Damage no
 //! reader may accept (missing, misnamed or misshapen tensors, NaN, lying headers) must be an
@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use burn::tensor::{DType, Device};
@@ -16,11 +16,8 @@ use peak_alloc::PeakAlloc;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use repvgg_deploy::{ArchSource, DeployError, ResolvedCheckpoint, write_checkpoint};
 use repvgg_model::{RepVggConfig, Weights};
-
-#[path = "common/mutation.rs"]
-mod mutation;
-
-use mutation::{Edit, Format, Mutation, apply};
+use repvgg_testing::fixture;
+use repvgg_testing::mutation::{Edit, Format, Mutation, apply};
 
 #[global_allocator]
 static HEAP: PeakAlloc = PeakAlloc;
@@ -29,12 +26,6 @@ static HEAP: PeakAlloc = PeakAlloc;
 fn one_at_a_time() -> MutexGuard<'static, ()> {
     static LOCK: Mutex<()> = Mutex::new(());
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 /// Reads `file` as `arch` and converts it to deploy weights.
@@ -72,7 +63,7 @@ fn mutate(source: &Path, arch: &ArchSource, cases: u32) -> Tally {
         failure_persistence: None,
         ..Config::default()
     });
-    let result = runner.run(&mutation::mutation(format), |mutation| {
+    let result = runner.run(&repvgg_testing::mutation::mutation(format), |mutation| {
         std::fs::write(&file, apply(&bytes, format, &mutation)).unwrap();
         let mut tally = tally.borrow_mut();
         tally.tried += 1;
@@ -209,7 +200,7 @@ fn half_precision_and_double_checkpoints_load_as_f32() {
         let file = scratch.path().join(format!("{dtype:?}.safetensors"));
         std::fs::write(
             &file,
-            mutation::all_floats_as(&bytes, Format::Safetensors, dtype),
+            repvgg_testing::mutation::all_floats_as(&bytes, Format::Safetensors, dtype),
         )
         .unwrap();
         let weights = convert(&file, &timm).unwrap_or_else(|err| panic!("{dtype:?}: {err}"));

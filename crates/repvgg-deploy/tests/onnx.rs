@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use repvgg_deploy::DeployError;
 use repvgg_deploy::onnx::{OnnxOptions, network_to_onnx, to_onnx};
-use repvgg_deploy::{DeployError, DeployNetwork};
-use repvgg_model::{PlusLayout, RepVggConfig, Weights, logit_difference};
+use repvgg_model::{DeployNetwork, PlusLayout, RepVggConfig, Weights, logit_difference};
 use tract_onnx::prelude::{
     DatumExt, Framework, InferenceModelExt, IntoRunnable, tract_ndarray, tvec,
 };
@@ -131,10 +131,7 @@ fn a_repvggplus_network_agrees_with_and_without_head_and_stage_outputs() {
 /// outputs, at every test size.
 fn agrees_with_every_option(name: &str, config: &RepVggConfig) {
     let device = Device::flex();
-    let net: DeployNetwork = match config.is_plus() {
-        true => config.init_plus_deploy(&device).into(),
-        false => config.init_deploy(&device).into(),
-    };
+    let net = DeployNetwork::new(config, &device);
     for options in EVERY_OPTION {
         let net = match options.without_head {
             // Without the head, Burn's reference is the headless network's forward (pooled

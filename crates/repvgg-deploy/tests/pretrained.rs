@@ -1,8 +1,6 @@
 //! Pretrained weights, downloaded from a local HTTP server standing in for the Hugging Face hub
 //! (these machines have no internet), into a fresh cache directory per test.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
@@ -16,7 +14,7 @@ use repvgg_deploy::{
     write_checkpoint,
 };
 use repvgg_model::{RepVggArch, Weights};
-use tempfile::TempDir;
+use repvgg_testing::{random_training_model, relative_difference, scratch};
 
 const A0_PATH: &str = "/timm/repvgg_a0.rvgg_in1k/resolve/main/model.safetensors";
 
@@ -27,23 +25,14 @@ fn a0_checkpoint() -> Arc<Vec<u8>> {
     BYTES
         .get_or_init(|| {
             let config = RepVggArch::A0.config();
-            let model = common::random_training_model(&config, &Device::flex());
+            let model = random_training_model(&config, &Device::flex());
             let weights = Weights::from_module(&model).unwrap();
-            let dir = scratch_dir("fixture");
+            let dir = scratch("pretrained-fixture");
             let path = dir.path().join("a0.safetensors");
             write_checkpoint(&weights, &config, None, &path).unwrap();
             Arc::new(std::fs::read(&path).unwrap())
         })
         .clone()
-}
-
-/// A fresh, empty directory under the system's temporary directory, removed when the returned
-/// guard is dropped.
-fn scratch_dir(name: &str) -> TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("repvgg-pretrained-test-{name}-"))
-        .tempdir()
-        .unwrap()
 }
 
 /// What the server answers every request with.
@@ -144,7 +133,7 @@ fn files_in(dir: &Path) -> Vec<String> {
 fn downloads_once_then_uses_the_cache() {
     let bytes = a0_checkpoint();
     let server = Server::start(Reply::File(bytes.clone()));
-    let scratch = scratch_dir("success");
+    let scratch = scratch("pretrained-success");
     let cache = scratch.path();
     let options = server.options(cache);
 
@@ -169,7 +158,7 @@ fn downloads_once_then_uses_the_cache() {
 #[test]
 fn a_missing_file_is_an_error_naming_the_status_and_url() {
     let server = Server::start(Reply::NotFound);
-    let scratch = scratch_dir("not-found");
+    let scratch = scratch("pretrained-not-found");
     let cache = scratch.path();
     let options = server.options(cache);
     let err = download_pretrained(RepVggArch::B1g4, &options).unwrap_err();
@@ -192,7 +181,7 @@ fn an_interrupted_download_is_an_error_and_leaves_nothing() {
         body: body.clone(),
         sent,
     });
-    let scratch = scratch_dir("interrupted");
+    let scratch = scratch("pretrained-interrupted");
     let cache = scratch.path();
     let err = download_pretrained(RepVggArch::A0, &server.options(cache)).unwrap_err();
     let message = err.to_string();
@@ -221,7 +210,7 @@ fn garbage(len: usize) -> Vec<u8> {
 #[test]
 fn a_corrupt_download_is_an_error_and_is_not_cached() {
     let server = Server::start(Reply::File(Arc::new(garbage(1 << 20))));
-    let scratch = scratch_dir("corrupt");
+    let scratch = scratch("pretrained-corrupt");
     let cache = scratch.path();
     let err = download_pretrained(RepVggArch::A0, &server.options(cache)).unwrap_err();
     let message = err.to_string();
@@ -235,7 +224,7 @@ fn a_corrupt_download_is_an_error_and_is_not_cached() {
 #[test]
 fn weights_of_another_architecture_are_rejected() {
     let server = Server::start(Reply::File(a0_checkpoint()));
-    let scratch = scratch_dir("wrong-arch");
+    let scratch = scratch("pretrained-wrong-arch");
     let cache = scratch.path();
     let err = download_pretrained(RepVggArch::A1, &server.options(cache)).unwrap_err();
     let message = err.to_string();
@@ -251,7 +240,7 @@ fn weights_of_another_architecture_are_rejected() {
 fn a_corrupt_cached_file_is_downloaded_again() {
     let bytes = a0_checkpoint();
     let server = Server::start(Reply::File(bytes.clone()));
-    let scratch = scratch_dir("corrupt-cache");
+    let scratch = scratch("pretrained-corrupt-cache");
     let cache = scratch.path();
     let options = server.options(cache);
     let cached = options.cache_path(RepVggArch::A0).unwrap();
@@ -272,7 +261,7 @@ fn an_unreachable_server_is_an_error_naming_the_url() {
         .local_addr()
         .unwrap()
         .port();
-    let scratch = scratch_dir("unreachable");
+    let scratch = scratch("pretrained-unreachable");
     let cache = scratch.path();
     let options = PretrainedOptions {
         base_url: format!("http://127.0.0.1:{port}/"),
@@ -290,7 +279,7 @@ fn an_unreachable_server_is_an_error_naming_the_url() {
 #[test]
 fn g2_variants_have_no_pretrained_weights() {
     let server = Server::start(Reply::NotFound);
-    let scratch = scratch_dir("g2");
+    let scratch = scratch("pretrained-g2");
     let cache = scratch.path();
     for arch in [RepVggArch::B1g2, RepVggArch::B2g2, RepVggArch::B3g2] {
         let err = download_pretrained(arch, &server.options(cache)).unwrap_err();
@@ -315,7 +304,7 @@ fn g2_variants_have_no_pretrained_weights() {
 #[test]
 fn the_deploy_form_computes_what_the_training_form_does() {
     let server = Server::start(Reply::File(a0_checkpoint()));
-    let scratch = scratch_dir("forms");
+    let scratch = scratch("pretrained-forms");
     let cache = scratch.path();
     let options = server.options(cache);
     let device = Device::flex();
@@ -335,7 +324,7 @@ fn the_deploy_form_computes_what_the_training_form_does() {
     let expected = training.forward(images.clone()).into_data();
     let actual = deploy.forward(images).into_data();
     assert_eq!(actual.shape().as_slice(), [1, 1000]);
-    let relative = common::relative_difference(&actual, &expected);
+    let relative = relative_difference(&actual, &expected);
     assert!(relative < 1e-4, "relative logit difference {relative}");
     assert!(training.into_training().is_some());
     assert!(deploy.into_deploy().is_ok());

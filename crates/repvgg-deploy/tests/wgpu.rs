@@ -1,20 +1,16 @@
 //! The transform gives the same deploy weights when its math runs on wgpu. Skipped without a
 //! wgpu adapter unless `REPVGG_REQUIRE_WGPU=1` (see repvgg-model's wgpu tests).
 
-mod common;
-#[path = "../../repvgg-model/tests/support/wgpu_device.rs"]
-mod wgpu_device;
-
 use std::collections::BTreeMap;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use common::{random_training_model, relative_difference};
 use repvgg_deploy::DeployModel;
 use repvgg_model::{RepVggConfig, Weights, reparameterize};
+use repvgg_testing::{random_training_model, relative_difference, wgpu_device};
 
 #[test]
 fn fusion_on_wgpu_agrees_with_the_training_network() {
-    let Some(gpu) = wgpu_device::wgpu_device() else {
+    let Some(gpu) = wgpu_device() else {
         return;
     };
     let cpu = Device::flex();
@@ -46,15 +42,15 @@ fn fusion_on_wgpu_agrees_with_the_training_network() {
 
 #[test]
 fn deploy_model_on_wgpu_runs_the_generic_path() {
-    let Some(gpu) = wgpu_device::wgpu_device() else {
+    let Some(gpu) = wgpu_device() else {
         return;
     };
     let cpu = Device::flex();
     let config = RepVggConfig::new(vec![1, 2, 1], vec![0.25, 0.25, 0.5]).with_num_classes(6);
     let on_cpu = DeployModel::new(config.init_deploy(&cpu));
     let on_gpu = DeployModel::new(on_cpu.model().clone().fork(&gpu));
-    assert!(on_cpu.uses_cpu_path());
-    assert!(!on_gpu.uses_cpu_path());
+    assert!(on_cpu.uses_cpu_engine());
+    assert!(!on_gpu.uses_cpu_engine());
     let images = Tensor::<4>::random([2, 3, 33, 41], Distribution::Normal(0.0, 1.0), &cpu);
     let diff = relative_difference(
         &on_gpu.forward(images.clone().to_device(&gpu)).into_data(),

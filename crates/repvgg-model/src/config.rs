@@ -62,7 +62,8 @@ pub struct RepVggConfig {
     pub bn_momentum: f64,
     /// The RepVGGplus layout (`None`: RepVGG). Such a configuration builds
     /// [`RepVggPlus`](crate::RepVggPlus) and [`RepVggPlusDeploy`](crate::RepVggPlusDeploy)
-    /// (`init_plus`, `init_plus_deploy`) rather than `RepVgg`.
+    /// rather than `RepVgg`; [`TrainingNetwork::new`](crate::TrainingNetwork::new) builds
+    /// whichever family a configuration describes.
     pub plus: Option<PlusLayout>,
 }
 

@@ -42,12 +42,12 @@ impl DeviceChoice {
         }
     }
 
-    /// The fastest backend this build has.
-    pub fn best_available() -> Self {
+    /// The backend to train on when none is named: CUDA in a build that has it, else the CPU.
+    /// wgpu is never the default: builds carry it for any machine, and on one without a GPU its
+    /// adapter is missing or a software renderer.
+    pub fn training_default() -> Self {
         if cfg!(feature = "cuda") {
             Self::Cuda
-        } else if cfg!(feature = "wgpu") {
-            Self::Wgpu
         } else {
             Self::Cpu
         }

@@ -7,6 +7,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
 use crate::config::RepVggConfig;
+use crate::plus::{RepVggPlus, RepVggPlusDeploy};
 
 /// Names of the tensors that are state, not parameters.
 const BUFFER_NAMES: [&str; 2] = ["running_mean", "running_var"];
@@ -47,7 +48,7 @@ pub fn tensor_infos<M: Module>(module: &M) -> Vec<TensorInfo> {
 /// If the configuration is invalid.
 pub fn training_layout(config: &RepVggConfig, device: &Device) -> Vec<TensorInfo> {
     match config.is_plus() {
-        true => tensor_infos(&config.init_plus(device)),
+        true => tensor_infos(&RepVggPlus::new(config, device)),
         false => tensor_infos(&config.init(device)),
     }
 }
@@ -59,7 +60,7 @@ pub fn training_layout(config: &RepVggConfig, device: &Device) -> Vec<TensorInfo
 /// If the configuration is invalid.
 pub fn deploy_layout(config: &RepVggConfig, device: &Device) -> Vec<TensorInfo> {
     match config.is_plus() {
-        true => tensor_infos(&config.init_plus_deploy(device)),
+        true => tensor_infos(&RepVggPlusDeploy::new(config, device)),
         false => tensor_infos(&config.init_deploy(device)),
     }
 }

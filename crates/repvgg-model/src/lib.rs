@@ -32,11 +32,13 @@ mod complexity;
 mod config;
 mod device;
 mod error;
+mod family;
 mod inspect;
 mod network;
 mod plus;
 mod reparam;
 mod se;
+mod size;
 mod weights;
 
 pub use block::{Block, ConvBn, RepVggBlock, RepVggDeployBlock};
@@ -48,6 +50,7 @@ pub use config::{
 };
 pub use device::{DeviceChoice, DeviceError};
 pub use error::{WeightsError, list_names};
+pub use family::{DeployNetwork, TrainingNetwork};
 pub use inspect::{TensorInfo, deploy_layout, num_trainable_params, tensor_infos, training_layout};
 pub use network::{RepVgg, RepVggDeploy, RepVggNetwork, global_average_pool};
 pub use plus::{AuxHead, PlusOutput, PlusStage, RepVggPlus, RepVggPlusDeploy, RepVggPlusNetwork};
@@ -55,4 +58,5 @@ pub use reparam::{
     Reparameterize, bn_scale, reparameterize, reparameterize_at, reparameterize_nested,
 };
 pub use se::SqueezeExcite;
+pub use size::{ImageSize, MIN_IMAGE_SIDE};
 pub use weights::Weights;

@@ -22,7 +22,7 @@ pub struct RepVggNetwork<B> {
     pub stage4: Vec<B>,
     pub linear: Option<Linear>,
     /// The architecture this network was built from (not part of the record): what
-    /// re-parameterization and the CPU path read the layout from.
+    /// re-parameterization and the CPU engine read the layout from.
     #[module(skip)]
     config: RepVggConfig,
 }
@@ -42,7 +42,7 @@ impl<B: Block> RepVggNetwork<B> {
     pub fn new(config: &RepVggConfig, device: &Device) -> Self {
         assert!(
             !config.is_plus(),
-            "a RepVGGplus configuration builds `RepVggPlus`: call `init_plus`"
+            "a RepVGGplus configuration builds `RepVggPlus` (`RepVggPlus::new`, or `TrainingNetwork::new` for either family)"
         );
         let mut stages: [Vec<B>; 5] = Default::default();
         for spec in config.block_specs() {

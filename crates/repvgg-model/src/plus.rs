@@ -11,17 +11,17 @@
 //!
 //! ```
 //! use burn::tensor::{Device, Distribution, Tensor};
-//! use repvgg_model::{PlusLayout, RepVggArch, RepVggConfig, Reparameterize};
+//! use repvgg_model::{PlusLayout, RepVggArch, RepVggConfig, RepVggPlus, Reparameterize};
 //!
 //! let device = Device::flex();
 //! let l2pse = RepVggArch::L2pse.config(); // parameters are lazy: building it allocates nothing
-//! assert_eq!(l2pse.init_plus(&device).num_trainable_params(), 146_062_864);
+//! assert_eq!(RepVggPlus::new(&l2pse, &device).num_trainable_params(), 146_062_864);
 //!
 //! let config = RepVggConfig::new(vec![1, 1, 2, 1], vec![0.25; 4])
 //!     .with_se_reduction(4)
 //!     .with_num_classes(10)
 //!     .with_plus(Some(PlusLayout::new()));
-//! let model = config.init_plus(&device); // `RepVggPlus`
+//! let model = RepVggPlus::new(&config, &device); // `RepVggPlus`
 //! let images = Tensor::<4>::random([2, 3, 64, 48], Distribution::Default, &device);
 //! let output = model.forward_with_aux(images.clone()); // main [2, 10], aux 3 x [2, 10]
 //! assert_eq!(output.aux.len(), 3);
@@ -238,20 +238,5 @@ impl<B: Block> RepVggPlusNetwork<B> {
     /// Trainable parameters (batch-norm running statistics are not counted).
     pub fn num_trainable_params(&self) -> usize {
         crate::inspect::num_trainable_params(self)
-    }
-}
-
-impl RepVggConfig {
-    /// Builds the training-time RepVGGplus network (with its auxiliary heads).
-    ///
-    /// # Panics
-    /// If the configuration is invalid or has no [`PlusLayout`](crate::PlusLayout).
-    pub fn init_plus(&self, device: &Device) -> RepVggPlus {
-        RepVggPlus::new(self, device)
-    }
-
-    /// Builds the deploy-time RepVGGplus network (fresh weights; load fused ones into it).
-    pub fn init_plus_deploy(&self, device: &Device) -> RepVggPlusDeploy {
-        RepVggPlusDeploy::new(self, device)
     }
 }

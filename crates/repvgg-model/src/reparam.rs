@@ -58,7 +58,7 @@ impl Reparameterize for RepVggPlus {
 
     /// The deploy form: fused blocks, post-SE and head carried over, auxiliary heads dropped.
     fn reparameterize(&self) -> Result<RepVggPlusDeploy, WeightsError> {
-        reparameterize_module(self, self.config(), RepVggConfig::init_plus_deploy)
+        reparameterize_module(self, self.config(), RepVggPlusDeploy::new)
     }
 }
 

@@ -4,16 +4,12 @@
 //! one (`apt-get install mesa-vulkan-drivers libvulkan1`). Without an adapter the test is skipped
 //! with a message, unless `REPVGG_REQUIRE_WGPU=1` (as in CI) makes that a failure.
 
-mod support {
-    pub mod wgpu_device;
-}
-
 use std::collections::BTreeMap;
 
 use burn::module::Module;
 use burn::tensor::{Device, Distribution, Tensor, TensorData, Tolerance};
-use repvgg_model::{PlusLayout, RepVggConfig, Reparameterize};
-use support::wgpu_device::wgpu_device;
+use repvgg_model::{PlusLayout, RepVggConfig, RepVggPlus, Reparameterize};
+use repvgg_testing::wgpu_device;
 
 /// Runs `forward` on the CPU and on wgpu with the same weights and input.
 fn cpu_and_wgpu<M: Module>(
@@ -67,7 +63,8 @@ fn repvggplus_agrees_with_cpu_and_converts_on_wgpu() {
         let output = model.forward_with_aux(images);
         Tensor::cat([vec![output.main], output.aux].concat(), 1)
     };
-    let Some((expected, actual)) = cpu_and_wgpu(|d| plus_config().init_plus(d), all_logits) else {
+    let Some((expected, actual)) = cpu_and_wgpu(|d| RepVggPlus::new(&plus_config(), d), all_logits)
+    else {
         return;
     };
     assert_eq!(actual.shape().as_slice(), [2, 40]);
@@ -75,8 +72,8 @@ fn repvggplus_agrees_with_cpu_and_converts_on_wgpu() {
 
     // Converted on wgpu, the deploy form computes the training form's main output there.
     let gpu = wgpu_device().expect("found above");
-    let weights = plus_config().init_plus(&Device::flex()).into_record();
-    let model = plus_config().init_plus(&gpu).load_record(weights);
+    let weights = RepVggPlus::new(&plus_config(), &Device::flex()).into_record();
+    let model = RepVggPlus::new(&plus_config(), &gpu).load_record(weights);
     let deploy = model.reparameterize().unwrap();
     let images = Tensor::<4>::random([2, 3, 40, 56], Distribution::Normal(0.0, 1.0), &gpu);
     let main = model.forward(images.clone()).into_data();

@@ -26,7 +26,7 @@ use crate::error::TrainError;
 /// The parts of a checkpoint burn-train writes every epoch, as `<part>-<epoch>.bpk`.
 const PARTS: [&str; 3] = ["model", "optim", "scheduler"];
 
-/// The weight average's checkpoint, written beside burn-train's when the recipe keeps one.
+/// The EMA's checkpoint, written beside burn-train's when the recipe keeps one.
 const AVERAGE_PART: &str = "ema";
 
 /// The path of `part`'s checkpoint after `epoch` in `dir`.

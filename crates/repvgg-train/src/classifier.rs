@@ -13,8 +13,8 @@ use repvgg_deploy::{DeployError, DeployModel};
 use repvgg_model::{PlusOutput, RepVgg, RepVggBlock, RepVggConfig, RepVggPlus, bn_scale};
 
 use crate::config::RecipeConfig;
-use crate::ema::WeightAverage;
-use crate::metric::AverageInput;
+use crate::ema::Ema;
+use crate::metric::EmaInput;
 
 /// The terms of the training loss besides plain cross-entropy.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -100,7 +100,7 @@ impl TrainableNetwork for RepVgg {
 
 impl TrainableNetwork for RepVggPlus {
     fn init(config: &RepVggConfig, device: &Device) -> Self {
-        config.init_plus(device)
+        RepVggPlus::new(config, device)
     }
 
     fn config(&self) -> &RepVggConfig {
@@ -124,14 +124,14 @@ impl TrainableNetwork for RepVggPlus {
     }
 
     fn deploy(&self) -> Result<DeployModel, DeployError> {
-        DeployModel::from_training_plus(self)
+        DeployModel::from_training(self)
     }
 }
 
 /// A training-time classifier with its loss: what burn-train's learner trains. (`A` is always
-/// `WeightAverage<N>`: Burn's derive wants the skipped field's type to have its own parameter.)
+/// `Ema<N>`: Burn's derive wants the skipped field's type to have its own parameter.)
 #[derive(Module, Debug)]
-pub struct Classifier<N: TrainableNetwork = RepVgg, A = WeightAverage<N>> {
+pub struct Classifier<N: TrainableNetwork = RepVgg, A = Ema<N>> {
     /// The network being trained.
     pub net: N,
     /// The loss terms.
@@ -139,23 +139,23 @@ pub struct Classifier<N: TrainableNetwork = RepVgg, A = WeightAverage<N>> {
     pub objective: Objective,
     /// The moving average of the weights, when training keeps one.
     #[module(skip)]
-    pub average: Option<A>,
+    pub ema: Option<A>,
 }
 
 impl<N: TrainableNetwork> Classifier<N> {
-    /// `net` trained for `objective`, without a weight average.
+    /// `net` trained for `objective`, without an EMA.
     pub fn new(net: N, objective: Objective) -> Self {
         Self {
             net,
             objective,
-            average: None,
+            ema: None,
         }
     }
 
     /// Keep a moving average of the weights, updated at every training step and evaluated
     /// beside the model.
-    pub fn with_average(mut self, average: WeightAverage<N>) -> Self {
-        self.average = Some(average);
+    pub fn with_ema(mut self, average: Ema<N>) -> Self {
+        self.ema = Some(average);
         self
     }
 
@@ -202,7 +202,7 @@ impl<N: TrainableNetwork> TrainStep for Classifier<N> {
 
     fn step(&self, batch: ImageBatch) -> TrainOutput<ClassificationOutput> {
         // The weights after the previous optimizer step.
-        if let Some(average) = &self.average {
+        if let Some(average) = &self.ema {
             average.update(&self.net);
         }
         let output = self.net.forward_with_aux(batch.images.clone());
@@ -221,34 +221,34 @@ impl<N: TrainableNetwork> InferenceStep for Classifier<N> {
     type Output = ValidationOutput;
 
     fn step(&self, batch: ImageBatch) -> ValidationOutput {
-        let average_logits = self
-            .average
+        let ema_logits = self
+            .ema
             .as_ref()
-            .and_then(WeightAverage::average)
+            .and_then(Ema::model)
             .map(|average| average.forward(batch.images.clone()));
         let logits = self.net.forward(batch.images);
         let loss = self.cross_entropy(logits.clone(), batch.targets.clone());
         ValidationOutput {
-            average_logits,
+            ema_logits,
             model: ClassificationOutput::new(loss, logits, batch.targets),
         }
     }
 }
 
-/// A validation step's output: the model's, and the logits of the weight average if there is
-/// one (for [`AverageAccuracy`](crate::metric::AverageAccuracy)).
+/// A validation step's output: the model's, and the logits of the EMA if there is
+/// one (for [`EmaAccuracy`](crate::metric::EmaAccuracy)).
 pub struct ValidationOutput {
     /// The model's loss, logits and targets.
     pub model: ClassificationOutput,
-    /// The weight average's logits, once it has been updated.
-    pub average_logits: Option<Tensor<2>>,
+    /// The EMA's logits, once it has been updated.
+    pub ema_logits: Option<Tensor<2>>,
 }
 
 impl ItemLazy for ValidationOutput {
     fn sync(self) -> Result<Self, ExecutionError> {
         Ok(Self {
             model: self.model.sync()?,
-            average_logits: self.average_logits,
+            ema_logits: self.ema_logits,
         })
     }
 }
@@ -271,10 +271,10 @@ impl Adaptor<LossInput> for ValidationOutput {
     }
 }
 
-impl Adaptor<AverageInput> for ValidationOutput {
-    fn adapt(&self) -> AverageInput {
-        AverageInput {
-            logits: self.average_logits.clone(),
+impl Adaptor<EmaInput> for ValidationOutput {
+    fn adapt(&self) -> EmaInput {
+        EmaInput {
+            logits: self.ema_logits.clone(),
             targets: self.model.targets.clone(),
         }
     }

@@ -4,13 +4,13 @@
 //!
 //! ```
 //! use repvgg_model::RepVggArch;
-//! use repvgg_train::config::{RecipeConfig, TrainingConfig};
+//! use repvgg_train::{RecipeConfig, TrainingConfig};
 //!
 //! let config = TrainingConfig::new(RepVggArch::A0.config().with_num_classes(100))
 //!     .with_recipe(RecipeConfig::new().with_epochs(300).with_warmup_epochs(5));
 //! config.validate()?;
 //! assert_eq!(config.recipe.batch_size, 256);
-//! # Ok::<(), repvgg_train::config::InvalidTrainingConfig>(())
+//! # Ok::<(), repvgg_train::InvalidTrainingConfig>(())
 //! ```
 
 use std::fmt;

@@ -1,5 +1,6 @@
-//! An exponential moving average of the network's weights (and BN statistics), kept beside the
-//! trained model and evaluated alongside it.
+//! The EMA: an exponential moving average of the network's weights (and BN statistics), kept
+//! beside the trained model, evaluated alongside it and written as `model-ema*.bpk`
+//! (`--ema DECAY`, `RecipeConfig::ema_decay`).
 
 use std::fs;
 use std::path::PathBuf;
@@ -18,39 +19,39 @@ use crate::classifier::TrainableNetwork;
 /// Cloning shares the average: burn-train clones the model for every step and for validation,
 /// and all the clones must see one average.
 #[derive(Clone, Debug)]
-pub struct WeightAverage<N = RepVgg> {
+pub struct Ema<N = RepVgg> {
     decay: f64,
     /// The device whose training steps update the average (the main one with several devices).
     device: Device,
-    state: Arc<Mutex<AverageState<N>>>,
-    checkpoints: Option<AverageCheckpoints>,
+    state: Arc<Mutex<EmaState<N>>>,
+    checkpoints: Option<EmaCheckpoints>,
 }
 
 /// Where and when the average is saved: as `ema-<epoch>.bpk` beside burn-train's checkpoints,
 /// when the updates of an epoch are complete, so that a resumed run continues the same average.
 #[derive(Clone, Debug)]
-pub struct AverageCheckpoints {
+pub struct EmaCheckpoints {
     pub directory: PathBuf,
     /// Training steps (batches) per epoch on the average's device.
     pub updates_per_epoch: usize,
 }
 
 #[derive(Debug)]
-struct AverageState<N> {
-    average: Option<N>,
+struct EmaState<N> {
+    ema: Option<N>,
     updates: usize,
 }
 
-impl<N> Default for AverageState<N> {
+impl<N> Default for EmaState<N> {
     fn default() -> Self {
         Self {
-            average: None,
+            ema: None,
             updates: 0,
         }
     }
 }
 
-impl<N: TrainableNetwork> WeightAverage<N> {
+impl<N: TrainableNetwork> Ema<N> {
     /// An average updated by the training steps that run on `device`.
     pub fn new(decay: f64, device: &Device) -> Self {
         Self {
@@ -63,7 +64,7 @@ impl<N: TrainableNetwork> WeightAverage<N> {
 
     /// Save the average at the end of every epoch (keeping the last two) so that a resumed run
     /// continues it.
-    pub fn with_checkpoints(mut self, checkpoints: AverageCheckpoints) -> Self {
+    pub fn with_checkpoints(mut self, checkpoints: EmaCheckpoints) -> Self {
         self.checkpoints = Some(checkpoints);
         self
     }
@@ -79,8 +80,8 @@ impl<N: TrainableNetwork> WeightAverage<N> {
             return Ok(false);
         }
         let average = template.valid().try_load_file(&path)?;
-        let mut state = self.state.lock().expect("weight average poisoned");
-        state.average = Some(average);
+        let mut state = self.state.lock().expect("EMA poisoned");
+        state.ema = Some(average);
         state.updates = epoch * checkpoints.updates_per_epoch;
         Ok(true)
     }
@@ -96,19 +97,19 @@ impl<N: TrainableNetwork> WeightAverage<N> {
         if current.devices().first() != Some(&self.device) {
             return;
         }
-        let mut state = self.state.lock().expect("weight average poisoned");
+        let mut state = self.state.lock().expect("EMA poisoned");
         let updates = state.updates;
         let decay = self
             .decay
             .min((1.0 + updates as f64) / (10.0 + updates as f64));
-        state.average = Some(match state.average.take() {
+        state.ema = Some(match state.ema.take() {
             None => current,
             Some(average) => blend(average, &current, decay),
         });
         state.updates += 1;
         // Update `n` folds in the weights after `n - 1` optimizer steps: after the last update of
         // epoch `e`, the next one brings the weights that epoch `e`'s checkpoint holds.
-        if let (Some(checkpoints), Some(average)) = (&self.checkpoints, &state.average)
+        if let (Some(checkpoints), Some(average)) = (&self.checkpoints, &state.ema)
             && state
                 .updates
                 .is_multiple_of(checkpoints.updates_per_epoch.max(1))
@@ -119,17 +120,13 @@ impl<N: TrainableNetwork> WeightAverage<N> {
     }
 
     /// The averaged network (inference device), once at least one update happened.
-    pub fn average(&self) -> Option<N> {
-        self.state
-            .lock()
-            .expect("weight average poisoned")
-            .average
-            .clone()
+    pub fn model(&self) -> Option<N> {
+        self.state.lock().expect("EMA poisoned").ema.clone()
     }
 
     /// Number of updates folded in.
     pub fn updates(&self) -> usize {
-        self.state.lock().expect("weight average poisoned").updates
+        self.state.lock().expect("EMA poisoned").updates
     }
 }
 
@@ -176,7 +173,7 @@ impl<I: Iterator<Item = Tensor<1>>> ModuleMapper for Blend<I> {
     }
 }
 
-impl AverageCheckpoints {
+impl EmaCheckpoints {
     fn path(&self, epoch: usize) -> PathBuf {
         self.directory.join(format!("ema-{epoch}.bpk"))
     }
@@ -196,7 +193,7 @@ impl AverageCheckpoints {
             Ok(()) => {}
             // A lost average checkpoint only costs a restarted average on resume: warn, go on.
             Err(err) => log::warn!(
-                "cannot save the weight average to {}: {err}",
+                "cannot save the EMA to {}: {err}",
                 self.path(epoch).display()
             ),
         }

@@ -140,8 +140,8 @@ pub enum TrainError {
         /// `recipe.epochs`.
         epochs: usize,
     },
-    /// The saved weight average cannot be read.
-    #[error("reading the weight average of epoch {epoch}: {source}")]
+    /// The saved EMA cannot be read.
+    #[error("reading the EMA of epoch {epoch}: {source}")]
     AverageCheckpoint {
         /// The epoch whose average was read.
         epoch: usize,

@@ -18,26 +18,24 @@
 //! ```
 //!
 //! The pieces are public for programs that assemble their own training: the objective
-//! ([`classifier`]), the optimizer and schedule ([`recipe`]), the weight average ([`ema`]), the
+//! ([`classifier`]), the optimizer and schedule ([`recipe`]), the EMA ([`ema`]), the
 //! metrics and the plain-text progress display.
 
 pub mod checkpoint;
 pub mod classifier;
-pub mod config;
-pub mod demo;
+mod config;
 pub mod ema;
-pub mod error;
+mod error;
 pub mod metric;
-pub mod output;
+mod output;
 pub mod recipe;
 pub mod renderer;
-pub mod run;
-pub mod throughput;
+mod run;
 
 pub use config::{
     AugmentationConfig, InvalidTrainingConfig, LoaderConfig, Precision, RecipeConfig,
-    TrainingConfig,
+    TrainingConfig, UnknownPrecision,
 };
 pub use error::TrainError;
-pub use output::{AverageReport, TrainReport};
+pub use output::{EmaReport, TrainReport};
 pub use run::{DataParallel, resume, resume_with, train, train_with};

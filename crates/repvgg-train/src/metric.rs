@@ -1,4 +1,4 @@
-//! Metrics burn-train lacks: images per second, and the accuracy of the weight average.
+//! Metrics burn-train lacks: images per second, and the accuracy of the EMA.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -95,9 +95,9 @@ impl Numeric for ImagesPerSecond {
     }
 }
 
-/// What [`AverageAccuracy`] reads: the weight average's logits (absent before its first update)
+/// What [`EmaAccuracy`] reads: the EMA's logits (absent before its first update)
 /// and the targets.
-pub struct AverageInput {
+pub struct EmaInput {
     pub logits: Option<Tensor<2>>,
     pub targets: Tensor<1, Int>,
 }
@@ -105,12 +105,12 @@ pub struct AverageInput {
 /// Top-1 accuracy of the moving average of the weights (`recipe.ema_decay`), beside the
 /// model's own.
 #[derive(Clone)]
-pub struct AverageAccuracy {
+pub struct EmaAccuracy {
     name: MetricName,
     state: NumericMetricState,
 }
 
-impl AverageAccuracy {
+impl EmaAccuracy {
     pub fn new() -> Self {
         Self {
             name: Arc::new("EMA Accuracy".to_string()),
@@ -123,18 +123,18 @@ impl AverageAccuracy {
     }
 }
 
-impl Default for AverageAccuracy {
+impl Default for EmaAccuracy {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Metric for AverageAccuracy {
-    type Input = AverageInput;
+impl Metric for EmaAccuracy {
+    type Input = EmaInput;
 
     fn update(
         &mut self,
-        input: &AverageInput,
+        input: &EmaInput,
         _metadata: &MetricMetadata,
     ) -> Result<SerializedEntry, TensorReadError> {
         if let Some(logits) = &input.logits {
@@ -174,7 +174,7 @@ impl Metric for AverageAccuracy {
     }
 }
 
-impl Numeric for AverageAccuracy {
+impl Numeric for EmaAccuracy {
     fn value(&self) -> Option<NumericEntry> {
         Some(self.state.current_value())
     }

@@ -1,6 +1,6 @@
 //! What a run leaves in its output directory: the config it runs with (`training.json`, which is
 //! all [`resume`](crate::run::resume) needs), checkpoints to resume from, and at the end the
-//! training-time and deploy-time models (plus the weight average's), checked on the validation
+//! training-time and deploy-time models (plus the EMA's), checked on the validation
 //! set.
 
 use std::fs;
@@ -16,11 +16,11 @@ use repvgg_model::{Weights, logit_difference};
 use crate::checkpoint::{UnusableCheckpoint, last_checkpoint};
 use crate::classifier::{Classifier, TrainableNetwork};
 use crate::config::TrainingConfig;
-use crate::ema::WeightAverage;
+use crate::ema::Ema;
 use crate::error::TrainError;
 
 /// The file of the run directory that keeps the run's [`TrainingConfig`].
-pub const TRAINING_CONFIG_FILE: &str = "training.json";
+pub(crate) const TRAINING_CONFIG_FILE: &str = "training.json";
 
 /// What a finished run measured and wrote.
 #[derive(Clone, Debug)]
@@ -36,7 +36,7 @@ pub struct TrainReport {
     /// Wall time of the training epochs run by this call (data loading and validation
     /// included).
     pub training_time: Duration,
-    /// Wall time of the re-parameterization into the deploy model (with its CPU path).
+    /// Wall time of the re-parameterization into the deploy model (with its CPU engine).
     pub conversion_time: Duration,
     /// The training-time model on the validation set (running BN statistics).
     pub validation: Evaluation,
@@ -47,8 +47,8 @@ pub struct TrainReport {
     /// Largest |logit difference| between the two forms over the validation set, relative to
     /// the largest |logit|.
     pub max_relative_logit_difference: f64,
-    /// The weight average, when the recipe keeps one.
-    pub average: Option<AverageReport>,
+    /// The EMA, when the recipe keeps one.
+    pub ema: Option<EmaReport>,
     /// The training-time model (`model.bpk`).
     pub model_path: PathBuf,
     /// The deploy-time model (`model-deploy.bpk`).
@@ -61,7 +61,7 @@ pub struct TrainReport {
 
 /// The moving average of the weights at the end of a run.
 #[derive(Clone, Debug)]
-pub struct AverageReport {
+pub struct EmaReport {
     /// Updates folded in (training steps).
     pub updates: usize,
     /// Its deploy form on the validation set.
@@ -87,7 +87,7 @@ pub(crate) fn start_run(output: &Path, config: &TrainingConfig) -> Result<(), Tr
 }
 
 /// The config a run directory keeps.
-pub fn saved_config(output: &Path) -> Result<TrainingConfig, TrainError> {
+pub(crate) fn saved_config(output: &Path) -> Result<TrainingConfig, TrainError> {
     let path = output.join(TRAINING_CONFIG_FILE);
     if !path.is_file() {
         return Err(TrainError::NotARun {
@@ -123,7 +123,7 @@ pub(crate) struct Trained<'a, N: TrainableNetwork> {
     pub unusable_checkpoints: Vec<UnusableCheckpoint>,
 }
 
-/// Writes the final training-time and deploy-time models (and the weight average's) and checks
+/// Writes the final training-time and deploy-time models (and the EMA's) and checks
 /// on the validation set that the two forms agree.
 pub(crate) fn finish<N: TrainableNetwork>(trained: Trained<N>) -> Result<TrainReport, TrainError> {
     let Trained {
@@ -139,14 +139,14 @@ pub(crate) fn finish<N: TrainableNetwork>(trained: Trained<N>) -> Result<TrainRe
     } = trained;
     let net = model.net.clone().valid();
     let converting = Instant::now();
-    // The deploy model as applications run it (on the CPU backend: the CPU deploy path).
+    // The deploy model as applications run it (on the CPU backend: the CPU engine).
     let deploy = net.deploy()?;
     let conversion_time = converting.elapsed();
     let (model_path, deploy_path) = save_both_forms(output, "model", &net, &deploy, &classes)?;
 
     let comparison = compare_forms(val_loader, &net, &deploy)?;
-    let average = match &model.average {
-        Some(average) => Some(finish_average(average, &net, output, &classes, val_loader)?),
+    let ema = match &model.ema {
+        Some(ema) => Some(finish_ema(ema, &net, output, &classes, val_loader)?),
         None => None,
     };
     Ok(TrainReport {
@@ -160,7 +160,7 @@ pub(crate) fn finish<N: TrainableNetwork>(trained: Trained<N>) -> Result<TrainRe
         validation: comparison.training,
         deploy_validation: comparison.deploy,
         max_relative_logit_difference: comparison.max_relative_difference,
-        average,
+        ema,
         model_path,
         deploy_path,
         skipped_images,
@@ -243,26 +243,25 @@ fn compare_forms<N: TrainableNetwork>(
     })
 }
 
-/// Folds the final weights into the moving average, writes it in both forms and evaluates its
-/// deploy form.
-fn finish_average<N: TrainableNetwork>(
-    average: &WeightAverage<N>,
+/// Folds the final weights into the EMA, writes it in both forms and evaluates its deploy form.
+fn finish_ema<N: TrainableNetwork>(
+    ema: &Ema<N>,
     net: &N,
     output: &Path,
     classes: &[String],
     val_loader: &dyn DataLoader<ImageBatch>,
-) -> Result<AverageReport, TrainError> {
-    average.update(net);
-    let averaged = average
-        .average()
-        .expect("the average holds the weights it was just updated with");
+) -> Result<EmaReport, TrainError> {
+    ema.update(net);
+    let averaged = ema
+        .model()
+        .expect("the EMA holds the weights it was just updated with");
     let deploy = averaged.deploy()?;
     let (model_path, deploy_path) =
         save_both_forms(output, "model-ema", &averaged, &deploy, classes)?;
     let validation = evaluate(val_loader, |images| deploy.forward(images), |_, _| {})
         .map_err(TrainError::Evaluation)?;
-    Ok(AverageReport {
-        updates: average.updates(),
+    Ok(EmaReport {
+        updates: ema.updates(),
         validation,
         model_path,
         deploy_path,

@@ -18,9 +18,9 @@ use repvgg_model::{RepVgg, RepVggArch, RepVggConfig, RepVggPlus};
 use crate::checkpoint::{UnusableCheckpoint, resume_point};
 use crate::classifier::{Classifier, Objective, TrainableNetwork};
 use crate::config::{Precision, TrainingConfig};
-use crate::ema::{AverageCheckpoints, WeightAverage};
+use crate::ema::{Ema, EmaCheckpoints};
 use crate::error::TrainError;
-use crate::metric::{AverageAccuracy, ImagesPerSecond};
+use crate::metric::{EmaAccuracy, ImagesPerSecond};
 use crate::output::{TrainReport, Trained, describe_network, finish, saved_config, start_run};
 use crate::recipe::{DecayRule, WarmupCosine, scaled_lr, sgd};
 use crate::renderer::LineRenderer;
@@ -68,7 +68,7 @@ pub fn train_with(
 }
 
 /// Continues the run in `output` from its last checkpoint, with the config it kept
-/// (`training.json`): the same schedule position, data order, augmentation and weight average,
+/// (`training.json`): the same schedule position, data order, augmentation and EMA,
 /// so that the result is the one the uninterrupted run would have had. `data` and `devices` are
 /// as for [`train`].
 pub fn resume(output: &Path, data: &Path, devices: &[Device]) -> Result<TrainReport, TrainError> {
@@ -222,7 +222,7 @@ struct Loaders {
 /// How an epoch divides into steps on each device.
 #[derive(Clone, Copy)]
 struct Steps {
-    /// Batches (training steps) per epoch: what the weight average counts.
+    /// Batches (training steps) per epoch: what the EMA counts.
     batches: usize,
     /// Optimizer steps per epoch (one per `accumulation` batches): what the scheduler counts.
     optimizer: usize,
@@ -339,7 +339,7 @@ impl Run<'_> {
         )
     }
 
-    /// The seeded network with its loss, and the weight average when the recipe keeps one
+    /// The seeded network with its loss, and the EMA when the recipe keeps one
     /// (continued from its checkpoint when the run resumes).
     fn model<N: TrainableNetwork>(&self, steps: Steps) -> Result<Classifier<N>, TrainError> {
         let device = &self.devices[0];
@@ -349,7 +349,7 @@ impl Run<'_> {
         let Some(decay) = self.config.recipe.ema_decay else {
             return Ok(model);
         };
-        let average = WeightAverage::new(decay, device).with_checkpoints(AverageCheckpoints {
+        let average = Ema::new(decay, device).with_checkpoints(EmaCheckpoints {
             directory: self.output.join("checkpoint"),
             updates_per_epoch: steps.batches,
         });
@@ -358,10 +358,10 @@ impl Run<'_> {
                 .resume(epoch, model.net.clone())
                 .map_err(|source| TrainError::AverageCheckpoint { epoch, source })?;
             if !resumed {
-                log::warn!("no weight average saved at epoch {epoch}: the average starts anew");
+                log::warn!("no EMA saved at epoch {epoch}: it starts anew");
             }
         }
-        Ok(model.with_average(average))
+        Ok(model.with_ema(average))
     }
 
     fn log_start<N: TrainableNetwork>(
@@ -429,7 +429,7 @@ impl Run<'_> {
             training = training.grads_accumulation(recipe.accumulation);
         }
         if recipe.ema_decay.is_some() {
-            training = training.metric_valid_numeric(AverageAccuracy::new());
+            training = training.metric_valid_numeric(EmaAccuracy::new());
         }
         if !std::io::stdout().is_terminal() {
             training = training.renderer(Box::new(LineRenderer::new(Duration::from_secs(10))));

@@ -19,15 +19,17 @@ use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
 use repvgg_deploy::DeployModel;
-use repvgg_model::{RepVgg, RepVggArch, RepVggDeploy, logit_difference, reparameterize_nested};
+use repvgg_model::{
+    ImageSize, RepVgg, RepVggArch, RepVggDeploy, logit_difference, reparameterize_nested,
+};
 
 #[derive(Parser)]
 struct Args {
     #[arg(long, default_value = "A0")]
     arch: RepVggArch,
-    /// Input size, WIDTHxHEIGHT or one number for a square.
+    /// Input size: `224` (square) or WIDTHxHEIGHT (`512x384`), each at least 32.
     #[arg(long, default_value = "224")]
-    size: String,
+    size: ImageSize,
     /// Channels of every neck output.
     #[arg(long, default_value_t = 64)]
     neck_width: usize,
@@ -102,10 +104,7 @@ impl Neck {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let (width, height) = match args.size.split_once('x') {
-        Some((w, h)) => (w.parse()?, h.parse()?),
-        None => (args.size.parse()?, args.size.parse()?),
-    };
+    let ImageSize { width, height } = args.size;
     let device = Device::flex();
     // No classifier: the backbone ends at the last stage.
     let config = args.arch.config().with_num_classes(0);
@@ -152,12 +151,12 @@ fn main() -> Result<()> {
         anyhow::ensure!(difference.relative < 1e-4, "the forms disagree");
     }
 
-    // A deployed backbone alone runs through `DeployModel`, which takes the CPU path here.
+    // A deployed backbone alone runs through `DeployModel`, which takes the CPU engine here.
     let fast = DeployModel::new(deployed.backbone);
     let maps = fast.forward_features(images);
     println!(
-        "DeployModel backbone (CPU path: {}): last map {:?}",
-        fast.uses_cpu_path(),
+        "DeployModel backbone (CPU engine: {}): last map {:?}",
+        fast.uses_cpu_engine(),
         maps.last().map(Tensor::dims)
     );
     Ok(())

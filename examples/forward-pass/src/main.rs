@@ -11,8 +11,8 @@ use anyhow::{Context, Result};
 use burn::config::Config;
 use burn::tensor::{Distribution, Tensor};
 use clap::Parser;
-use repvgg_deploy::median_millis;
-use repvgg_model::{DeviceChoice, RepVggArch, RepVggConfig, RepVggNetwork};
+use repvgg_deploy::timing::median_millis;
+use repvgg_model::{DeviceChoice, ImageSize, RepVggArch, RepVggConfig, RepVggNetwork};
 
 /// Build a RepVGG architecture (random weights), run its training-time and deploy-time forms on
 /// random images, and print shapes, parameter counts, MACs and timings.
@@ -32,9 +32,9 @@ struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
     batch: u16,
 
-    /// Input height and width; `--size 224` or `--size 320x256` (height x width, each >= 32).
-    #[arg(long, default_value = "224", value_parser = parse_size)]
-    size: [usize; 2],
+    /// Input size: `224` (square) or WIDTHxHEIGHT (`320x256`), each at least 32.
+    #[arg(long, default_value = "224")]
+    size: ImageSize,
 
     /// Timed forward passes per form (after one warm-up pass); the median is reported.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
@@ -44,22 +44,6 @@ struct Args {
     /// (`--features cuda`).
     #[arg(long, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
-}
-
-fn parse_size(text: &str) -> Result<[usize; 2], String> {
-    let parse = |s: &str| {
-        s.trim()
-            .parse::<usize>()
-            .map_err(|_| format!("`{text}` is not a size like 224 or 320x256"))
-    };
-    let size = match text.split_once(['x', 'X']) {
-        Some((height, width)) => [parse(height)?, parse(width)?],
-        None => [parse(text)?; 2],
-    };
-    if size.iter().any(|&s| s < 32) {
-        return Err(format!("`{text}`: RepVGG needs at least 32x32 pixels"));
-    }
-    Ok(size)
 }
 
 fn main() -> ExitCode {
@@ -84,7 +68,7 @@ fn run(args: Args) -> Result<()> {
         None => (args.arch.to_string(), args.arch.config()),
     };
     let device = args.device.device()?;
-    let [height, width] = args.size;
+    let ImageSize { width, height } = args.size;
     let batch = usize::from(args.batch);
 
     println!(

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use anyhow::{Result, ensure};
 use burn::tensor::{Device, Tensor};
 use clap::Args;
-use repvgg_deploy::{ConvAlgorithm, CpuDeploy, CpuOptions, CpuPrecision, LayerTime};
+use repvgg_cpu::{ConvAlgorithm, CpuEngine, CpuOptions, CpuPrecision, LayerTime};
 use repvgg_model::RepVggArch;
 
 use super::{ensure_repvgg, random_images};
@@ -62,7 +62,7 @@ pub fn run(args: LayerBenchArgs) -> Result<()> {
                 let options = CpuOptions::default()
                     .with_precision(precision)
                     .with_algorithm(algorithm);
-                columns.push((options, CpuDeploy::with_options(&model, options)?));
+                columns.push((options, CpuEngine::with_options(&model, options)?));
             }
         }
         for &batch in &args.batch {
@@ -79,7 +79,7 @@ pub fn run(args: LayerBenchArgs) -> Result<()> {
 /// Each column's layer times over `rounds` rounds, the columns taken in turn (round `r` from
 /// column `r`): per layer, the median over the rounds of each round's median.
 fn interleaved(
-    columns: &[(CpuOptions, CpuDeploy)],
+    columns: &[(CpuOptions, CpuEngine)],
     images: &Tensor<4>,
     runs: usize,
     rounds: usize,
@@ -111,7 +111,7 @@ fn table(
     out: &mut String,
     arch: RepVggArch,
     batch: usize,
-    columns: &[(CpuOptions, CpuDeploy)],
+    columns: &[(CpuOptions, CpuEngine)],
     times: &[Vec<LayerTime>],
 ) {
     let _ = writeln!(

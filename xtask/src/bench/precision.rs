@@ -1,4 +1,4 @@
-//! `cargo xtask bench-precision`: what the CPU path's bf16 mode costs in accuracy, against its
+//! `cargo xtask bench-precision`: what the CPU engine's bf16 mode costs in accuracy, against its
 //! f32 mode: on random-weight networks with random images, and on a trained model's validation
 //! set (the demo's, or any `eval` takes).
 
@@ -14,7 +14,7 @@ use repvgg_model::{DeviceChoice, RepVggArch, logit_difference};
 
 use super::ensure_repvgg;
 
-/// Compare the CPU path's bf16 logits with its f32 ones: the largest relative logit difference
+/// Compare the CPU engine's bf16 logits with its f32 ones: the largest relative logit difference
 /// and the top-1 disagreements, on random-weight --arch networks (random images of --size) and,
 /// given --weights and --data, on that model's validation set.
 #[derive(Args, Debug)]
@@ -46,7 +46,7 @@ pub fn run(args: PrecisionBenchArgs) -> Result<()> {
     ensure!(args.images > 0, "--images must be at least 1");
     ensure!(
         CpuPrecision::Bf16.is_supported(),
-        "this CPU lacks AVX512_BF16: the CPU path has no bf16 mode to compare"
+        "this CPU lacks AVX512_BF16: the CPU engine has no bf16 mode to compare"
     );
     println!(
         "| model | images | max relative logit difference | top-1 disagreements | top-1 f32 | top-1 bf16 |"

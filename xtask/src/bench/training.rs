@@ -22,7 +22,8 @@ use repvgg_train::classifier::{Classifier, Objective, TrainableNetwork};
 use repvgg_train::recipe::{DecayRule, scaled_lr, sgd};
 use repvgg_train::{Precision, RecipeConfig};
 
-use super::{machine, run_bench_script};
+use super::machine;
+use super::python::run_bench_script;
 
 /// Time training steps of RepVGG on synthetic batches, beside PyTorch eager on the same device
 /// (CPU or CUDA), and write the report to --output.
@@ -61,7 +62,7 @@ pub struct TrainBenchArgs {
     python: String,
 
     /// Where the report goes.
-    #[arg(long, default_value = "BENCHMARKS-training.md")]
+    #[arg(long, default_value = "benchmarks/training.md")]
     output: PathBuf,
 }
 

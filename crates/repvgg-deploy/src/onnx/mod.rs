@@ -15,11 +15,10 @@ use std::path::Path;
 use burn::config::config_to_json;
 use burn::tensor::{DType, TensorData};
 use prost::Message;
-use repvgg_model::{BlockSpec, IN_CHANNELS, RepVggConfig, Weights};
+use repvgg_model::{BlockSpec, DeployNetwork, IN_CHANNELS, RepVggConfig, Weights};
 
 use crate::checkpoint::write_atomically;
 use crate::error::DeployError;
-use crate::network::DeployNetwork;
 use proto::{
     ATTRIBUTE_INT, ATTRIBUTE_INTS, AttributeProto, Dimension, DimensionValue, FLOAT, GraphProto,
     ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,

@@ -1,0 +1,51 @@
+//! What the workspace's tests share (not published): the devices they run on ([`test_device`],
+//! [`wgpu_device`]), networks with random weights and batch-norm statistics, the PyTorch
+//! fixtures that `scripts/make_fixtures.py` writes ([`fixture`]), damaged checkpoints for the
+//! mutation tests ([`mutation`]) and scratch directories.
+//!
+//! Its own test target, `tests/device_suite`, holds every test that runs on any backend: the
+//! networks, the re-parameterization, PyTorch parity and training steps. They take their device
+//! from `REPVGG_TEST_DEVICE`, so the one binary runs them on the CPU in CI and on CUDA on a GPU
+//! machine (`scripts/gpu-build.sh` carries it there).
+
+mod device;
+pub mod mutation;
+mod random_model;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tempfile::TempDir;
+
+pub use device::{TEST_DEVICE_VARIABLE, test_device, wgpu_device};
+pub use random_model::{random_plus_model, random_training_model, relative_difference};
+
+/// A file of the PyTorch fixtures (`crates/repvgg-testing/fixtures`, written by
+/// `scripts/make_fixtures.py`).
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A fresh directory for one test, named after it, removed when the guard is dropped.
+pub fn scratch(test: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("repvgg-{test}-"))
+        .tempdir()
+        .expect("a temporary directory")
+}
+
+/// Copies the directory tree `from` to `to` (a run directory, to damage or resume a copy).
+pub fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
