@@ -231,7 +231,6 @@ fn parse_data_parallel(name: &str) -> Result<DataParallel, String> {
     }
 }
 
-
 /// Trains (or resumes) as the flags say and prints the report.
 pub fn run(args: &TrainArgs) -> Result<()> {
     let data_parallel = args.data_parallel()?;
