@@ -77,6 +77,20 @@ macro_rules! forward_to_network {
                 }
             }
 
+            /// `weights` loaded strictly into this form's network of `config`'s family on
+            /// `device`; `what` names it in errors.
+            pub fn load(
+                weights: &Weights,
+                config: &RepVggConfig,
+                device: &Device,
+                what: &str,
+            ) -> Result<Self, WeightsError> {
+                Ok(match Self::new(config, device) {
+                    Self::RepVgg(net) => weights.load_into(*net, what)?.into(),
+                    Self::Plus(net) => weights.load_into(*net, what)?.into(),
+                })
+            }
+
             /// The network moved to `device` (see `Module::fork`).
             pub fn fork(self, device: &Device) -> Self {
                 match self {
@@ -103,20 +117,6 @@ impl TrainingNetwork {
             false => RepVgg::new(config, device).into(),
         }
     }
-
-    /// `weights` loaded strictly into the training-time network of `config`'s family on
-    /// `device`; `what` names it in errors.
-    pub fn load(
-        weights: &Weights,
-        config: &RepVggConfig,
-        device: &Device,
-        what: &str,
-    ) -> Result<Self, WeightsError> {
-        Ok(match Self::new(config, device) {
-            Self::RepVgg(net) => weights.load_into(*net, what)?.into(),
-            Self::Plus(net) => weights.load_into(*net, what)?.into(),
-        })
-    }
 }
 
 impl Reparameterize for TrainingNetwork {
@@ -142,20 +142,6 @@ impl DeployNetwork {
             true => RepVggPlusDeploy::new(config, device).into(),
             false => RepVggDeploy::new(config, device).into(),
         }
-    }
-
-    /// `weights` loaded strictly into the deploy-time network of `config`'s family on `device`;
-    /// `what` names it in errors.
-    pub fn load(
-        weights: &Weights,
-        config: &RepVggConfig,
-        device: &Device,
-        what: &str,
-    ) -> Result<Self, WeightsError> {
-        Ok(match Self::new(config, device) {
-            Self::RepVgg(net) => weights.load_into(*net, what)?.into(),
-            Self::Plus(net) => weights.load_into(*net, what)?.into(),
-        })
     }
 }
 
