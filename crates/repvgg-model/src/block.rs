@@ -68,15 +68,23 @@ impl ConvBn {
     }
 
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        self.bn.forward(self.convolve(input))
+        normalize(&self.bn, self.convolve(input))
     }
 
-    /// The convolution; an ungrouped, unpadded, unbiased 1x1 one (the `rbr_1x1` branch) as one
-    /// matrix product of the weight `[out, in]` with the pixels `[N, in, H x W]` (taken every
-    /// `stride` pixels), which Burn differentiates as two products, where its general
-    /// convolution would go through im2col forward and a transposed convolution backward.
+    /// The convolution. On Burn's CPU backend with the `cpu-ops` feature, by repvgg-ops
+    /// (batched matrix products forward and backward). Elsewhere an ungrouped, unpadded,
+    /// unbiased 1x1 one (the `rbr_1x1` branch) is one matrix product of the weight `[out, in]`
+    /// with the pixels `[N, in, H x W]` (taken every `stride` pixels), which Burn differentiates
+    /// as two products, where its general convolution would go through im2col forward and a
+    /// transposed convolution backward.
     fn convolve(&self, input: Tensor<4>) -> Tensor<4> {
         let conv = &self.conv;
+        #[cfg(feature = "cpu-ops")]
+        if let Some(shape) = cpu_ops_conv(conv)
+            && repvgg_ops::runs_here(&input.device())
+        {
+            return repvgg_ops::conv2d(input, conv.weight.val(), shape);
+        }
         let unpadded = matches!(
             conv.padding,
             PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)
@@ -97,6 +105,57 @@ impl ConvBn {
             .matmul(input.reshape([batch, channels, height * width]))
             .reshape([batch, out_channels, height, width])
     }
+}
+
+/// The convolution as repvgg-ops takes it: a square kernel without bias or dilation, the same
+/// stride and padding in both directions.
+#[cfg(feature = "cpu-ops")]
+fn cpu_ops_conv(conv: &Conv2d) -> Option<repvgg_ops::Conv> {
+    let [kernel, kernel_width] = conv.kernel_size;
+    let [stride, stride_x] = conv.stride;
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => 0,
+        PaddingConfig2d::Explicit(top, left, bottom, right)
+            if top == left && top == bottom && top == right =>
+        {
+            top
+        }
+        _ => return None,
+    };
+    let plain = kernel == kernel_width
+        && stride == stride_x
+        && conv.dilation == [1, 1]
+        && conv.bias.is_none();
+    plain.then_some(repvgg_ops::Conv {
+        stride,
+        padding,
+        groups: conv.groups,
+    })
+}
+
+/// `bn`'s forward pass. In training on Burn's CPU backend with the `cpu-ops` feature, the batch
+/// statistics and the normalization come from repvgg-ops (one pass each way for the statistics
+/// and the output, where Burn's generic op takes about ten) and the running statistics are
+/// updated as Burn's `BatchNorm` updates them; otherwise `bn.forward`.
+fn normalize(bn: &BatchNorm, input: Tensor<4>) -> Tensor<4> {
+    #[cfg(feature = "cpu-ops")]
+    {
+        let device = input.device();
+        if device.is_autodiff() && bn.training.is_enabled() && repvgg_ops::runs_here(&device) {
+            let result =
+                repvgg_ops::batch_norm_train(input, bn.gamma.val(), bn.beta.val(), bn.epsilon);
+            let update = |running: Tensor<1>, batch: Tensor<1>| {
+                let running = running.to_device(&device).mul_scalar(1.0 - bn.momentum);
+                running.add(batch.detach().mul_scalar(bn.momentum)).detach()
+            };
+            bn.running_mean
+                .update(update(bn.running_mean.value_sync(), result.mean));
+            bn.running_var
+                .update(update(bn.running_var.value_sync(), result.variance));
+            return result.output;
+        }
+    }
+    bn.forward(input)
 }
 
 fn batch_norm(channels: usize, config: &RepVggConfig, device: &Device) -> BatchNorm {
@@ -142,7 +201,7 @@ impl Block for RepVggBlock {
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let mut sum = self.rbr_dense.forward(input.clone());
         if let Some(identity) = &self.rbr_identity {
-            sum = sum + identity.forward(input.clone());
+            sum = sum + normalize(identity, input.clone());
         }
         sum = sum + self.rbr_1x1.forward(input);
         activate(sum, &self.se, &self.post_se)
