@@ -5,10 +5,11 @@
 use std::f64::consts::PI;
 
 use burn::module::ParamGroup;
-use burn::optim::decay::WeightDecayConfig;
 use burn::optim::lr_scheduler::{LrScheduler, LrSchedulerRecord};
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{LearningRate, ModuleOptimizer, SgdConfig};
+use burn::optim::{
+    LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource, join_path,
+};
+use burn::tensor::{Device, Tensor};
 
 use repvgg_model::RepVggConfig;
 
@@ -81,17 +82,81 @@ impl DecayRule {
 /// SGD as PyTorch does it (momentum without dampening, optional Nesterov), with the recipe's
 /// weight decay on the parameters that `rule` decays and none on the others.
 pub fn sgd(recipe: &RecipeConfig, rule: DecayRule) -> ModuleOptimizer {
-    let momentum = MomentumConfig::new()
-        .with_momentum(recipe.momentum)
-        .with_dampening(0.0)
-        .with_nesterov(recipe.nesterov);
-    let without_decay = SgdConfig::new().with_momentum(Some(momentum.clone()));
-    let with_decay = without_decay.clone().with_weight_decay(
-        (recipe.weight_decay > 0.0).then(|| WeightDecayConfig::new(recipe.weight_decay as f32)),
-    );
-    with_decay
-        .init()
-        .with_group(rule.no_decay_group(), without_decay.build(), None)
+    let without_decay = RecipeSgd {
+        momentum: recipe.momentum,
+        weight_decay: 0.0,
+        nesterov: recipe.nesterov,
+    };
+    let with_decay = RecipeSgd {
+        weight_decay: recipe.weight_decay,
+        ..without_decay
+    };
+    ModuleOptimizer::from(with_decay).with_group(rule.no_decay_group(), without_decay, None)
+}
+
+/// SGD with PyTorch's momentum (no dampening, optional Nesterov) and weight decay, as Burn's
+/// `Sgd` computes it, in one pass over each parameter (repvgg-ops' step: on Burn's CPU backend
+/// fused and in place, elsewhere Burn's tensor operations). Its state is recorded under the
+/// names Burn's `Sgd` uses (`momentum.velocity`), so checkpoints of either load into the other.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RecipeSgd {
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+}
+
+/// [`RecipeSgd`]'s state for one parameter: its velocity, after the first step.
+#[derive(Clone)]
+pub struct SgdState<const D: usize> {
+    pub velocity: Option<Tensor<D>>,
+}
+
+/// The record group Burn's `Sgd` keeps its velocity in.
+const MOMENTUM: &str = "momentum";
+
+impl<const D: usize> RecordState for SgdState<D> {
+    fn state_flatten(&self, prefix: &str, out: &mut StateSink) {
+        if let Some(velocity) = &self.velocity {
+            let group = join_path(prefix, MOMENTUM);
+            out.push_tensor(&group, "velocity", velocity.to_data());
+        }
+    }
+
+    fn state_unflatten(prefix: &str, src: &mut StateSource, device: &Device) -> Option<Self> {
+        let velocity = src.take_tensor(&join_path(prefix, MOMENTUM), "velocity");
+        Some(Self {
+            velocity: velocity.map(|data| Tensor::from_data(data, device)),
+        })
+    }
+}
+
+impl Optimizer for RecipeSgd {
+    type State<const D: usize> = SgdState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<SgdState<D>>,
+    ) -> (Tensor<D>, Option<SgdState<D>>) {
+        let sgd = repvgg_ops::Sgd {
+            lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+        };
+        let velocity = state.and_then(|state| state.velocity);
+        let (tensor, velocity) = repvgg_ops::sgd_step(tensor, grad, velocity, sgd);
+        let velocity = Some(velocity);
+        (tensor, Some(SgdState { velocity }))
+    }
+
+    fn to_device<const D: usize>(state: SgdState<D>, device: &Device) -> SgdState<D> {
+        SgdState {
+            velocity: state.velocity.map(|velocity| velocity.to_device(device)),
+        }
+    }
 }
 
 /// Linear warmup from `base_lr / warmup_steps` to `base_lr` over `warmup_steps` iterations,
