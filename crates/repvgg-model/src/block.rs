@@ -144,18 +144,26 @@ fn normalize(bn: &BatchNorm, input: Tensor<4>) -> Tensor<4> {
         if device.is_autodiff() && bn.training.is_enabled() && repvgg_ops::runs_here(&device) {
             let result =
                 repvgg_ops::batch_norm_train(input, bn.gamma.val(), bn.beta.val(), bn.epsilon);
-            let update = |running: Tensor<1>, batch: Tensor<1>| {
-                let running = running.to_device(&device).mul_scalar(1.0 - bn.momentum);
-                running.add(batch.detach().mul_scalar(bn.momentum)).detach()
-            };
-            bn.running_mean
-                .update(update(bn.running_mean.value_sync(), result.mean));
-            bn.running_var
-                .update(update(bn.running_var.value_sync(), result.variance));
+            update_running_statistics(bn, result.mean, result.variance);
             return result.output;
         }
     }
     bn.forward(input)
+}
+
+/// Moves `bn`'s running statistics towards a batch's, as Burn's `BatchNorm` does in training.
+#[cfg(feature = "cpu-ops")]
+fn update_running_statistics(bn: &BatchNorm, mean: Tensor<1>, variance: Tensor<1>) {
+    let update = |running: Tensor<1>, batch: Tensor<1>| {
+        let running = running
+            .to_device(&batch.device())
+            .mul_scalar(1.0 - bn.momentum);
+        running.add(batch.detach().mul_scalar(bn.momentum)).detach()
+    };
+    bn.running_mean
+        .update(update(bn.running_mean.value_sync(), mean));
+    bn.running_var
+        .update(update(bn.running_var.value_sync(), variance));
 }
 
 fn batch_norm(channels: usize, config: &RepVggConfig, device: &Device) -> BatchNorm {
@@ -199,12 +207,70 @@ impl Block for RepVggBlock {
     }
 
     fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        #[cfg(feature = "cpu-ops")]
+        if let Some([stride, groups]) = self.fused_training_op(&input.device()) {
+            return self.forward_fused(input, stride, groups);
+        }
         let mut sum = self.rbr_dense.forward(input.clone());
         if let Some(identity) = &self.rbr_identity {
             sum = sum + normalize(identity, input.clone());
         }
         sum = sum + self.rbr_1x1.forward(input);
         activate(sum, &self.se, &self.post_se)
+    }
+}
+
+#[cfg(feature = "cpu-ops")]
+impl RepVggBlock {
+    /// The batch norms of the branches: 3x3, 1x1 and, where present, the identity.
+    fn norms(&self) -> impl Iterator<Item = &BatchNorm> {
+        [&self.rbr_dense.bn, &self.rbr_1x1.bn]
+            .into_iter()
+            .chain(self.rbr_identity.as_ref())
+    }
+
+    /// `[stride, groups]` when the whole block can be repvgg-ops' one training op here: in
+    /// training on Burn's CPU backend under autodiff, without SE, with the reference's
+    /// convolutions and one epsilon for its batch norms.
+    fn fused_training_op(&self, device: &Device) -> Option<[usize; 2]> {
+        let (dense, pointwise) = (&self.rbr_dense.conv, &self.rbr_1x1.conv);
+        let usable = self.se.is_none()
+            && self.post_se.is_none()
+            && device.is_autodiff()
+            && self
+                .norms()
+                .all(|bn| bn.training.is_enabled() && bn.epsilon == self.rbr_dense.bn.epsilon)
+            && repvgg_ops::runs_here(device)
+            && dense.kernel_size == [3, 3]
+            && pointwise.kernel_size == [1, 1];
+        let (dense_op, pointwise_op) = (cpu_ops_conv(dense)?, cpu_ops_conv(pointwise)?);
+        let matching = dense_op.padding == 1
+            && pointwise_op.padding == 0
+            && dense_op.stride == pointwise_op.stride
+            && dense_op.groups == pointwise_op.groups;
+        (usable && matching).then_some([dense_op.stride, dense_op.groups])
+    }
+
+    /// The forward pass as repvgg-ops' block op, which also updates the running statistics.
+    fn forward_fused(&self, input: Tensor<4>, stride: usize, groups: usize) -> Tensor<4> {
+        let gamma = Tensor::stack(self.norms().map(|bn| bn.gamma.val()).collect(), 0);
+        let beta = Tensor::stack(self.norms().map(|bn| bn.beta.val()).collect(), 0);
+        let result = repvgg_ops::block_train(
+            input,
+            self.rbr_dense.conv.weight.val(),
+            self.rbr_1x1.conv.weight.val(),
+            gamma,
+            beta,
+            stride,
+            groups,
+            self.rbr_dense.bn.epsilon,
+        );
+        let [_, channels] = result.mean.dims();
+        for (branch, bn) in self.norms().enumerate() {
+            let row = |t: &Tensor<2>| t.clone().slice(s![branch, ..]).reshape([channels]);
+            update_running_statistics(bn, row(&result.mean), row(&result.variance));
+        }
+        result.output
     }
 }
 

@@ -98,6 +98,67 @@ impl<B: TrainingOps> Backward<B, 3> for BatchNormBackward {
     }
 }
 
+/// The block's backward step: the ids of the input's, both weights' and `gamma`'s values, and
+/// what the forward pass returned (output, both convolutions, mean, variance).
+#[derive(Debug)]
+struct BlockBackward;
+
+#[derive(Clone, Debug)]
+struct BlockState<B: TrainingOps> {
+    x: NodeId,
+    dense_weight: NodeId,
+    pointwise_weight: NodeId,
+    gamma: NodeId,
+    saved: [FloatTensor<B>; 5],
+    stride: usize,
+    groups: usize,
+    epsilon: f64,
+}
+
+impl<B: TrainingOps> Backward<B, 5> for BlockBackward {
+    type State = BlockState<B>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 5>,
+        grads: &mut Gradients,
+        checkpointer: &mut Checkpointer,
+    ) {
+        let [node_x, node_dense, node_pointwise, node_gamma, node_beta] = ops.parents;
+        let output_grad = grads.consume::<B>(&ops.node);
+        let state = ops.state;
+        let [output, dense, pointwise, mean, variance] = state.saved;
+        let (x_grad, dense_grad, pointwise_grad, gamma_grad, beta_grad) =
+            B::repvgg_block_train_backward(
+                checkpointer.retrieve_node_output(state.x),
+                checkpointer.retrieve_node_output(state.dense_weight),
+                checkpointer.retrieve_node_output(state.pointwise_weight),
+                checkpointer.retrieve_node_output(state.gamma),
+                output,
+                dense,
+                pointwise,
+                mean,
+                variance,
+                output_grad,
+                state.stride,
+                state.groups,
+                state.epsilon,
+                node_x.is_some(),
+            );
+        for (node, grad) in [
+            (node_x, x_grad),
+            (node_dense, dense_grad),
+            (node_pointwise, pointwise_grad),
+            (node_gamma, gamma_grad),
+            (node_beta, beta_grad),
+        ] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
 impl<B: TrainingOps, C: CheckpointStrategy> TrainingOps for Autodiff<B, C> {
     fn repvgg_conv2d(
         x: FloatTensor<Self>,
@@ -226,6 +287,146 @@ impl<B: TrainingOps, C: CheckpointStrategy> TrainingOps for Autodiff<B, C> {
             Self::from_inner(x),
             Self::from_inner(gamma),
             Self::from_inner(beta),
+        )
+    }
+
+    fn repvgg_block_train(
+        x: FloatTensor<Self>,
+        dense_weight: FloatTensor<Self>,
+        pointwise_weight: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stride: usize,
+        groups: usize,
+        epsilon: f64,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let parents = [
+            x.node(),
+            dense_weight.node(),
+            pointwise_weight.node(),
+            gamma.node(),
+            beta.node(),
+        ];
+        let prepared = BlockBackward
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful();
+        match prepared {
+            OpsKind::Tracked(mut prep) => {
+                let (x_id, dense_id, pointwise_id, gamma_id) = (
+                    prep.checkpoint(&x),
+                    prep.checkpoint(&dense_weight),
+                    prep.checkpoint(&pointwise_weight),
+                    prep.checkpoint(&gamma),
+                );
+                let (output, dense, pointwise, mean, variance) = B::repvgg_block_train(
+                    x.into_primitive(),
+                    dense_weight.into_primitive(),
+                    pointwise_weight.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    stride,
+                    groups,
+                    epsilon,
+                );
+                let state = BlockState {
+                    x: x_id,
+                    dense_weight: dense_id,
+                    pointwise_weight: pointwise_id,
+                    gamma: gamma_id,
+                    saved: [
+                        output.clone(),
+                        dense.clone(),
+                        pointwise.clone(),
+                        mean.clone(),
+                        variance.clone(),
+                    ],
+                    stride,
+                    groups,
+                    epsilon,
+                };
+                (
+                    prep.finish(state, output),
+                    Self::from_inner(dense),
+                    Self::from_inner(pointwise),
+                    Self::from_inner(mean),
+                    Self::from_inner(variance),
+                )
+            }
+            OpsKind::UnTracked(prep) => {
+                let (output, dense, pointwise, mean, variance) = B::repvgg_block_train(
+                    x.into_primitive(),
+                    dense_weight.into_primitive(),
+                    pointwise_weight.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    stride,
+                    groups,
+                    epsilon,
+                );
+                (
+                    prep.finish(output),
+                    Self::from_inner(dense),
+                    Self::from_inner(pointwise),
+                    Self::from_inner(mean),
+                    Self::from_inner(variance),
+                )
+            }
+        }
+    }
+
+    /// The inner backend's gradients, themselves not differentiated (untracked).
+    #[allow(clippy::too_many_arguments)]
+    fn repvgg_block_train_backward(
+        x: FloatTensor<Self>,
+        dense_weight: FloatTensor<Self>,
+        pointwise_weight: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        dense: FloatTensor<Self>,
+        pointwise: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+        groups: usize,
+        epsilon: f64,
+        input_grad: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    ) {
+        let grads = B::repvgg_block_train_backward(
+            x.into_primitive(),
+            dense_weight.into_primitive(),
+            pointwise_weight.into_primitive(),
+            gamma.into_primitive(),
+            output.into_primitive(),
+            dense.into_primitive(),
+            pointwise.into_primitive(),
+            mean.into_primitive(),
+            variance.into_primitive(),
+            output_grad.into_primitive(),
+            stride,
+            groups,
+            epsilon,
+            input_grad,
+        );
+        (
+            Self::from_inner(grads.0),
+            Self::from_inner(grads.1),
+            Self::from_inner(grads.2),
+            Self::from_inner(grads.3),
+            Self::from_inner(grads.4),
         )
     }
 

@@ -6,7 +6,8 @@ use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Shape, TensorData};
 
 use crate::TrainingOps;
-use crate::kernels::{self, Geometry};
+use crate::block::{self, BlockGeometry, BlockInputs, BlockSaved};
+use crate::kernels::{self, Geometry, Order};
 use crate::norm::{self, Planes};
 use crate::sgd::{self, Sgd};
 
@@ -101,6 +102,96 @@ impl TrainingOps for Flex {
         )
     }
 
+    fn repvgg_block_train(
+        x: FlexTensor,
+        dense_weight: FlexTensor,
+        pointwise_weight: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        stride: usize,
+        groups: usize,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let shape = block_geometry(&x, &dense_weight, &gamma, stride, groups);
+        let (x, order) = plane_values(&x);
+        let (gamma, beta) = (values(&gamma), values(&beta));
+        let inputs = BlockInputs {
+            x: &x,
+            order,
+            dense: &values(&dense_weight),
+            pointwise: &values(&pointwise_weight),
+            gamma: &gamma,
+            beta: &beta,
+            epsilon,
+        };
+        let result = block::forward(&inputs, &shape);
+        let g = shape.conv;
+        let rows = [g.out_channels, g.batch * g.pixels()];
+        let statistics = [shape.branches(), g.out_channels];
+        (
+            channels_first(result.output, output_shape(&g)),
+            tensor(result.dense, rows),
+            tensor(result.pointwise, rows),
+            tensor(result.mean, statistics),
+            tensor(result.variance, statistics),
+        )
+    }
+
+    fn repvgg_block_train_backward(
+        x: FlexTensor,
+        dense_weight: FlexTensor,
+        pointwise_weight: FlexTensor,
+        gamma: FlexTensor,
+        output: FlexTensor,
+        dense: FlexTensor,
+        pointwise: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        output_grad: FlexTensor,
+        stride: usize,
+        groups: usize,
+        epsilon: f64,
+        input_grad: bool,
+    ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let shape = block_geometry(&x, &dense_weight, &gamma, stride, groups);
+        let (x, order) = plane_values(&x);
+        let gamma = values(&gamma);
+        let inputs = BlockInputs {
+            x: &x,
+            order,
+            dense: &values(&dense_weight),
+            pointwise: &values(&pointwise_weight),
+            gamma: &gamma,
+            beta: &[],
+            epsilon,
+        };
+        let (output, _) = plane_values(&output);
+        let (output_grad, grad_order) = plane_values(&output_grad);
+        let saved = BlockSaved {
+            output: &output,
+            dense: &values(&dense),
+            pointwise: &values(&pointwise),
+            mean: &values(&mean),
+            variance: &values(&variance),
+            output_grad: &output_grad,
+            order: grad_order,
+        };
+        let grads = block::backward(&inputs, &saved, &shape, input_grad);
+        let g = shape.conv;
+        let statistics = [shape.branches(), g.out_channels];
+        let x_grad = match grads.x {
+            Some(x) => channels_first(x, [g.batch, g.in_channels, g.height, g.width]),
+            None => tensor(Vec::new(), [0]),
+        };
+        (
+            x_grad,
+            tensor(grads.dense, dense_weight.shape().dims::<4>()),
+            tensor(grads.pointwise, pointwise_weight.shape().dims::<4>()),
+            tensor(grads.gamma, statistics),
+            tensor(grads.beta, statistics),
+        )
+    }
+
     fn repvgg_sgd_step(
         mut param: FlexTensor,
         grad: FlexTensor,
@@ -135,6 +226,47 @@ impl TrainingOps for Flex {
 /// `tensor` is dropped here.
 fn contiguous(tensor: FlexTensor) -> FlexTensor {
     tensor.to_contiguous()
+}
+
+/// A block's geometry from its input, 3x3 weight and `gamma [branches, out]`.
+fn block_geometry(
+    x: &FlexTensor,
+    dense_weight: &FlexTensor,
+    gamma: &FlexTensor,
+    stride: usize,
+    groups: usize,
+) -> BlockGeometry {
+    let [branches, _] = gamma.shape().dims();
+    BlockGeometry {
+        conv: geometry(&x.shape().dims(), dense_weight, stride, 1, groups),
+        identity: branches == 3,
+    }
+}
+
+/// A `[batch, channels, height, width]` tensor's f32 values and the order of its planes: as they
+/// lie when the tensor is contiguous (NCHW) or has the CNHW strides that [`channels_first`]
+/// gives, else copied into NCHW.
+fn plane_values(tensor: &FlexTensor) -> (std::borrow::Cow<'_, [f32]>, Order) {
+    let [batch, _, height, width] = tensor.shape().dims();
+    let plane = (height * width) as isize;
+    let layout = tensor.layout();
+    let channels_first = [plane, batch as isize * plane, width as isize, 1];
+    if !layout.is_contiguous()
+        && layout.strides() == channels_first
+        && layout.start_offset() == 0
+        && tensor.dtype() == DType::F32
+    {
+        let values = tensor.storage::<f32>();
+        if values.len() == tensor.shape().num_elements() {
+            return (values.into(), Order::Cnhw);
+        }
+    }
+    (values(tensor), Order::Nchw)
+}
+
+/// CNHW values as a `[batch, channels, height, width]` tensor (strides permuted, no copy).
+fn channels_first(values: Vec<f32>, [batch, channels, height, width]: [usize; 4]) -> FlexTensor {
+    tensor(values, [channels, batch, height, width]).permute(&[1, 0, 2, 3])
 }
 
 /// A `[batch, channels, ..]` shape as batch-normalization planes.

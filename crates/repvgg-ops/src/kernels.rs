@@ -38,44 +38,71 @@ impl Geometry {
         (self.width + 2 * self.padding - self.kernel) / self.stride + 1
     }
 
-    fn in_per_group(&self) -> usize {
+    pub(crate) fn in_per_group(&self) -> usize {
         self.in_channels / self.groups
     }
 
-    fn out_per_group(&self) -> usize {
+    pub(crate) fn out_per_group(&self) -> usize {
         self.out_channels / self.groups
     }
 
     /// Rows of one group's im2col columns: `in_per_group x kernel x kernel`.
-    fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         self.in_per_group() * self.kernel * self.kernel
     }
 
     /// Output pixels per image.
-    fn pixels(&self) -> usize {
+    pub(crate) fn pixels(&self) -> usize {
         self.out_height() * self.out_width()
     }
 
-    fn input_len(&self) -> usize {
+    pub(crate) fn input_len(&self) -> usize {
         self.batch * self.in_channels * self.height * self.width
     }
 
-    fn output_len(&self) -> usize {
+    pub(crate) fn output_len(&self) -> usize {
         self.batch * self.out_channels * self.pixels()
     }
 
-    fn weight_len(&self) -> usize {
+    pub(crate) fn weight_len(&self) -> usize {
         self.out_channels * self.depth()
     }
 
     /// The blocks of images the products take: `(first image, images)`.
-    fn blocks(&self) -> impl Iterator<Item = (usize, usize)> {
+    pub(crate) fn blocks(&self) -> impl Iterator<Item = (usize, usize)> {
         let per_image = (self.depth() * self.pixels()).max(1);
         let size = (BLOCK_FLOATS / per_image).clamp(1, self.batch.max(1));
         let batch = self.batch;
         (0..batch)
             .step_by(size)
             .map(move |first| (first, size.min(batch - first)))
+    }
+}
+
+/// How a batch lays out its `height x width` planes: image after image (NCHW, Burn's order), or
+/// channel after channel (CNHW, where a channel's values over the batch lie together, as batch
+/// norm reads them and as the products write them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Order {
+    Nchw,
+    Cnhw,
+}
+
+impl Order {
+    /// Where plane `(image, channel)` starts, in planes.
+    pub fn plane(self, image: usize, channel: usize, batch: usize, channels: usize) -> usize {
+        match self {
+            Order::Nchw => image * channels + channel,
+            Order::Cnhw => channel * batch + image,
+        }
+    }
+
+    /// The `(image, channel)` of the plane at `index`, the inverse of [`Order::plane`].
+    fn image_channel(self, index: usize, batch: usize, channels: usize) -> (usize, usize) {
+        match self {
+            Order::Nchw => (index / channels, index % channels),
+            Order::Cnhw => (index % batch, index / batch),
+        }
     }
 }
 
@@ -86,25 +113,25 @@ pub fn forward(x: &[f32], weight: &[f32], geometry: &Geometry) -> Vec<f32> {
     assert_eq!(weight.len(), g.weight_len(), "weight of {g:?}");
     let (depth, pixels, out_per_group) = (g.depth(), g.pixels(), g.out_per_group());
     let mut output = vec![0f32; g.output_len()];
-    let mut columns = Vec::new();
-    let mut product = Vec::new();
-    for (first, images) in g.blocks() {
-        let width = images * pixels;
-        for group in 0..g.groups {
-            im2col(x, g, first, images, group, &mut columns);
-            let weight = &weight[group * out_per_group * depth..][..out_per_group * depth];
-            product.resize(out_per_group * width, 0.0);
-            // product [out_per_group x width] = weight [out_per_group x depth] . columns
-            matmul(
-                Mat::new(&mut product, width, 1),
-                MatRef::new(weight, depth, 1),
-                MatRef::new(&columns, width, 1),
-                [out_per_group, width, depth],
-                false,
-            );
-            scatter_rows(&product, g, first, images, group, &mut output);
+    Scratch::with(|scratch| {
+        for (first, images) in g.blocks() {
+            let width = images * pixels;
+            for group in 0..g.groups {
+                im2col(x, Order::Nchw, g, [first, images, group], scratch);
+                let weight = &weight[group * out_per_group * depth..][..out_per_group * depth];
+                let product = sized(&mut scratch.product, out_per_group * width);
+                // product [out_per_group x width] = weight [out_per_group x depth] . columns
+                matmul(
+                    Mat::new(product, width, 1),
+                    MatRef::new(weight, depth, 1),
+                    MatRef::new(&scratch.columns, width, 1),
+                    [out_per_group, width, depth],
+                    false,
+                );
+                scatter_rows(product, g, first, images, group, &mut output);
+            }
         }
-    }
+    });
     output
 }
 
@@ -120,25 +147,33 @@ pub fn input_grad(weight: &[f32], output_grad: &[f32], geometry: &Geometry) -> V
     );
     let (depth, pixels, out_per_group) = (g.depth(), g.pixels(), g.out_per_group());
     let mut input_grad = vec![0f32; g.input_len()];
-    let mut rows = Vec::new();
-    let mut columns = Vec::new();
-    for (first, images) in g.blocks() {
-        let width = images * pixels;
-        for group in 0..g.groups {
-            gather_rows(output_grad, g, first, images, group, &mut rows);
-            let weight = &weight[group * out_per_group * depth..][..out_per_group * depth];
-            columns.resize(depth * width, 0.0);
-            // columns [depth x width] = weight^T [depth x out_per_group] . rows
-            matmul(
-                Mat::new(&mut columns, width, 1),
-                MatRef::new(weight, 1, depth),
-                MatRef::new(&rows, width, 1),
-                [depth, width, out_per_group],
-                false,
-            );
-            col2im(&columns, g, first, images, group, &mut input_grad);
+    Scratch::with(|scratch| {
+        for (first, images) in g.blocks() {
+            let width = images * pixels;
+            for group in 0..g.groups {
+                gather_rows(output_grad, g, first, images, group, &mut scratch.product);
+                let weight = &weight[group * out_per_group * depth..][..out_per_group * depth];
+                let columns = sized(&mut scratch.columns, depth * width);
+                // columns [depth x width] = weight^T [depth x out_per_group] . rows
+                matmul(
+                    Mat::new(columns, width, 1),
+                    MatRef::new(weight, 1, depth),
+                    MatRef::new(&scratch.product, width, 1),
+                    [depth, width, out_per_group],
+                    false,
+                );
+                let place = [first, images, group];
+                col2im(
+                    columns,
+                    g,
+                    place,
+                    Order::Nchw,
+                    &mut input_grad,
+                    &mut scratch.padded,
+                );
+            }
         }
-    }
+    });
     input_grad
 }
 
@@ -154,135 +189,226 @@ pub fn weight_grad(x: &[f32], output_grad: &[f32], geometry: &Geometry) -> Vec<f
     );
     let (depth, pixels, out_per_group) = (g.depth(), g.pixels(), g.out_per_group());
     let mut weight_grad = vec![0f32; g.weight_len()];
-    let mut rows = Vec::new();
-    let mut columns = Vec::new();
-    for (block, (first, images)) in g.blocks().enumerate() {
-        let width = images * pixels;
-        for group in 0..g.groups {
-            gather_rows(output_grad, g, first, images, group, &mut rows);
-            im2col(x, g, first, images, group, &mut columns);
-            let grad = &mut weight_grad[group * out_per_group * depth..][..out_per_group * depth];
-            // grad [out_per_group x depth] (+)= rows [out_per_group x width] . columns^T
-            matmul(
-                Mat::new(grad, depth, 1),
-                MatRef::new(&rows, width, 1),
-                MatRef::new(&columns, 1, width),
-                [out_per_group, depth, width],
-                block > 0,
-            );
+    Scratch::with(|scratch| {
+        for (block, (first, images)) in g.blocks().enumerate() {
+            let width = images * pixels;
+            for group in 0..g.groups {
+                gather_rows(output_grad, g, first, images, group, &mut scratch.product);
+                im2col(x, Order::Nchw, g, [first, images, group], scratch);
+                let grad =
+                    &mut weight_grad[group * out_per_group * depth..][..out_per_group * depth];
+                // grad [out_per_group x depth] (+)= rows [out_per_group x width] . columns^T
+                matmul(
+                    Mat::new(grad, depth, 1),
+                    MatRef::new(&scratch.product, width, 1),
+                    MatRef::new(&scratch.columns, 1, width),
+                    [out_per_group, depth, width],
+                    block > 0,
+                );
+            }
         }
-    }
+    });
     weight_grad
 }
 
-/// A group's im2col columns for `images` images from `first`: row `(channel, ky, kx)` holds,
-/// image after image, the input pixel under that tap for every output pixel (zero in the
-/// padding).
-fn im2col(x: &[f32], g: &Geometry, first: usize, images: usize, group: usize, out: &mut Vec<f32>) {
-    let (kernel, pixels) = (g.kernel, g.pixels());
-    let out_width = g.out_width();
+/// Reusable buffers for the kernels' intermediates (im2col columns, padded planes, products),
+/// kept per thread between calls, so that each step does not fault in fresh pages for them.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    pub columns: Vec<f32>,
+    pub padded: Vec<f32>,
+    pub product: Vec<f32>,
+}
+
+impl Scratch {
+    /// Runs `f` with this thread's buffers (taken out for the call, so a nested call gets
+    /// fresh ones).
+    pub fn with<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Scratch> = Default::default();
+        }
+        let mut scratch = SCRATCH.with(|cell| cell.take());
+        let result = f(&mut scratch);
+        SCRATCH.with(|cell| cell.replace(scratch));
+        result
+    }
+}
+
+/// `len` values of `out`, with `Vec::resize`'s growth but without clearing what the caller
+/// overwrites anyway.
+fn sized(values: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if values.len() < len {
+        values.resize(len, 0.0);
+    }
+    &mut values[..len]
+}
+
+/// The sides of a plane zero-padded by `g.padding`: `(height, width)`.
+fn padded_size(g: &Geometry) -> (usize, usize) {
+    (g.height + 2 * g.padding, g.width + 2 * g.padding)
+}
+
+/// A group's input planes for `images` images from `first` of `x` (planes in `order`),
+/// zero-padded on every side: `[in_per_group][images][padded plane]`, in `padded`.
+fn pad(
+    x: &[f32],
+    order: Order,
+    g: &Geometry,
+    [first, images, group]: [usize; 3],
+    padded: &mut Vec<f32>,
+) {
+    let (height, width) = padded_size(g);
     let plane = g.height * g.width;
-    out.resize(g.depth() * images * pixels, 0.0);
-    out.par_chunks_mut(images * pixels)
+    let out = sized(padded, g.in_per_group() * images * height * width);
+    out.par_chunks_mut(images * height * width)
+        .enumerate()
+        .for_each(|(local, out)| {
+            let channel = group * g.in_per_group() + local;
+            for (image, out) in out.chunks_exact_mut(height * width).enumerate() {
+                let index = order.plane(first + image, channel, g.batch, g.in_channels);
+                let source = &x[index * plane..][..plane];
+                out[..g.padding * width].fill(0.0);
+                out[(g.padding + g.height) * width..].fill(0.0);
+                for (line, source) in out[g.padding * width..]
+                    .chunks_exact_mut(width)
+                    .zip(source.chunks_exact(g.width))
+                {
+                    line[..g.padding].fill(0.0);
+                    line[g.padding..g.padding + g.width].copy_from_slice(source);
+                    line[g.padding + g.width..].fill(0.0);
+                }
+            }
+        });
+}
+
+/// `out[i] = line[i * stride]` for each `i`, by fixed-length copies for the narrow rows of
+/// small images (where a call to `memcpy` a row would cost more than the copy).
+#[inline(always)]
+fn copy_row(out: &mut [f32], line: &[f32], stride: usize) {
+    #[inline(always)]
+    fn fixed<const N: usize>(out: &mut [f32], line: &[f32]) {
+        let out: &mut [f32; N] = out.try_into().expect("N values");
+        out.copy_from_slice(&line[..N]);
+    }
+    if stride != 1 {
+        for (out, value) in out.iter_mut().zip(line.iter().step_by(stride)) {
+            *out = *value;
+        }
+        return;
+    }
+    match out.len() {
+        1 => fixed::<1>(out, line),
+        2 => fixed::<2>(out, line),
+        4 => fixed::<4>(out, line),
+        7 => fixed::<7>(out, line),
+        8 => fixed::<8>(out, line),
+        14 => fixed::<14>(out, line),
+        16 => fixed::<16>(out, line),
+        n => out.copy_from_slice(&line[..n]),
+    }
+}
+
+/// `line[i * stride] += values[i]` for each `i`.
+#[inline(always)]
+fn add_row(line: &mut [f32], values: &[f32], stride: usize) {
+    if stride == 1 {
+        for (tap, value) in line.iter_mut().zip(values) {
+            *tap += value;
+        }
+    } else {
+        for (tap, value) in line.iter_mut().step_by(stride).zip(values) {
+            *tap += value;
+        }
+    }
+}
+
+/// A group's im2col columns for `images` images from `first` of `x` (planes in `order`), in
+/// `scratch.columns`: row `(channel, ky, kx)` holds, image after image, the input pixel under
+/// that tap for every output pixel (zero in the padding). The planes are padded first, so that
+/// every row is a plain copy.
+pub(crate) fn im2col(
+    x: &[f32],
+    order: Order,
+    g: &Geometry,
+    [first, images, group]: [usize; 3],
+    scratch: &mut Scratch,
+) {
+    let (kernel, pixels, out_width) = (g.kernel, g.pixels(), g.out_width());
+    let (height, width) = padded_size(g);
+    let plane = height * width;
+    pad(x, order, g, [first, images, group], &mut scratch.padded);
+    let padded = &scratch.padded[..g.in_per_group() * images * plane];
+    let columns = sized(&mut scratch.columns, g.depth() * images * pixels);
+    columns
+        .par_chunks_mut(images * pixels)
         .enumerate()
         .for_each(|(row, out)| {
-            let channel = group * g.in_per_group() + row / (kernel * kernel);
+            let local = row / (kernel * kernel);
             let (ky, kx) = ((row / kernel) % kernel, row % kernel);
-            let (lo, hi) = valid_range(out_width, g.width, g.stride, kx, g.padding);
-            for (image, out) in out.chunks_exact_mut(pixels).enumerate() {
-                let source = &x[((first + image) * g.in_channels + channel) * plane..][..plane];
+            let source = &padded[local * images * plane..][..images * plane];
+            for (out, source) in out.chunks_exact_mut(pixels).zip(source.chunks_exact(plane)) {
                 for (oy, out) in out.chunks_exact_mut(out_width).enumerate() {
-                    let iy = (oy * g.stride + ky).wrapping_sub(g.padding);
-                    if iy >= g.height {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let line = &source[iy * g.width..][..g.width];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    if lo == hi {
-                        continue;
-                    }
-                    let start = lo * g.stride + kx - g.padding;
-                    if g.stride == 1 {
-                        out[lo..hi].copy_from_slice(&line[start..start + (hi - lo)]);
-                    } else {
-                        let taps = line[start..].iter().step_by(g.stride);
-                        for (value, tap) in out[lo..hi].iter_mut().zip(taps) {
-                            *value = *tap;
-                        }
-                    }
+                    let start = (oy * g.stride + ky) * width + kx;
+                    copy_row(out, &source[start..], g.stride);
                 }
             }
         });
 }
 
-/// Adds a group's column gradients back onto the input gradient, the inverse of [`im2col`]:
-/// each `(image, channel)` plane gathers its `kernel x kernel` rows.
-fn col2im(
+/// Adds a group's column gradients back onto the input gradient (planes in `order`), the
+/// inverse of [`im2col`]: each channel gathers its `kernel x kernel` rows into padded planes,
+/// whose insides are then written to its `(image, channel)` planes.
+pub(crate) fn col2im(
     columns: &[f32],
     g: &Geometry,
-    first: usize,
-    images: usize,
-    group: usize,
+    [first, images, group]: [usize; 3],
+    order: Order,
     input_grad: &mut [f32],
+    padded: &mut Vec<f32>,
 ) {
-    let (kernel, pixels, width) = (g.kernel, g.pixels(), images * g.pixels());
-    let out_width = g.out_width();
-    let plane = g.height * g.width;
+    let (kernel, pixels, out_width) = (g.kernel, g.pixels(), g.out_width());
+    let (height, width) = padded_size(g);
+    let plane = height * width;
     let in_per_group = g.in_per_group();
-    let block = &mut input_grad[first * g.in_channels * plane..][..images * g.in_channels * plane];
-    block
-        .par_chunks_mut(plane)
+    let padded = sized(padded, in_per_group * images * plane);
+    padded
+        .par_chunks_mut(images * plane)
         .enumerate()
-        .filter(|(index, _)| index % g.in_channels / in_per_group == group)
-        .for_each(|(index, target)| {
-            let (image, channel) = (index / g.in_channels, index % g.in_channels % in_per_group);
-            for ky in 0..kernel {
-                for kx in 0..kernel {
-                    let row = (channel * kernel + ky) * kernel + kx;
-                    let source = &columns[row * width + image * pixels..][..pixels];
-                    let (lo, hi) = valid_range(out_width, g.width, g.stride, kx, g.padding);
-                    for (oy, source) in source.chunks_exact(out_width).enumerate() {
-                        let iy = (oy * g.stride + ky).wrapping_sub(g.padding);
-                        if iy >= g.height || lo == hi {
-                            continue;
-                        }
-                        let line = &mut target[iy * g.width..][..g.width];
-                        let start = lo * g.stride + kx - g.padding;
-                        let values = &source[lo..hi];
-                        if g.stride == 1 {
-                            let taps = &mut line[start..start + values.len()];
-                            for (tap, value) in taps.iter_mut().zip(values) {
-                                *tap += value;
-                            }
-                        } else {
-                            let taps = line[start..].iter_mut().step_by(g.stride);
-                            for (tap, value) in taps.zip(values) {
-                                *tap += value;
-                            }
-                        }
+        .for_each(|(local, target)| {
+            target.fill(0.0);
+            for tap in 0..kernel * kernel {
+                let (ky, kx) = (tap / kernel, tap % kernel);
+                let row = local * kernel * kernel + tap;
+                let source = &columns[row * images * pixels..][..images * pixels];
+                for (source, target) in source
+                    .chunks_exact(pixels)
+                    .zip(target.chunks_exact_mut(plane))
+                {
+                    for (oy, values) in source.chunks_exact(out_width).enumerate() {
+                        let start = (oy * g.stride + ky) * width + kx;
+                        add_row(&mut target[start..], values, g.stride);
                     }
                 }
             }
         });
-}
-
-/// The output columns `lo..hi` whose input column, `column * stride + tap - padding`, lies
-/// within `0..in_len` (the others read the zero padding).
-fn valid_range(
-    out_len: usize,
-    in_len: usize,
-    stride: usize,
-    tap: usize,
-    padding: usize,
-) -> (usize, usize) {
-    let lo = padding.saturating_sub(tap).div_ceil(stride).min(out_len);
-    let hi = match (in_len + padding).checked_sub(tap + 1) {
-        Some(last) => (last / stride + 1).min(out_len),
-        None => 0,
-    };
-    (lo, hi.max(lo))
+    let padded = &*padded;
+    input_grad
+        .par_chunks_mut(g.height * g.width)
+        .enumerate()
+        .map(|(index, target)| (order.image_channel(index, g.batch, g.in_channels), target))
+        .filter(|((image, channel), _)| {
+            (first..first + images).contains(image) && channel / in_per_group == group
+        })
+        .for_each(|((image, channel), target)| {
+            let local = channel % in_per_group;
+            let source = &padded[(local * images + image - first) * plane..][..plane];
+            for (line, source) in target
+                .chunks_exact_mut(g.width)
+                .zip(source[g.padding * width..].chunks_exact(width))
+            {
+                line.copy_from_slice(&source[g.padding..g.padding + g.width]);
+            }
+        });
 }
 
 /// A group's output channels of `images` images from `first`, as rows `[out_per_group x
@@ -296,8 +422,8 @@ fn gather_rows(
     rows: &mut Vec<f32>,
 ) {
     let (pixels, out_per_group) = (g.pixels(), g.out_per_group());
-    rows.resize(out_per_group * images * pixels, 0.0);
-    rows.par_chunks_mut(images * pixels)
+    sized(rows, out_per_group * images * pixels)
+        .par_chunks_mut(images * pixels)
         .enumerate()
         .for_each(|(local, row)| {
             let channel = group * out_per_group + local;
@@ -333,14 +459,14 @@ fn scatter_rows(
 }
 
 /// A matrix in a slice: element `(row, column)` at `row * row_stride + column * column_stride`.
-struct MatRef<'a> {
+pub(crate) struct MatRef<'a> {
     data: &'a [f32],
     row_stride: usize,
     column_stride: usize,
 }
 
 impl<'a> MatRef<'a> {
-    fn new(data: &'a [f32], row_stride: usize, column_stride: usize) -> Self {
+    pub(crate) fn new(data: &'a [f32], row_stride: usize, column_stride: usize) -> Self {
         Self {
             data,
             row_stride,
@@ -357,14 +483,14 @@ impl<'a> MatRef<'a> {
 }
 
 /// A mutable [`MatRef`].
-struct Mat<'a> {
+pub(crate) struct Mat<'a> {
     data: &'a mut [f32],
     row_stride: usize,
     column_stride: usize,
 }
 
 impl<'a> Mat<'a> {
-    fn new(data: &'a mut [f32], row_stride: usize, column_stride: usize) -> Self {
+    pub(crate) fn new(data: &'a mut [f32], row_stride: usize, column_stride: usize) -> Self {
         Self {
             data,
             row_stride,
@@ -375,7 +501,13 @@ impl<'a> Mat<'a> {
 
 /// `out = lhs . rhs` (or `out += lhs . rhs` when `accumulate`) for `[m, n, k]`: `out [m x n]`,
 /// `lhs [m x k]`, `rhs [k x n]`, on every core.
-fn matmul(out: Mat<'_>, lhs: MatRef<'_>, rhs: MatRef<'_>, [m, n, k]: [usize; 3], accumulate: bool) {
+pub(crate) fn matmul(
+    out: Mat<'_>,
+    lhs: MatRef<'_>,
+    rhs: MatRef<'_>,
+    [m, n, k]: [usize; 3],
+    accumulate: bool,
+) {
     let out_view = MatRef::new(out.data, out.row_stride, out.column_stride);
     assert!(
         out_view.fits(m, n) && lhs.fits(m, k) && rhs.fits(k, n),

@@ -33,6 +33,7 @@
 //! ```
 
 mod autodiff;
+mod block;
 mod flex;
 mod kernels;
 mod norm;
@@ -44,9 +45,10 @@ use std::sync::OnceLock;
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Dispatch, backend_extension};
+use burn::tensor::activation::relu;
 use burn::tensor::module::{BatchNormTrainOutput, conv2d as burn_conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Device, Tensor};
+use burn::tensor::{DType, Device, Tensor, s};
 
 /// A square-kernel convolution's stride, zero padding and groups, the same in both directions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -103,6 +105,107 @@ pub fn batch_norm_train<const D: usize>(
         output: Tensor::from_dispatch(output),
         mean: Tensor::from_dispatch(mean),
         variance: Tensor::from_dispatch(variance),
+    }
+}
+
+/// A training-time RepVGG block's result: the output, and each branch's batch mean and biased
+/// variance `[branches, out]` (3x3, 1x1, identity), detached, for the running statistics.
+pub struct BlockTrainOutput {
+    pub output: Tensor<4>,
+    pub mean: Tensor<2>,
+    pub variance: Tensor<2>,
+}
+
+/// The training-time RepVGG block with batch statistics:
+/// `ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))`, the identity branch present when `gamma` and
+/// `beta` have three rows. `dense_weight [out, in / groups, 3, 3]` (padding 1),
+/// `pointwise_weight [out, in / groups, 1, 1]`, both with `stride` and `groups`; `gamma`, `beta`
+/// `[branches, out]`.
+///
+/// On Burn's CPU backend in f32 it is one op: both convolutions from one im2col, every
+/// intermediate laid out channel after channel, the batch norms, the sum and the ReLU in one pass,
+/// and the backward the same way. Its output then has CNHW strides (an NCHW tensor to every
+/// other op), which the next block reads without a copy. Elsewhere it is Burn's ops.
+#[allow(clippy::too_many_arguments)]
+pub fn block_train(
+    x: Tensor<4>,
+    dense_weight: Tensor<4>,
+    pointwise_weight: Tensor<4>,
+    gamma: Tensor<2>,
+    beta: Tensor<2>,
+    stride: usize,
+    groups: usize,
+    epsilon: f64,
+) -> BlockTrainOutput {
+    let [branches, _] = gamma.dims();
+    assert!(
+        branches == 2 || branches == 3,
+        "a block batch-normalizes 2 or 3 branches, not {branches}"
+    );
+    if !runs_here(&x.device()) || x.dtype() != DType::F32 {
+        return generic_block_train(
+            x,
+            [dense_weight, pointwise_weight],
+            gamma,
+            beta,
+            stride,
+            groups,
+            epsilon,
+        );
+    }
+    let (output, _, _, mean, variance) = Dispatch::repvgg_block_train(
+        x.into_dispatch(),
+        dense_weight.into_dispatch(),
+        pointwise_weight.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        stride,
+        groups,
+        epsilon,
+    );
+    BlockTrainOutput {
+        output: Tensor::from_dispatch(output),
+        mean: Tensor::from_dispatch(mean),
+        variance: Tensor::from_dispatch(variance),
+    }
+}
+
+/// [`block_train`] by Burn's ops.
+fn generic_block_train(
+    x: Tensor<4>,
+    [dense_weight, pointwise_weight]: [Tensor<4>; 2],
+    gamma: Tensor<2>,
+    beta: Tensor<2>,
+    stride: usize,
+    groups: usize,
+    epsilon: f64,
+) -> BlockTrainOutput {
+    let [branches, channels] = gamma.dims();
+    let convolve = |weight, padding| {
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], groups);
+        burn_conv2d(x.clone(), weight, None, options)
+    };
+    let inputs = [
+        convolve(dense_weight, 1),
+        convolve(pointwise_weight, 0),
+        x.clone(),
+    ];
+    let (mut sum, mut means, mut variances) = (None, Vec::new(), Vec::new());
+    for (branch, input) in inputs.into_iter().enumerate().take(branches) {
+        let row = |t: &Tensor<2>| t.clone().slice(s![branch, ..]).reshape([channels]);
+        let result =
+            burn::tensor::module::batch_norm_train(input, row(&gamma), row(&beta), epsilon);
+        sum = Some(match sum {
+            Some(sum) => sum + result.output,
+            None => result.output,
+        });
+        means.push(result.mean.detach());
+        variances.push(result.variance.detach());
+    }
+    BlockTrainOutput {
+        output: relu(sum.expect("two or three branches")),
+        mean: Tensor::stack(means, 0),
+        variance: Tensor::stack(variances, 0),
     }
 }
 
@@ -215,6 +318,53 @@ pub trait TrainingOps: burn::backend::Backend {
         epsilon: f64,
         output_grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+
+    /// The training-time block (see [`block_train`]): the output, the two convolutions' outputs
+    /// (what the backward step reads), and each branch's mean and variance.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn repvgg_block_train(
+        x: FloatTensor<Self>,
+        dense_weight: FloatTensor<Self>,
+        pointwise_weight: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        stride: usize,
+        groups: usize,
+        epsilon: f64,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
+
+    /// The gradients of [`repvgg_block_train`](Self::repvgg_block_train)'s input (an empty
+    /// tensor unless `input_grad`), weights, `gamma` and `beta`, from the output's gradient and
+    /// what the forward pass returned.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn repvgg_block_train_backward(
+        x: FloatTensor<Self>,
+        dense_weight: FloatTensor<Self>,
+        pointwise_weight: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        dense: FloatTensor<Self>,
+        pointwise: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        output_grad: FloatTensor<Self>,
+        stride: usize,
+        groups: usize,
+        epsilon: f64,
+        input_grad: bool,
+    ) -> (
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+        FloatTensor<Self>,
+    );
 
     /// One SGD step: the new parameter and velocity (see [`sgd_step`]); `velocity` is ignored
     /// on the `first` step.

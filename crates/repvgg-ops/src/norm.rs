@@ -156,7 +156,7 @@ const LANES: usize = 16;
 /// The mean and biased variance of a channel's values. The sums are taken about the channel's
 /// first value (so that a large mean does not swamp the variance), in f32 lanes per run and f64
 /// across runs.
-fn moments<'a>(runs: impl Iterator<Item = &'a [f32]>, count: usize) -> (f32, f32) {
+pub(crate) fn moments<'a>(runs: impl Iterator<Item = &'a [f32]>, count: usize) -> (f32, f32) {
     let mut runs = runs.peekable();
     let Some(pivot) = runs.peek().and_then(|run| run.first().copied()) else {
         return (0.0, 0.0);
@@ -186,7 +186,10 @@ fn moments<'a>(runs: impl Iterator<Item = &'a [f32]>, count: usize) -> (f32, f32
 }
 
 /// `(sum g, sum g (x - mean))` over a channel's runs of gradients and inputs.
-fn grad_sums<'a>(runs: impl Iterator<Item = (&'a [f32], &'a [f32])>, mean: f32) -> (f64, f64) {
+pub(crate) fn grad_sums<'a>(
+    runs: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    mean: f32,
+) -> (f64, f64) {
     let (mut sum, mut centred) = (0.0f64, 0.0f64);
     for (grads, inputs) in runs {
         let (mut lane_sum, mut lane_centred) = ([0.0f32; LANES], [0.0f32; LANES]);

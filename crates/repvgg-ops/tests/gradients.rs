@@ -1,12 +1,13 @@
 //! The ops against Burn's: `repvgg_ops::conv2d` against `conv2d` (at odd sizes, stride 1 and 2,
-//! grouped and not, 3x3 and 1x1, one image and several) and `repvgg_ops::batch_norm_train`
-//! against `batch_norm_train`: the same outputs and, under autodiff, the same gradients of every
-//! input, on random tensors.
+//! grouped and not, 3x3 and 1x1, one image and several), `repvgg_ops::batch_norm_train` against
+//! `batch_norm_train`, and `repvgg_ops::block_train` against the block composed of those: the
+//! same outputs and, under autodiff, the same gradients of every input, on random tensors.
 
+use burn::tensor::activation::relu;
 use burn::tensor::module::{batch_norm_train as burn_batch_norm_train, conv2d as burn_conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
-use repvgg_ops::{Conv, batch_norm_train, conv2d};
+use burn::tensor::{Device, Distribution, Tensor, TensorData, s};
+use repvgg_ops::{BlockTrainOutput, Conv, batch_norm_train, block_train, conv2d};
 
 /// Largest difference relative to the largest magnitude of `expected`.
 fn relative(actual: TensorData, expected: TensorData) -> f32 {
@@ -160,6 +161,173 @@ fn batch_norm_outputs_statistics_and_gradients_equal_burns() {
                 "{case}: {what} differs by {difference:e}"
             );
         }
+    }
+}
+
+/// (batch, in, out, height, width, stride, groups, identity)
+type BlockCase = (usize, usize, usize, usize, usize, usize, usize, bool);
+
+const BLOCK_CASES: [BlockCase; 7] = [
+    (2, 6, 6, 9, 7, 1, 1, true),
+    (2, 6, 8, 9, 7, 2, 1, false),
+    (1, 8, 8, 11, 5, 1, 2, true),
+    (3, 8, 12, 10, 10, 2, 4, false),
+    (64, 12, 12, 2, 2, 1, 1, true),
+    (1, 3, 16, 33, 31, 2, 1, false),
+    (3, 4, 4, 1, 1, 1, 1, true),
+];
+
+fn random(shape: [usize; 4], device: &Device) -> Tensor<4> {
+    Tensor::random(shape, Distribution::Default, device)
+}
+
+fn random2(shape: [usize; 2], device: &Device) -> Tensor<2> {
+    Tensor::random(shape, Distribution::Default, device)
+}
+
+/// The block by Burn's ops: `ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) [+ BN(x)])`.
+fn burn_block(
+    x: Tensor<4>,
+    [dense, pointwise]: [Tensor<4>; 2],
+    [gamma, beta]: [Tensor<2>; 2],
+    stride: usize,
+    groups: usize,
+) -> BlockTrainOutput {
+    let [branches, channels] = gamma.dims();
+    let convolve = |weight, padding| {
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], groups);
+        burn_conv2d(x.clone(), weight, None, options)
+    };
+    let inputs = [convolve(dense, 1), convolve(pointwise, 0), x.clone()];
+    let (mut sum, mut means, mut variances) = (Vec::new(), Vec::new(), Vec::new());
+    for (branch, input) in inputs.into_iter().enumerate().take(branches) {
+        let row = |t: &Tensor<2>| t.clone().slice(s![branch, ..]).reshape([channels]);
+        let result = burn_batch_norm_train(input, row(&gamma), row(&beta), 1e-5);
+        sum.push(result.output);
+        means.push(result.mean);
+        variances.push(result.variance);
+    }
+    let sum = sum.into_iter().reduce(|a, b| a + b).unwrap();
+    BlockTrainOutput {
+        output: relu(sum),
+        mean: Tensor::stack(means, 0),
+        variance: Tensor::stack(variances, 0),
+    }
+}
+
+#[test]
+fn blocks_outputs_statistics_and_gradients_equal_burns() {
+    let device = Device::flex().autodiff();
+    for (batch, input, output, height, width, stride, groups, identity) in BLOCK_CASES {
+        let case = format!(
+            "{batch}x{input}x{height}x{width}, {output} out, s{stride} g{groups} identity {identity}"
+        );
+        let random = |shape| random(shape, &device);
+        let branches = 2 + identity as usize;
+        let x: Tensor<4> = random([batch, input, height, width]);
+        let dense: Tensor<4> = random([output, input / groups, 3, 3]);
+        let pointwise: Tensor<4> = random([output, input / groups, 1, 1]);
+        let gamma: Tensor<2> = random2([branches, output], &device) + 0.5;
+        let beta: Tensor<2> = random2([branches, output], &device);
+        let run = |fast: bool| {
+            let x = x.clone().require_grad();
+            let weights = [
+                dense.clone().require_grad(),
+                pointwise.clone().require_grad(),
+            ];
+            let norms = [gamma.clone().require_grad(), beta.clone().require_grad()];
+            let result = if fast {
+                let [d, p] = weights.clone();
+                let [g, b] = norms.clone();
+                block_train(x.clone(), d, p, g, b, stride, groups, 1e-5)
+            } else {
+                burn_block(x.clone(), weights.clone(), norms.clone(), stride, groups)
+            };
+            let y = result.output;
+            let grads = (y.clone() * loss_weights(y.dims(), &device))
+                .sum()
+                .backward();
+            let [d, p] = weights;
+            let [g, b] = norms;
+            [
+                y.into_data(),
+                result.mean.into_data(),
+                result.variance.into_data(),
+                x.grad(&grads).unwrap().into_data(),
+                d.grad(&grads).unwrap().into_data(),
+                p.grad(&grads).unwrap().into_data(),
+                g.grad(&grads).unwrap().into_data(),
+                b.grad(&grads).unwrap().into_data(),
+            ]
+        };
+        let tolerance = if batch * height * width / (stride * stride) > 3 {
+            1e-4
+        } else {
+            1e-3
+        };
+        let names = [
+            "output",
+            "mean",
+            "variance",
+            "x grad",
+            "3x3 grad",
+            "1x1 grad",
+            "gamma grad",
+            "beta grad",
+        ];
+        for ((what, a), e) in names.iter().zip(run(true)).zip(run(false)) {
+            let difference = relative(a, e);
+            assert!(
+                difference < tolerance,
+                "{case}: {what} differs by {difference:e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn chained_blocks_pass_their_channel_first_layout_on() {
+    // The second block reads the first's CNHW output, and hands its CNHW input gradient back.
+    let device = Device::flex().autodiff();
+    let x = random([3, 4, 7, 6], &device);
+    let weights: Vec<[Tensor<4>; 2]> = [(4, 8), (8, 8)]
+        .iter()
+        .map(|&(i, o)| [random([o, i, 3, 3], &device), random([o, i, 1, 1], &device)])
+        .collect();
+    let norms =
+        [(2, 8), (3, 8)].map(|(b, c)| [random2([b, c], &device) + 0.5, random2([b, c], &device)]);
+    let run = |fast: bool| {
+        let x = x.clone().require_grad();
+        let weights: Vec<[Tensor<4>; 2]> = weights
+            .iter()
+            .map(|w| w.clone().map(|w| w.require_grad()))
+            .collect();
+        let mut y = x.clone();
+        for ((w, n), stride) in weights.iter().zip(&norms).zip([2, 1]) {
+            y = if fast {
+                let [d, p] = w.clone();
+                let [g, b] = n.clone();
+                block_train(y, d, p, g, b, stride, 1, 1e-5).output
+            } else {
+                burn_block(y, w.clone(), n.clone(), stride, 1).output
+            };
+        }
+        let grads = (y.clone() * loss_weights(y.dims(), &device))
+            .sum()
+            .backward();
+        [
+            y.into_data(),
+            x.grad(&grads).unwrap().into_data(),
+            weights[0][0].grad(&grads).unwrap().into_data(),
+        ]
+    };
+    for ((what, a), e) in ["output", "x grad", "first 3x3 grad"]
+        .iter()
+        .zip(run(true))
+        .zip(run(false))
+    {
+        let difference = relative(a, e);
+        assert!(difference < 1e-4, "{what} differs by {difference:e}");
     }
 }
 

@@ -1,0 +1,453 @@
+//! The training-time RepVGG block as one op, on f32 slices:
+//! `ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) [+ BN(x)])`, each batch norm with the batch's
+//! statistics, forward and backward.
+//!
+//! Both convolutions read the same im2col columns (the 1x1's input is their centre tap), and
+//! every intermediate lies channel after channel (CNHW), so the products write it in place and
+//! each channel's statistics are one contiguous run. The output is CNHW too; the next block
+//! reads it as it is, and Burn's ops see it as an NCHW tensor with permuted strides.
+
+use rayon::prelude::*;
+
+use crate::kernels::{Geometry, Mat, MatRef, Order, Scratch, col2im, im2col, matmul};
+use crate::norm::{grad_sums, moments};
+
+/// A block's convolution geometry (3x3, padding 1; the 1x1 shares stride and groups) and
+/// whether it has the identity branch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockGeometry {
+    pub conv: Geometry,
+    pub identity: bool,
+}
+
+impl BlockGeometry {
+    /// Batch-normalized branches: 3 with the identity, else 2.
+    pub fn branches(&self) -> usize {
+        2 + self.identity as usize
+    }
+
+    /// Values of a CNHW output (or of one branch's convolution).
+    fn output_len(&self) -> usize {
+        self.conv.output_len()
+    }
+
+    /// Values per output channel: the batch's pixels.
+    fn per_channel(&self) -> usize {
+        self.conv.batch * self.conv.pixels()
+    }
+}
+
+/// The input and the parameters: `x` with its planes in `order`, the 3x3 weight
+/// `[out, in / groups, 3, 3]`, the 1x1 weight `[out, in / groups]`, and `gamma`, `beta`
+/// `[branches x out]` (3x3, 1x1, identity; the backward pass does not read `beta`).
+pub struct BlockInputs<'a> {
+    pub x: &'a [f32],
+    pub order: Order,
+    pub dense: &'a [f32],
+    pub pointwise: &'a [f32],
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub epsilon: f64,
+}
+
+/// The forward pass's results: the output (CNHW), what the backward pass needs (the two
+/// convolutions' outputs, CNHW), and each branch's batch statistics `[branches x out]`.
+pub struct BlockOutputs {
+    pub output: Vec<f32>,
+    pub dense: Vec<f32>,
+    pub pointwise: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub variance: Vec<f32>,
+}
+
+/// The block's forward pass.
+pub fn forward(inputs: &BlockInputs<'_>, b: &BlockGeometry) -> BlockOutputs {
+    let g = &b.conv;
+    check(inputs, b);
+    assert_eq!(
+        inputs.beta.len(),
+        inputs.gamma.len(),
+        "beta for every gamma"
+    );
+    let (dense, pointwise) = convolve(inputs, g);
+    let channels = g.out_channels;
+    let per_channel = b.per_channel();
+    // Per channel: each branch's mean and variance.
+    let statistics: Vec<[(f32, f32); 3]> = (0..channels)
+        .into_par_iter()
+        .map(|c| {
+            let identity = match b.identity {
+                true => moments(input_planes(inputs.x, inputs.order, g, c), per_channel),
+                false => (0.0, 1.0),
+            };
+            [
+                moments(std::iter::once(row(&dense, c, per_channel)), per_channel),
+                moments(
+                    std::iter::once(row(&pointwise, c, per_channel)),
+                    per_channel,
+                ),
+                identity,
+            ]
+        })
+        .collect();
+    let branches = b.branches();
+    let mut mean = vec![0.0; branches * channels];
+    let mut variance = vec![0.0; branches * channels];
+    for (c, moments) in statistics.iter().enumerate() {
+        for (branch, &(m, v)) in moments.iter().enumerate().take(branches) {
+            mean[branch * channels + c] = m;
+            variance[branch * channels + c] = v;
+        }
+    }
+    let affine = Affine::new(inputs, &mean, &variance, b);
+    let mut output = vec![0.0; b.output_len()];
+    output
+        .par_chunks_mut(per_channel)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let [dense_scale, pointwise_scale, identity_scale] = affine.scale[c];
+            let shift = affine.shift[c];
+            let dense = &dense[c * per_channel..][..per_channel];
+            let pointwise = &pointwise[c * per_channel..][..per_channel];
+            for (i, out) in out.iter_mut().enumerate() {
+                *out = dense[i] * dense_scale + pointwise[i] * pointwise_scale + shift;
+            }
+            if b.identity {
+                let planes = input_planes(inputs.x, inputs.order, g, c);
+                for (out, plane) in out.chunks_exact_mut(g.pixels()).zip(planes) {
+                    for (out, &value) in out.iter_mut().zip(plane) {
+                        *out += value * identity_scale;
+                    }
+                }
+            }
+            for out in out.iter_mut() {
+                *out = out.max(0.0);
+            }
+        });
+    BlockOutputs {
+        output,
+        dense,
+        pointwise,
+        mean,
+        variance,
+    }
+}
+
+/// The two convolutions of `x`, CNHW: one im2col per block of images and group, the 1x1
+/// reading its centre rows.
+fn convolve(inputs: &BlockInputs<'_>, g: &Geometry) -> (Vec<f32>, Vec<f32>) {
+    let (depth, in_per_group, out_per_group) = (g.depth(), g.in_per_group(), g.out_per_group());
+    let row = g.batch * g.pixels();
+    let mut dense = vec![0.0; g.output_len()];
+    let mut pointwise = vec![0.0; g.output_len()];
+    Scratch::with(|scratch| {
+        for (first, images) in g.blocks() {
+            let width = images * g.pixels();
+            for group in 0..g.groups {
+                im2col(inputs.x, inputs.order, g, [first, images, group], scratch);
+                let columns = &scratch.columns[..depth * width];
+                let start = group * out_per_group * row + first * g.pixels();
+                let dense_weight = &inputs.dense[group * out_per_group * depth..];
+                matmul(
+                    Mat::new(&mut dense[start..], row, 1),
+                    MatRef::new(dense_weight, depth, 1),
+                    MatRef::new(columns, width, 1),
+                    [out_per_group, width, depth],
+                    false,
+                );
+                let pointwise_weight = &inputs.pointwise[group * out_per_group * in_per_group..];
+                matmul(
+                    Mat::new(&mut pointwise[start..], row, 1),
+                    MatRef::new(pointwise_weight, in_per_group, 1),
+                    centre_rows(columns, width),
+                    [out_per_group, width, in_per_group],
+                    false,
+                );
+            }
+        }
+    });
+    (dense, pointwise)
+}
+
+/// The centre tap's rows of 3x3 im2col columns `width` wide: the input of the 1x1 convolution
+/// with the same stride, as rows `[in_per_group x width]`.
+fn centre_rows(columns: &[f32], width: usize) -> MatRef<'_> {
+    MatRef::new(&columns[4 * width..], 9 * width, 1)
+}
+
+/// Channel `c`'s row of CNHW values, `len` long.
+fn row(values: &[f32], c: usize, len: usize) -> &[f32] {
+    &values[c * len..][..len]
+}
+
+/// Input channel `channel`'s planes, image after image.
+fn input_planes<'a>(
+    x: &'a [f32],
+    order: Order,
+    g: &Geometry,
+    channel: usize,
+) -> impl Iterator<Item = &'a [f32]> {
+    let plane = g.height * g.width;
+    (0..g.batch).map(move |image| {
+        let index = order.plane(image, channel, g.batch, g.in_channels);
+        &x[index * plane..][..plane]
+    })
+}
+
+/// The three batch norms as one affine map per channel: `scale[c][branch]` and the sum of the
+/// branches' shifts.
+struct Affine {
+    scale: Vec<[f32; 3]>,
+    shift: Vec<f32>,
+}
+
+impl Affine {
+    fn new(inputs: &BlockInputs<'_>, mean: &[f32], variance: &[f32], b: &BlockGeometry) -> Self {
+        let channels = b.conv.out_channels;
+        let (mut scale, mut shift) = (vec![[0.0; 3]; channels], vec![0.0; channels]);
+        for (c, (scale, shift)) in scale.iter_mut().zip(&mut shift).enumerate() {
+            let mut total = 0.0f64;
+            for (branch, scale) in scale.iter_mut().enumerate().take(b.branches()) {
+                let i = branch * channels + c;
+                let s = inputs.gamma[i] as f64 / (variance[i] as f64 + inputs.epsilon).sqrt();
+                *scale = s as f32;
+                total += inputs.beta[i] as f64 - mean[i] as f64 * s;
+            }
+            *shift = total as f32;
+        }
+        Self { scale, shift }
+    }
+}
+
+/// What the backward pass reads beside the forward pass's inputs: the forward pass's results
+/// (output, convolutions and statistics) and the output's gradient with its planes in `order`.
+pub struct BlockSaved<'a> {
+    pub output: &'a [f32],
+    pub dense: &'a [f32],
+    pub pointwise: &'a [f32],
+    pub mean: &'a [f32],
+    pub variance: &'a [f32],
+    pub output_grad: &'a [f32],
+    pub order: Order,
+}
+
+/// The gradients: of the input (CNHW; `None` when not asked for), of both weights, and of
+/// `gamma` and `beta` `[branches x out]`.
+pub struct BlockGradients {
+    pub x: Option<Vec<f32>>,
+    pub dense: Vec<f32>,
+    pub pointwise: Vec<f32>,
+    pub gamma: Vec<f32>,
+    pub beta: Vec<f32>,
+}
+
+/// The block's backward pass.
+pub fn backward(
+    inputs: &BlockInputs<'_>,
+    saved: &BlockSaved<'_>,
+    b: &BlockGeometry,
+    input_grad: bool,
+) -> BlockGradients {
+    let g = &b.conv;
+    check(inputs, b);
+    let (channels, per_channel, pixels) = (g.out_channels, b.per_channel(), g.pixels());
+    assert_eq!(
+        saved.output_grad.len(),
+        b.output_len(),
+        "the output's gradient"
+    );
+    // The gradient through the ReLU, CNHW, and per branch (sum g, sum g (z - mean)).
+    let mut relu_grad = vec![0.0; b.output_len()];
+    let sums: Vec<[(f64, f64); 3]> = relu_grad
+        .par_chunks_mut(per_channel)
+        .enumerate()
+        .map(|(c, relu_grad)| {
+            let output = &saved.output[c * per_channel..][..per_channel];
+            for (image, relu_grad) in relu_grad.chunks_exact_mut(pixels).enumerate() {
+                let index = saved.order.plane(image, c, g.batch, channels);
+                let output_grad = &saved.output_grad[index * pixels..][..pixels];
+                let output = &output[image * pixels..][..pixels];
+                for ((grad, &dy), &y) in relu_grad.iter_mut().zip(output_grad).zip(output) {
+                    *grad = if y > 0.0 { dy } else { 0.0 };
+                }
+            }
+            let mean = |branch: usize| saved.mean[branch * channels + c];
+            let identity = match b.identity {
+                true => {
+                    let planes = input_planes(inputs.x, inputs.order, g, c);
+                    grad_sums(relu_grad.chunks_exact(pixels).zip(planes), mean(2))
+                }
+                false => (0.0, 0.0),
+            };
+            [
+                grad_sums(
+                    std::iter::once((&*relu_grad, row(saved.dense, c, per_channel))),
+                    mean(0),
+                ),
+                grad_sums(
+                    std::iter::once((&*relu_grad, row(saved.pointwise, c, per_channel))),
+                    mean(1),
+                ),
+                identity,
+            ]
+        })
+        .collect();
+    let branches = b.branches();
+    let samples = per_channel as f64;
+    let mut gamma_grad = vec![0.0; branches * channels];
+    let mut beta_grad = vec![0.0; branches * channels];
+    // Per channel and branch, the input gradient of the batch norm is `a g + b z + shift`.
+    let mut coefficients = vec![[(0.0f32, 0.0f32, 0.0f32); 3]; channels];
+    for (c, sums) in sums.iter().enumerate() {
+        for (branch, &(sum, centred)) in sums.iter().enumerate().take(branches) {
+            let i = branch * channels + c;
+            let inv_std = 1.0 / (saved.variance[i] as f64 + inputs.epsilon).sqrt();
+            beta_grad[i] = sum as f32;
+            gamma_grad[i] = (centred * inv_std) as f32;
+            let a = inputs.gamma[i] as f64 * inv_std;
+            let slope = -a * inv_std * inv_std * centred / samples;
+            let shift = -a * sum / samples - slope * saved.mean[i] as f64;
+            coefficients[c][branch] = (a as f32, slope as f32, shift as f32);
+        }
+    }
+    let branch_grad = |branch: usize, z: &[f32]| {
+        let mut grad = vec![0.0; b.output_len()];
+        grad.par_chunks_mut(per_channel)
+            .enumerate()
+            .for_each(|(c, grad)| {
+                let (a, slope, shift) = coefficients[c][branch];
+                let dy = &relu_grad[c * per_channel..][..per_channel];
+                let z = &z[c * per_channel..][..per_channel];
+                for ((grad, &dy), &z) in grad.iter_mut().zip(dy).zip(z) {
+                    *grad = a * dy + slope * z + shift;
+                }
+            });
+        grad
+    };
+    let dense_grad = branch_grad(0, saved.dense);
+    let pointwise_grad = branch_grad(1, saved.pointwise);
+    let (dense, pointwise, mut x) =
+        convolution_grads(inputs, g, &dense_grad, &pointwise_grad, input_grad);
+    if let Some(x) = x.as_mut().filter(|_| b.identity) {
+        let plane = g.height * g.width;
+        x.par_chunks_mut(g.batch * plane)
+            .enumerate()
+            .for_each(|(c, x_grad)| {
+                let (a, slope, shift) = coefficients[c][2];
+                let dy = &relu_grad[c * per_channel..][..per_channel];
+                let planes = input_planes(inputs.x, inputs.order, g, c);
+                for ((x_grad, dy), x) in x_grad
+                    .chunks_exact_mut(plane)
+                    .zip(dy.chunks(plane))
+                    .zip(planes)
+                {
+                    for ((grad, &dy), &x) in x_grad.iter_mut().zip(dy).zip(x) {
+                        *grad += a * dy + slope * x + shift;
+                    }
+                }
+            });
+    }
+    BlockGradients {
+        x,
+        dense,
+        pointwise,
+        gamma: gamma_grad,
+        beta: beta_grad,
+    }
+}
+
+/// The gradients of both weights and (when asked) of the input (CNHW) from the convolutions'
+/// output gradients (CNHW): per block of images and group, one im2col shared by both weight
+/// gradients, and one column gradient into which the 1x1's adds its centre rows.
+fn convolution_grads(
+    inputs: &BlockInputs<'_>,
+    g: &Geometry,
+    dense_grad: &[f32],
+    pointwise_grad: &[f32],
+    input_grad: bool,
+) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
+    let (depth, in_per_group, out_per_group) = (g.depth(), g.in_per_group(), g.out_per_group());
+    let row = g.batch * g.pixels();
+    let mut dense = vec![0.0; g.weight_len()];
+    let mut pointwise = vec![0.0; g.out_channels * in_per_group];
+    let mut x = input_grad.then(|| vec![0.0; g.input_len()]);
+    Scratch::with(|scratch| {
+        for (block, (first, images)) in g.blocks().enumerate() {
+            let width = images * g.pixels();
+            for group in 0..g.groups {
+                im2col(inputs.x, inputs.order, g, [first, images, group], scratch);
+                let columns = &scratch.columns[..depth * width];
+                let start = group * out_per_group * row + first * g.pixels();
+                let dense_rows = MatRef::new(&dense_grad[start..], row, 1);
+                let pointwise_rows = MatRef::new(&pointwise_grad[start..], row, 1);
+                let dense_weight =
+                    group * out_per_group * depth..(group + 1) * out_per_group * depth;
+                let pointwise_weight = group * out_per_group * in_per_group
+                    ..(group + 1) * out_per_group * in_per_group;
+                // dW [out_per_group x depth] (+)= rows [out_per_group x width] . columns^T
+                matmul(
+                    Mat::new(&mut dense[dense_weight.clone()], depth, 1),
+                    dense_rows,
+                    MatRef::new(columns, 1, width),
+                    [out_per_group, depth, width],
+                    block > 0,
+                );
+                matmul(
+                    Mat::new(&mut pointwise[pointwise_weight.clone()], in_per_group, 1),
+                    pointwise_rows,
+                    MatRef::new(&columns[4 * width..], 1, 9 * width),
+                    [out_per_group, in_per_group, width],
+                    block > 0,
+                );
+                let Some(x) = x.as_mut() else { continue };
+                // The columns' gradient [depth x width] = W^T [depth x out_per_group] . rows,
+                // and the 1x1's on its centre rows.
+                let column_grad = &mut scratch.product;
+                column_grad.resize(depth * width, 0.0);
+                matmul(
+                    Mat::new(column_grad, width, 1),
+                    MatRef::new(&inputs.dense[dense_weight], 1, depth),
+                    MatRef::new(&dense_grad[start..], row, 1),
+                    [depth, width, out_per_group],
+                    false,
+                );
+                matmul(
+                    Mat::new(&mut column_grad[4 * width..], 9 * width, 1),
+                    MatRef::new(&inputs.pointwise[pointwise_weight], 1, in_per_group),
+                    MatRef::new(&pointwise_grad[start..], row, 1),
+                    [in_per_group, width, out_per_group],
+                    true,
+                );
+                let place = [first, images, group];
+                col2im(column_grad, g, place, Order::Cnhw, x, &mut scratch.padded);
+            }
+        }
+    });
+    (dense, pointwise, x)
+}
+
+fn check(inputs: &BlockInputs<'_>, b: &BlockGeometry) {
+    let g = &b.conv;
+    assert!(
+        g.kernel == 3 && g.padding == 1,
+        "a block's dense convolution is 3x3 with padding 1"
+    );
+    assert_eq!(inputs.x.len(), g.input_len(), "input of {g:?}");
+    assert_eq!(inputs.dense.len(), g.weight_len(), "3x3 weight of {g:?}");
+    assert_eq!(
+        inputs.pointwise.len(),
+        g.out_channels * g.in_per_group(),
+        "1x1 weight of {g:?}"
+    );
+    assert_eq!(
+        inputs.gamma.len(),
+        b.branches() * g.out_channels,
+        "gamma for {} branches of {} channels",
+        b.branches(),
+        g.out_channels
+    );
+    assert!(
+        !b.identity || (g.in_channels == g.out_channels && g.stride == 1),
+        "the identity branch keeps the shape"
+    );
+}
