@@ -72,45 +72,28 @@ pub fn forward(inputs: &BlockInputs<'_>, b: &BlockGeometry) -> BlockOutputs {
     let (dense, pointwise) = convolve(inputs, g);
     let channels = g.out_channels;
     let per_channel = b.per_channel();
-    // Per channel: each branch's mean and variance.
-    let statistics: Vec<[(f32, f32); 3]> = (0..channels)
-        .into_par_iter()
-        .map(|c| {
-            let identity = match b.identity {
-                true => moments(input_planes(inputs.x, inputs.order, g, c), per_channel),
-                false => (0.0, 1.0),
-            };
-            [
-                moments(std::iter::once(row(&dense, c, per_channel)), per_channel),
-                moments(
-                    std::iter::once(row(&pointwise, c, per_channel)),
-                    per_channel,
-                ),
-                identity,
-            ]
-        })
-        .collect();
     let branches = b.branches();
-    let mut mean = vec![0.0; branches * channels];
-    let mut variance = vec![0.0; branches * channels];
-    for (c, moments) in statistics.iter().enumerate() {
-        for (branch, &(m, v)) in moments.iter().enumerate().take(branches) {
-            mean[branch * channels + c] = m;
-            variance[branch * channels + c] = v;
-        }
-    }
-    let affine = Affine::new(inputs, &mean, &variance, b);
+    // Per channel, in one task while its values are in cache: each branch's statistics, then
+    // the output.
     let mut output = vec![0.0; b.output_len()];
-    output
+    let statistics: Vec<[(f32, f32); 3]> = output
         .par_chunks_mut(per_channel)
         .enumerate()
-        .for_each(|(c, out)| {
-            let [dense_scale, pointwise_scale, identity_scale] = affine.scale[c];
-            let shift = affine.shift[c];
-            let dense = &dense[c * per_channel..][..per_channel];
-            let pointwise = &pointwise[c * per_channel..][..per_channel];
-            for (i, out) in out.iter_mut().enumerate() {
-                *out = dense[i] * dense_scale + pointwise[i] * pointwise_scale + shift;
+        .map(|(c, out)| {
+            let dense = row(&dense, c, per_channel);
+            let pointwise = row(&pointwise, c, per_channel);
+            let moments = [
+                moments(std::iter::once(dense), per_channel),
+                moments(std::iter::once(pointwise), per_channel),
+                match b.identity {
+                    true => moments(input_planes(inputs.x, inputs.order, g, c), per_channel),
+                    false => (0.0, 1.0),
+                },
+            ];
+            let ([dense_scale, pointwise_scale, identity_scale], shift) =
+                affine(inputs, &moments[..branches], c, channels);
+            for ((out, &dense), &pointwise) in out.iter_mut().zip(dense).zip(pointwise) {
+                *out = dense * dense_scale + pointwise * pointwise_scale + shift;
             }
             if b.identity {
                 let planes = input_planes(inputs.x, inputs.order, g, c);
@@ -123,7 +106,17 @@ pub fn forward(inputs: &BlockInputs<'_>, b: &BlockGeometry) -> BlockOutputs {
             for out in out.iter_mut() {
                 *out = out.max(0.0);
             }
-        });
+            moments
+        })
+        .collect();
+    let mut mean = vec![0.0; branches * channels];
+    let mut variance = vec![0.0; branches * channels];
+    for (c, moments) in statistics.iter().enumerate() {
+        for (branch, &(m, v)) in moments.iter().enumerate().take(branches) {
+            mean[branch * channels + c] = m;
+            variance[branch * channels + c] = v;
+        }
+    }
     BlockOutputs {
         output,
         dense,
@@ -194,29 +187,22 @@ fn input_planes<'a>(
     })
 }
 
-/// The three batch norms as one affine map per channel: `scale[c][branch]` and the sum of the
-/// branches' shifts.
-struct Affine {
-    scale: Vec<[f32; 3]>,
-    shift: Vec<f32>,
-}
-
-impl Affine {
-    fn new(inputs: &BlockInputs<'_>, mean: &[f32], variance: &[f32], b: &BlockGeometry) -> Self {
-        let channels = b.conv.out_channels;
-        let (mut scale, mut shift) = (vec![[0.0; 3]; channels], vec![0.0; channels]);
-        for (c, (scale, shift)) in scale.iter_mut().zip(&mut shift).enumerate() {
-            let mut total = 0.0f64;
-            for (branch, scale) in scale.iter_mut().enumerate().take(b.branches()) {
-                let i = branch * channels + c;
-                let s = inputs.gamma[i] as f64 / (variance[i] as f64 + inputs.epsilon).sqrt();
-                *scale = s as f32;
-                total += inputs.beta[i] as f64 - mean[i] as f64 * s;
-            }
-            *shift = total as f32;
-        }
-        Self { scale, shift }
+/// Channel `c`'s batch norms, from each branch's `(mean, variance)`, as one affine map: each
+/// branch's scale (zero for a missing identity) and the sum of their shifts.
+fn affine(
+    inputs: &BlockInputs<'_>,
+    moments: &[(f32, f32)],
+    c: usize,
+    channels: usize,
+) -> ([f32; 3], f32) {
+    let (mut scale, mut shift) = ([0.0; 3], 0.0f64);
+    for (branch, (scale, &(mean, variance))) in scale.iter_mut().zip(moments).enumerate() {
+        let i = branch * channels + c;
+        let s = inputs.gamma[i] as f64 / (variance as f64 + inputs.epsilon).sqrt();
+        *scale = s as f32;
+        shift += inputs.beta[i] as f64 - mean as f64 * s;
     }
+    (scale, shift as f32)
 }
 
 /// What the backward pass reads beside the forward pass's inputs: the forward pass's results
@@ -256,13 +242,21 @@ pub fn backward(
         b.output_len(),
         "the output's gradient"
     );
-    // The gradient through the ReLU, CNHW, and per branch (sum g, sum g (z - mean)).
+    let branches = b.branches();
+    let samples = per_channel as f64;
+    // Per channel, in one task while its values are in cache: the gradient through the ReLU,
+    // each branch's sums `(sum g, sum g (z - mean))`, and from them the convolutions' output
+    // gradients. A batch norm's input gradient is `a g + slope z + shift` per channel.
     let mut relu_grad = vec![0.0; b.output_len()];
-    let sums: Vec<[(f64, f64); 3]> = relu_grad
+    let mut dense_grad = vec![0.0; b.output_len()];
+    let mut pointwise_grad = vec![0.0; b.output_len()];
+    let per_channel_grads: Vec<[BranchGrad; 3]> = relu_grad
         .par_chunks_mut(per_channel)
+        .zip(dense_grad.par_chunks_mut(per_channel))
+        .zip(pointwise_grad.par_chunks_mut(per_channel))
         .enumerate()
-        .map(|(c, relu_grad)| {
-            let output = &saved.output[c * per_channel..][..per_channel];
+        .map(|(c, ((relu_grad, dense_grad), pointwise_grad))| {
+            let output = row(saved.output, c, per_channel);
             for (image, relu_grad) in relu_grad.chunks_exact_mut(pixels).enumerate() {
                 let index = saved.order.plane(image, c, g.batch, channels);
                 let output_grad = &saved.output_grad[index * pixels..][..pixels];
@@ -271,61 +265,58 @@ pub fn backward(
                     *grad = if y > 0.0 { dy } else { 0.0 };
                 }
             }
+            let relu_grad = &*relu_grad;
+            let (dense, pointwise) = (
+                row(saved.dense, c, per_channel),
+                row(saved.pointwise, c, per_channel),
+            );
             let mean = |branch: usize| saved.mean[branch * channels + c];
-            let identity = match b.identity {
-                true => {
-                    let planes = input_planes(inputs.x, inputs.order, g, c);
-                    grad_sums(relu_grad.chunks_exact(pixels).zip(planes), mean(2))
+            let sums = [
+                grad_sums(std::iter::once((relu_grad, dense)), mean(0)),
+                grad_sums(std::iter::once((relu_grad, pointwise)), mean(1)),
+                match b.identity {
+                    true => {
+                        let planes = input_planes(inputs.x, inputs.order, g, c);
+                        grad_sums(relu_grad.chunks_exact(pixels).zip(planes), mean(2))
+                    }
+                    false => (0.0, 0.0),
+                },
+            ];
+            let mut grads = [BranchGrad::default(); 3];
+            for (branch, (grad, &(sum, centred))) in
+                grads.iter_mut().zip(&sums).enumerate().take(branches)
+            {
+                let i = branch * channels + c;
+                let inv_std = 1.0 / (saved.variance[i] as f64 + inputs.epsilon).sqrt();
+                let a = inputs.gamma[i] as f64 * inv_std;
+                let slope = -a * inv_std * inv_std * centred / samples;
+                *grad = BranchGrad {
+                    beta: sum as f32,
+                    gamma: (centred * inv_std) as f32,
+                    a: a as f32,
+                    slope: slope as f32,
+                    shift: (-a * sum / samples - slope * saved.mean[i] as f64) as f32,
+                };
+            }
+            for (out, z, grad) in [
+                (dense_grad, dense, grads[0]),
+                (pointwise_grad, pointwise, grads[1]),
+            ] {
+                for ((out, &dy), &z) in out.iter_mut().zip(relu_grad).zip(z) {
+                    *out = grad.a * dy + grad.slope * z + grad.shift;
                 }
-                false => (0.0, 0.0),
-            };
-            [
-                grad_sums(
-                    std::iter::once((&*relu_grad, row(saved.dense, c, per_channel))),
-                    mean(0),
-                ),
-                grad_sums(
-                    std::iter::once((&*relu_grad, row(saved.pointwise, c, per_channel))),
-                    mean(1),
-                ),
-                identity,
-            ]
+            }
+            grads
         })
         .collect();
-    let branches = b.branches();
-    let samples = per_channel as f64;
     let mut gamma_grad = vec![0.0; branches * channels];
     let mut beta_grad = vec![0.0; branches * channels];
-    // Per channel and branch, the input gradient of the batch norm is `a g + b z + shift`.
-    let mut coefficients = vec![[(0.0f32, 0.0f32, 0.0f32); 3]; channels];
-    for (c, sums) in sums.iter().enumerate() {
-        for (branch, &(sum, centred)) in sums.iter().enumerate().take(branches) {
-            let i = branch * channels + c;
-            let inv_std = 1.0 / (saved.variance[i] as f64 + inputs.epsilon).sqrt();
-            beta_grad[i] = sum as f32;
-            gamma_grad[i] = (centred * inv_std) as f32;
-            let a = inputs.gamma[i] as f64 * inv_std;
-            let slope = -a * inv_std * inv_std * centred / samples;
-            let shift = -a * sum / samples - slope * saved.mean[i] as f64;
-            coefficients[c][branch] = (a as f32, slope as f32, shift as f32);
+    for (c, grads) in per_channel_grads.iter().enumerate() {
+        for (branch, grad) in grads.iter().enumerate().take(branches) {
+            gamma_grad[branch * channels + c] = grad.gamma;
+            beta_grad[branch * channels + c] = grad.beta;
         }
     }
-    let branch_grad = |branch: usize, z: &[f32]| {
-        let mut grad = vec![0.0; b.output_len()];
-        grad.par_chunks_mut(per_channel)
-            .enumerate()
-            .for_each(|(c, grad)| {
-                let (a, slope, shift) = coefficients[c][branch];
-                let dy = &relu_grad[c * per_channel..][..per_channel];
-                let z = &z[c * per_channel..][..per_channel];
-                for ((grad, &dy), &z) in grad.iter_mut().zip(dy).zip(z) {
-                    *grad = a * dy + slope * z + shift;
-                }
-            });
-        grad
-    };
-    let dense_grad = branch_grad(0, saved.dense);
-    let pointwise_grad = branch_grad(1, saved.pointwise);
     let (dense, pointwise, mut x) =
         convolution_grads(inputs, g, &dense_grad, &pointwise_grad, input_grad);
     if let Some(x) = x.as_mut().filter(|_| b.identity) {
@@ -333,8 +324,10 @@ pub fn backward(
         x.par_chunks_mut(g.batch * plane)
             .enumerate()
             .for_each(|(c, x_grad)| {
-                let (a, slope, shift) = coefficients[c][2];
-                let dy = &relu_grad[c * per_channel..][..per_channel];
+                let BranchGrad {
+                    a, slope, shift, ..
+                } = per_channel_grads[c][2];
+                let dy = row(&relu_grad, c, per_channel);
                 let planes = input_planes(inputs.x, inputs.order, g, c);
                 for ((x_grad, dy), x) in x_grad
                     .chunks_exact_mut(plane)
@@ -354,6 +347,17 @@ pub fn backward(
         gamma: gamma_grad,
         beta: beta_grad,
     }
+}
+
+/// One branch's batch-norm gradients in one channel: of `gamma` and `beta`, and the input's as
+/// `a g + slope z + shift` of the output's gradient `g` and the input `z`.
+#[derive(Clone, Copy, Default)]
+struct BranchGrad {
+    gamma: f32,
+    beta: f32,
+    a: f32,
+    slope: f32,
+    shift: f32,
 }
 
 /// The gradients of both weights and (when asked) of the input (CNHW) from the convolutions'

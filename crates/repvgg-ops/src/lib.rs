@@ -1,7 +1,14 @@
 //! The training step of RepVGG on Burn's CPU backend (flex) on this crate's kernels: the
-//! convolutions forward and both gradients, batch normalization with the batch's statistics
-//! forward and backward, and the SGD step.
+//! training-time block as one op, convolutions forward and both gradients, batch normalization
+//! with the batch's statistics forward and backward, and the SGD step.
 //!
+//! - [`block_train`]: a whole block, `ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))`, as one
+//!   op: both convolutions from one im2col (the 1x1 reads its centre rows), intermediates laid
+//!   out channel after channel so that each batch norm reads contiguous runs, and the statistics,
+//!   sum and ReLU in one pass per channel, forward and backward. Where Burn composes the block
+//!   from about a dozen ops and autodiff nodes, each with its own tensor, it is one node here.
+//!   `repvgg-model` takes it for every block without SE; [`conv2d`] and [`batch_norm_train`]
+//!   serve the rest.
 //! - [`conv2d`]: Burn's own CPU convolution runs a matrix product per image (the late stages of
 //!   a network at 32x32 have 4 pixels an image, which its matrix kernels run in their narrowest,
 //!   one-row form) and takes the weight gradient as a convolution of the input by the output
