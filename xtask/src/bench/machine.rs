@@ -21,9 +21,13 @@ pub fn describe(device: &str) -> String {
         .ok()
         .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
         .unwrap_or_default();
+    let profile = match cfg!(debug_assertions) {
+        true => "dev profile, dependencies and the workspace's kernel crates at opt-level 3",
+        false => "release profile",
+    };
     format!(
-        "Machine: {cpu}, {cores} cores available, {}; device: {device}; burn 0.22.1 (dev profile, \
-         dependencies at opt-level 3); {rustc}.",
+        "Machine: {cpu}, {cores} cores available, {}; device: {device}; burn 0.22.1 ({profile}); \
+         {rustc}.",
         std::env::consts::OS
     )
 }
