@@ -313,72 +313,60 @@ impl<B: TrainingOps, C: CheckpointStrategy> TrainingOps for Autodiff<B, C> {
             gamma.node(),
             beta.node(),
         ];
-        let prepared = BlockBackward
+        let mut prepared = BlockBackward
             .prepare::<C>(parents)
             .compute_bound()
             .stateful();
-        match prepared {
-            OpsKind::Tracked(mut prep) => {
-                let (x_id, dense_id, pointwise_id, gamma_id) = (
-                    prep.checkpoint(&x),
-                    prep.checkpoint(&dense_weight),
-                    prep.checkpoint(&pointwise_weight),
-                    prep.checkpoint(&gamma),
-                );
-                let (output, dense, pointwise, mean, variance) = B::repvgg_block_train(
-                    x.into_primitive(),
-                    dense_weight.into_primitive(),
-                    pointwise_weight.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    stride,
-                    groups,
-                    epsilon,
-                );
+        let ids = match &mut prepared {
+            OpsKind::Tracked(prep) => Some([
+                prep.checkpoint(&x),
+                prep.checkpoint(&dense_weight),
+                prep.checkpoint(&pointwise_weight),
+                prep.checkpoint(&gamma),
+            ]),
+            OpsKind::UnTracked(_) => None,
+        };
+        let (output, dense, pointwise, mean, variance) = B::repvgg_block_train(
+            x.into_primitive(),
+            dense_weight.into_primitive(),
+            pointwise_weight.into_primitive(),
+            gamma.into_primitive(),
+            beta.into_primitive(),
+            stride,
+            groups,
+            epsilon,
+        );
+        let output = match (prepared, ids) {
+            (OpsKind::Tracked(prep), Some([x, dense_weight, pointwise_weight, gamma])) => {
+                let saved = [
+                    output.clone(),
+                    dense.clone(),
+                    pointwise.clone(),
+                    mean.clone(),
+                    variance.clone(),
+                ];
                 let state = BlockState {
-                    x: x_id,
-                    dense_weight: dense_id,
-                    pointwise_weight: pointwise_id,
-                    gamma: gamma_id,
-                    saved: [
-                        output.clone(),
-                        dense.clone(),
-                        pointwise.clone(),
-                        mean.clone(),
-                        variance.clone(),
-                    ],
+                    x,
+                    dense_weight,
+                    pointwise_weight,
+                    gamma,
+                    saved,
                     stride,
                     groups,
                     epsilon,
                 };
-                (
-                    prep.finish(state, output),
-                    Self::from_inner(dense),
-                    Self::from_inner(pointwise),
-                    Self::from_inner(mean),
-                    Self::from_inner(variance),
-                )
+                prep.finish(state, output)
             }
-            OpsKind::UnTracked(prep) => {
-                let (output, dense, pointwise, mean, variance) = B::repvgg_block_train(
-                    x.into_primitive(),
-                    dense_weight.into_primitive(),
-                    pointwise_weight.into_primitive(),
-                    gamma.into_primitive(),
-                    beta.into_primitive(),
-                    stride,
-                    groups,
-                    epsilon,
-                );
-                (
-                    prep.finish(output),
-                    Self::from_inner(dense),
-                    Self::from_inner(pointwise),
-                    Self::from_inner(mean),
-                    Self::from_inner(variance),
-                )
-            }
-        }
+            (OpsKind::Tracked(_), None) => unreachable!("a tracked op's inputs are checkpointed"),
+            (OpsKind::UnTracked(prep), _) => prep.finish(output),
+        };
+        (
+            output,
+            Self::from_inner(dense),
+            Self::from_inner(pointwise),
+            Self::from_inner(mean),
+            Self::from_inner(variance),
+        )
     }
 
     /// The inner backend's gradients, themselves not differentiated (untracked).

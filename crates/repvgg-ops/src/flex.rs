@@ -1,6 +1,8 @@
 //! The convolution on Burn's CPU backend: the tensors' f32 values read in place (copied only
 //! when not contiguous) and the results handed over without a copy.
 
+use std::borrow::Cow;
+
 use burn::backend::TensorMetadata;
 use burn::backend::flex::{Flex, FlexTensor};
 use burn::tensor::{DType, Shape, TensorData};
@@ -113,18 +115,9 @@ impl TrainingOps for Flex {
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
         let shape = block_geometry(&x, &dense_weight, &gamma, stride, groups);
-        let (x, order) = plane_values(&x);
-        let (gamma, beta) = (values(&gamma), values(&beta));
-        let inputs = BlockInputs {
-            x: &x,
-            order,
-            dense: &values(&dense_weight),
-            pointwise: &values(&pointwise_weight),
-            gamma: &gamma,
-            beta: &beta,
-            epsilon,
-        };
-        let result = block::forward(&inputs, &shape);
+        let block = BlockValues::of(&x, &dense_weight, &pointwise_weight, &gamma);
+        let beta = values(&beta);
+        let result = block::forward(&block.inputs(&beta, epsilon), &shape);
         let g = shape.conv;
         let rows = [g.out_channels, g.batch * g.pixels()];
         let statistics = [shape.branches(), g.out_channels];
@@ -154,17 +147,8 @@ impl TrainingOps for Flex {
         input_grad: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
         let shape = block_geometry(&x, &dense_weight, &gamma, stride, groups);
-        let (x, order) = plane_values(&x);
-        let gamma = values(&gamma);
-        let inputs = BlockInputs {
-            x: &x,
-            order,
-            dense: &values(&dense_weight),
-            pointwise: &values(&pointwise_weight),
-            gamma: &gamma,
-            beta: &[],
-            epsilon,
-        };
+        let block = BlockValues::of(&x, &dense_weight, &pointwise_weight, &gamma);
+        let inputs = block.inputs(&[], epsilon);
         let (output, _) = plane_values(&output);
         let (output_grad, grad_order) = plane_values(&output_grad);
         let saved = BlockSaved {
@@ -228,6 +212,45 @@ fn contiguous(tensor: FlexTensor) -> FlexTensor {
     tensor.to_contiguous()
 }
 
+/// A block's input and parameters as f32 values (borrowed where they lie contiguously).
+struct BlockValues<'a> {
+    x: Cow<'a, [f32]>,
+    order: Order,
+    dense: Cow<'a, [f32]>,
+    pointwise: Cow<'a, [f32]>,
+    gamma: Cow<'a, [f32]>,
+}
+
+impl<'a> BlockValues<'a> {
+    fn of(
+        x: &'a FlexTensor,
+        dense_weight: &'a FlexTensor,
+        pointwise_weight: &'a FlexTensor,
+        gamma: &'a FlexTensor,
+    ) -> Self {
+        let (x, order) = plane_values(x);
+        Self {
+            x,
+            order,
+            dense: values(dense_weight),
+            pointwise: values(pointwise_weight),
+            gamma: values(gamma),
+        }
+    }
+
+    fn inputs<'b>(&'b self, beta: &'b [f32], epsilon: f64) -> BlockInputs<'b> {
+        BlockInputs {
+            x: &self.x,
+            order: self.order,
+            dense: &self.dense,
+            pointwise: &self.pointwise,
+            gamma: &self.gamma,
+            beta,
+            epsilon,
+        }
+    }
+}
+
 /// A block's geometry from its input, 3x3 weight and `gamma [branches, out]`.
 fn block_geometry(
     x: &FlexTensor,
@@ -246,7 +269,7 @@ fn block_geometry(
 /// A `[batch, channels, height, width]` tensor's f32 values and the order of its planes: as they
 /// lie when the tensor is contiguous (NCHW) or has the CNHW strides that [`channels_first`]
 /// gives, else copied into NCHW.
-fn plane_values(tensor: &FlexTensor) -> (std::borrow::Cow<'_, [f32]>, Order) {
+fn plane_values(tensor: &FlexTensor) -> (Cow<'_, [f32]>, Order) {
     let [batch, _, height, width] = tensor.shape().dims();
     let plane = (height * width) as isize;
     let layout = tensor.layout();
@@ -311,7 +334,7 @@ fn output_shape(g: &Geometry) -> [usize; 4] {
 }
 
 /// The tensor's f32 values in row-major order, borrowed where they lie contiguously.
-fn values(tensor: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+fn values(tensor: &FlexTensor) -> Cow<'_, [f32]> {
     assert_eq!(
         tensor.dtype(),
         DType::F32,
