@@ -211,6 +211,13 @@ impl Block for RepVggBlock {
         if let Some([stride, groups]) = self.fused_training_op(&input.device()) {
             return self.forward_fused(input, stride, groups);
         }
+        self.forward_branches(input)
+    }
+}
+
+impl RepVggBlock {
+    /// The forward pass branch by branch, each convolution and batch norm its own op.
+    fn forward_branches(&self, input: Tensor<4>) -> Tensor<4> {
         let mut sum = self.rbr_dense.forward(input.clone());
         if let Some(identity) = &self.rbr_identity {
             sum = sum + normalize(identity, input.clone());
@@ -320,5 +327,124 @@ fn activate(
     match post_se {
         Some(post_se) => post_se.forward(relu(sum)),
         None => relu(sum),
+    }
+}
+
+#[cfg(all(test, feature = "cpu-ops"))]
+mod tests {
+    use burn::module::Param;
+    use burn::tensor::{Distribution, TensorData};
+
+    use super::*;
+    use crate::config::RepVggArch;
+
+    fn values(tensor: Tensor<1>) -> Vec<f32> {
+        tensor.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn close(what: &str, actual: TensorData, expected: TensorData) {
+        let (actual, expected) = (
+            actual.try_to_vec::<f32>().unwrap(),
+            expected.try_to_vec::<f32>().unwrap(),
+        );
+        let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        for (a, e) in actual.iter().zip(&expected) {
+            assert!((a - e).abs() <= 1e-4 * scale, "{what}: {a} vs {e}");
+        }
+    }
+
+    /// The block as one repvgg-ops op against the same block branch by branch (repvgg-ops'
+    /// convolution and batch-norm ops): the output, every parameter's gradient, the input's,
+    /// and the running statistics after the step, for the stem, a stride-2 block, a block with
+    /// the identity branch and a grouped one. Each batch norm gets its own gamma and beta, so
+    /// that branches taken in the wrong order would show.
+    #[test]
+    fn the_fused_training_block_equals_its_branches() {
+        let device = Device::flex().autodiff();
+        let (a0, b1g2) = (RepVggArch::A0.config(), RepVggArch::B1g2.config());
+        let grouped = b1g2
+            .block_specs()
+            .into_iter()
+            .find(|spec| spec.groups > 1 && spec.has_identity && spec.in_channels <= 256)
+            .expect("a grouped block with the identity");
+        let a0_specs = a0.block_specs();
+        let identity = a0_specs.iter().find(|s| s.has_identity).unwrap().clone();
+        let cases = [
+            (a0_specs[0].clone(), &a0),
+            (a0_specs[1].clone(), &a0),
+            (identity, &a0),
+            (grouped, &b1g2),
+        ];
+        for (spec, config) in cases {
+            let mut block = RepVggBlock::init(&spec, config, &device);
+            let randomize = |bn: &mut BatchNorm| {
+                let random = |shift| {
+                    let values =
+                        Tensor::<1>::random([spec.out_channels], Distribution::Default, &device);
+                    Param::from_tensor(values + shift)
+                };
+                bn.gamma = random(0.5);
+                bn.beta = random(-0.5);
+            };
+            randomize(&mut block.rbr_dense.bn);
+            randomize(&mut block.rbr_1x1.bn);
+            if let Some(bn) = block.rbr_identity.as_mut() {
+                randomize(bn);
+            }
+            let twin =
+                RepVggBlock::init(&spec, config, &device).load_record(block.clone().into_record());
+            let x =
+                Tensor::<4>::random([3, spec.in_channels, 6, 5], Distribution::Default, &device)
+                    .require_grad();
+            let fused = block.forward(x.clone());
+            let branches = twin.forward_branches(x.clone());
+            let weights = Tensor::<4>::random(fused.dims(), Distribution::Default, &device);
+            let fused_grads = (fused.clone() * weights.clone()).sum().backward();
+            let branch_grads = (branches.clone() * weights).sum().backward();
+            let case = &spec.path;
+            close(
+                &format!("{case} output"),
+                fused.into_data(),
+                branches.into_data(),
+            );
+            close(
+                &format!("{case} input grad"),
+                x.grad(&fused_grads).unwrap().into_data(),
+                x.grad(&branch_grads).unwrap().into_data(),
+            );
+            let pairs = [
+                (&block.rbr_dense, &twin.rbr_dense),
+                (&block.rbr_1x1, &twin.rbr_1x1),
+            ];
+            for (index, (ours, theirs)) in pairs.into_iter().enumerate() {
+                close(
+                    &format!("{case} branch {index} weight grad"),
+                    ours.conv.weight.grad(&fused_grads).unwrap().into_data(),
+                    theirs.conv.weight.grad(&branch_grads).unwrap().into_data(),
+                );
+            }
+            let norms = block.norms().zip(twin.norms()).enumerate();
+            for (index, (ours, theirs)) in norms {
+                let what = |name: &str| format!("{case} norm {index} {name}");
+                for (name, a, b) in [
+                    ("gamma grad", &ours.gamma, &theirs.gamma),
+                    ("beta grad", &ours.beta, &theirs.beta),
+                ] {
+                    close(
+                        &what(name),
+                        a.grad(&fused_grads).unwrap().into_data(),
+                        b.grad(&branch_grads).unwrap().into_data(),
+                    );
+                }
+                for (name, a, b) in [
+                    ("running mean", &ours.running_mean, &theirs.running_mean),
+                    ("running var", &ours.running_var, &theirs.running_var),
+                ] {
+                    let (a, b) = (values(a.value_sync()), values(b.value_sync()));
+                    let tensor = |v: Vec<f32>| TensorData::new(v, [spec.out_channels]);
+                    close(&what(name), tensor(a), tensor(b));
+                }
+            }
+        }
     }
 }
