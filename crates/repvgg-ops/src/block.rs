@@ -10,7 +10,7 @@
 use rayon::prelude::*;
 
 use crate::kernels::{Geometry, Mat, MatRef, Order, Scratch, col2im, im2col, matmul};
-use crate::norm::{grad_sums, moments};
+use crate::norm::{ChannelGrad, grad_sums, moments, scale_shift};
 
 /// A block's convolution geometry (3x3, padding 1; the 1x1 shares stride and groups) and
 /// whether it has the identity branch.
@@ -196,11 +196,11 @@ fn affine(
     channels: usize,
 ) -> ([f32; 3], f32) {
     let (mut scale, mut shift) = ([0.0; 3], 0.0f64);
-    for (branch, (scale, &(mean, variance))) in scale.iter_mut().zip(moments).enumerate() {
+    for (branch, (scale, &moments)) in scale.iter_mut().zip(moments).enumerate() {
         let i = branch * channels + c;
-        let s = inputs.gamma[i] as f64 / (variance as f64 + inputs.epsilon).sqrt();
+        let (s, t) = scale_shift(inputs.gamma[i], inputs.beta[i], moments, inputs.epsilon);
         *scale = s as f32;
-        shift += inputs.beta[i] as f64 - mean as f64 * s;
+        shift += t;
     }
     (scale, shift as f32)
 }
@@ -246,11 +246,11 @@ pub fn backward(
     let samples = per_channel as f64;
     // Per channel, in one task while its values are in cache: the gradient through the ReLU,
     // each branch's sums `(sum g, sum g (z - mean))`, and from them the convolutions' output
-    // gradients. A batch norm's input gradient is `a g + slope z + shift` per channel.
+    // gradients.
     let mut relu_grad = vec![0.0; b.output_len()];
     let mut dense_grad = vec![0.0; b.output_len()];
     let mut pointwise_grad = vec![0.0; b.output_len()];
-    let per_channel_grads: Vec<[BranchGrad; 3]> = relu_grad
+    let per_channel_grads: Vec<[ChannelGrad; 3]> = relu_grad
         .par_chunks_mut(per_channel)
         .zip(dense_grad.par_chunks_mut(per_channel))
         .zip(pointwise_grad.par_chunks_mut(per_channel))
@@ -282,28 +282,18 @@ pub fn backward(
                     false => (0.0, 0.0),
                 },
             ];
-            let mut grads = [BranchGrad::default(); 3];
-            for (branch, (grad, &(sum, centred))) in
-                grads.iter_mut().zip(&sums).enumerate().take(branches)
-            {
+            let mut grads = [ChannelGrad::default(); 3];
+            for (branch, (grad, &sums)) in grads.iter_mut().zip(&sums).enumerate().take(branches) {
                 let i = branch * channels + c;
-                let inv_std = 1.0 / (saved.variance[i] as f64 + inputs.epsilon).sqrt();
-                let a = inputs.gamma[i] as f64 * inv_std;
-                let slope = -a * inv_std * inv_std * centred / samples;
-                *grad = BranchGrad {
-                    beta: sum as f32,
-                    gamma: (centred * inv_std) as f32,
-                    a: a as f32,
-                    slope: slope as f32,
-                    shift: (-a * sum / samples - slope * saved.mean[i] as f64) as f32,
-                };
+                let moments = (saved.mean[i], saved.variance[i]);
+                *grad = ChannelGrad::new(sums, inputs.gamma[i], moments, inputs.epsilon, samples);
             }
             for (out, z, grad) in [
                 (dense_grad, dense, grads[0]),
                 (pointwise_grad, pointwise, grads[1]),
             ] {
                 for ((out, &dy), &z) in out.iter_mut().zip(relu_grad).zip(z) {
-                    *out = grad.a * dy + grad.slope * z + grad.shift;
+                    *out = grad.input(dy, z);
                 }
             }
             grads
@@ -324,9 +314,7 @@ pub fn backward(
         x.par_chunks_mut(g.batch * plane)
             .enumerate()
             .for_each(|(c, x_grad)| {
-                let BranchGrad {
-                    a, slope, shift, ..
-                } = per_channel_grads[c][2];
+                let identity = per_channel_grads[c][2];
                 let dy = row(&relu_grad, c, per_channel);
                 let planes = input_planes(inputs.x, inputs.order, g, c);
                 for ((x_grad, dy), x) in x_grad
@@ -335,7 +323,7 @@ pub fn backward(
                     .zip(planes)
                 {
                     for ((grad, &dy), &x) in x_grad.iter_mut().zip(dy).zip(x) {
-                        *grad += a * dy + slope * x + shift;
+                        *grad += identity.input(dy, x);
                     }
                 }
             });
@@ -347,17 +335,6 @@ pub fn backward(
         gamma: gamma_grad,
         beta: beta_grad,
     }
-}
-
-/// One branch's batch-norm gradients in one channel: of `gamma` and `beta`, and the input's as
-/// `a g + slope z + shift` of the output's gradient `g` and the input `z`.
-#[derive(Clone, Copy, Default)]
-struct BranchGrad {
-    gamma: f32,
-    beta: f32,
-    a: f32,
-    slope: f32,
-    shift: f32,
 }
 
 /// The gradients of both weights and (when asked) of the input (CNHW) from the convolutions'

@@ -149,7 +149,12 @@ impl TrainingOps for Flex {
         let shape = block_geometry(&x, &dense_weight, &gamma, stride, groups);
         let block = BlockValues::of(&x, &dense_weight, &pointwise_weight, &gamma);
         let inputs = block.inputs(&[], epsilon);
-        let (output, _) = plane_values(&output);
+        // The forward pass's own output: CNHW, which for one image is also contiguous.
+        let (output, output_order) = plane_values(&output);
+        assert!(
+            output_order == Order::Cnhw || shape.conv.batch == 1,
+            "the block's saved output lies channel after channel"
+        );
         let (output_grad, grad_order) = plane_values(&output_grad);
         let saved = BlockSaved {
             output: &output,

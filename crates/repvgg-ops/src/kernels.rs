@@ -234,8 +234,8 @@ impl Scratch {
     }
 }
 
-/// `len` values of `out`, with `Vec::resize`'s growth but without clearing what the caller
-/// overwrites anyway.
+/// The first `len` values of `values`, grown with zeros where it is shorter; what it already
+/// holds is left as it is, for callers that overwrite it.
 fn sized(values: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if values.len() < len {
         values.resize(len, 0.0);
@@ -355,9 +355,10 @@ pub(crate) fn im2col(
         });
 }
 
-/// Adds a group's column gradients back onto the input gradient (planes in `order`), the
-/// inverse of [`im2col`]: each channel gathers its `kernel x kernel` rows into padded planes,
-/// whose insides are then written to its `(image, channel)` planes.
+/// A group's column gradients folded back onto the input gradient (planes in `order`), the
+/// inverse of [`im2col`]: each channel sums its `kernel x kernel` rows into padded planes, whose
+/// insides are then written (not added) to its `(image, channel)` planes of `input_grad`, which
+/// no other block of images or group writes.
 pub(crate) fn col2im(
     columns: &[f32],
     g: &Geometry,

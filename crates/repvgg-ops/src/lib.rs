@@ -150,15 +150,8 @@ pub fn block_train(
         "a block batch-normalizes 2 or 3 branches, not {branches}"
     );
     if !runs_here(&x.device()) || x.dtype() != DType::F32 {
-        return generic_block_train(
-            x,
-            [dense_weight, pointwise_weight],
-            gamma,
-            beta,
-            stride,
-            groups,
-            epsilon,
-        );
+        let weights = [dense_weight, pointwise_weight];
+        return burn_block_train(x, weights, [gamma, beta], stride, groups, epsilon);
     }
     let (output, _, _, mean, variance) = Dispatch::repvgg_block_train(
         x.into_dispatch(),
@@ -177,12 +170,13 @@ pub fn block_train(
     }
 }
 
-/// [`block_train`] by Burn's ops.
-fn generic_block_train(
+/// [`block_train`] composed of Burn's own ops (`conv2d`, `batch_norm_train`, `relu`), with the
+/// weights `[3x3, 1x1]` and the norms' `[gamma, beta]`: its path on other devices and
+/// precisions, and the definition its tests hold the one-op form to.
+pub fn burn_block_train(
     x: Tensor<4>,
     [dense_weight, pointwise_weight]: [Tensor<4>; 2],
-    gamma: Tensor<2>,
-    beta: Tensor<2>,
+    [gamma, beta]: [Tensor<2>; 2],
     stride: usize,
     groups: usize,
     epsilon: f64,

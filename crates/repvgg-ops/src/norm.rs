@@ -47,20 +47,15 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64, p: &Planes)
         .into_par_iter()
         .map(|c| moments(p.channel(x, c), p.per_channel()))
         .unzip();
-    let (scale, shift): (Vec<f32>, Vec<f32>) = (0..p.channels)
-        .map(|c| {
-            let scale = gamma[c] as f64 / (variance[c] as f64 + epsilon).sqrt();
-            (
-                scale as f32,
-                (beta[c] as f64 - mean[c] as f64 * scale) as f32,
-            )
-        })
-        .unzip();
+    let affine: Vec<(f64, f64)> = (0..p.channels)
+        .map(|c| scale_shift(gamma[c], beta[c], (mean[c], variance[c]), epsilon))
+        .collect();
     let mut output = vec![0.0; p.len()];
     per_plane(&mut output, p, |c, offset, plane| {
+        let (scale, shift) = (affine[c].0 as f32, affine[c].1 as f32);
         let input = &x[offset..][..plane.len()];
         for (out, &value) in plane.iter_mut().zip(input) {
-            *out = value * scale[c] + shift[c];
+            *out = value * scale + shift;
         }
     });
     Normalized {
@@ -108,31 +103,78 @@ pub fn backward(
             grad_sums(grads.zip(p.channel(x, c)), mean[c])
         })
         .collect();
-    let mut beta_grad = Vec::with_capacity(p.channels);
-    let mut gamma_grad = Vec::with_capacity(p.channels);
-    let mut coefficients = Vec::with_capacity(p.channels);
-    for (c, &(sum_g, sum_g_centred)) in sums.iter().enumerate() {
-        let inv_std = 1.0 / (variance[c] as f64 + epsilon).sqrt();
-        beta_grad.push(sum_g as f32);
-        gamma_grad.push((sum_g_centred * inv_std) as f32);
-        let a = gamma[c] as f64 * inv_std;
-        let b = -a * inv_std * inv_std * sum_g_centred / samples;
-        let shift = -a * sum_g / samples - b * mean[c] as f64;
-        coefficients.push((a as f32, b as f32, shift as f32));
-    }
+    let channels: Vec<ChannelGrad> = sums
+        .iter()
+        .enumerate()
+        .map(|(c, &sums)| {
+            ChannelGrad::new(sums, gamma[c], (mean[c], variance[c]), epsilon, samples)
+        })
+        .collect();
     let mut x_grad = vec![0.0; p.len()];
     per_plane(&mut x_grad, p, |c, offset, plane| {
-        let (a, b, shift) = coefficients[c];
         let grads = &output_grad[offset..][..plane.len()];
         let inputs = &x[offset..][..plane.len()];
         for ((out, &g), &value) in plane.iter_mut().zip(grads).zip(inputs) {
-            *out = a * g + b * value + shift;
+            *out = channels[c].input(g, value);
         }
     });
     Gradients {
         x: x_grad,
-        gamma: gamma_grad,
-        beta: beta_grad,
+        gamma: channels.iter().map(|c| c.gamma).collect(),
+        beta: channels.iter().map(|c| c.beta).collect(),
+    }
+}
+
+/// A channel's normalization with its batch statistics `(mean, variance)` as the affine map
+/// `x scale + shift`: `scale = gamma / sqrt(variance + epsilon)`, `shift = beta - mean scale`.
+pub(crate) fn scale_shift(
+    gamma: f32,
+    beta: f32,
+    (mean, variance): (f32, f32),
+    epsilon: f64,
+) -> (f64, f64) {
+    let scale = gamma as f64 / (variance as f64 + epsilon).sqrt();
+    (scale, beta as f64 - mean as f64 * scale)
+}
+
+/// One channel's batch-norm gradients: of `gamma` and `beta`, and the input's as
+/// `a g + slope x + shift` of the output's gradient `g` and the input `x`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ChannelGrad {
+    pub gamma: f32,
+    pub beta: f32,
+    a: f32,
+    slope: f32,
+    shift: f32,
+}
+
+impl ChannelGrad {
+    /// From [`grad_sums`]' `(sum g, sum g (x - mean))` over the channel's `samples` values.
+    /// With `M` samples: `beta' = sum g`, `gamma' = sum g x_hat`, and
+    /// `x' = gamma / std (g - beta' / M - x_hat gamma' / M)`.
+    pub fn new(
+        (sum, centred): (f64, f64),
+        gamma: f32,
+        (mean, variance): (f32, f32),
+        epsilon: f64,
+        samples: f64,
+    ) -> Self {
+        let inv_std = 1.0 / (variance as f64 + epsilon).sqrt();
+        let a = gamma as f64 * inv_std;
+        let slope = -a * inv_std * inv_std * centred / samples;
+        Self {
+            gamma: (centred * inv_std) as f32,
+            beta: sum as f32,
+            a: a as f32,
+            slope: slope as f32,
+            shift: (-a * sum / samples - slope * mean as f64) as f32,
+        }
+    }
+
+    /// The input's gradient at a value `x` whose output's gradient is `g`.
+    #[inline(always)]
+    pub fn input(&self, g: f32, x: f32) -> f32 {
+        self.a * g + self.slope * x + self.shift
     }
 }
 

@@ -1,13 +1,13 @@
 //! The ops against Burn's: `repvgg_ops::conv2d` against `conv2d` (at odd sizes, stride 1 and 2,
 //! grouped and not, 3x3 and 1x1, one image and several), `repvgg_ops::batch_norm_train` against
-//! `batch_norm_train`, and `repvgg_ops::block_train` against the block composed of those: the
-//! same outputs and, under autodiff, the same gradients of every input, on random tensors.
+//! `batch_norm_train`, and `repvgg_ops::block_train` against `burn_block_train` (the block
+//! composed of Burn's ops): the same outputs and, under autodiff, the same gradients of every
+//! input.
 
-use burn::tensor::activation::relu;
 use burn::tensor::module::{batch_norm_train as burn_batch_norm_train, conv2d as burn_conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor, TensorData, s};
-use repvgg_ops::{BlockTrainOutput, Conv, batch_norm_train, block_train, conv2d};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use repvgg_ops::{Conv, batch_norm_train, block_train, burn_block_train, conv2d};
 
 /// Largest difference relative to the largest magnitude of `expected`.
 fn relative(actual: TensorData, expected: TensorData) -> f32 {
@@ -199,36 +199,6 @@ const BLOCK_CASES: [BlockCase; 7] = [
     (3, 4, 4, 1, 1, 1, 1, true),
 ];
 
-/// The block by Burn's ops: `ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) [+ BN(x)])`.
-fn burn_block(
-    x: Tensor<4>,
-    [dense, pointwise]: [Tensor<4>; 2],
-    [gamma, beta]: [Tensor<2>; 2],
-    stride: usize,
-    groups: usize,
-) -> BlockTrainOutput {
-    let [branches, channels] = gamma.dims();
-    let convolve = |weight, padding| {
-        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], groups);
-        burn_conv2d(x.clone(), weight, None, options)
-    };
-    let inputs = [convolve(dense, 1), convolve(pointwise, 0), x.clone()];
-    let (mut sum, mut means, mut variances) = (Vec::new(), Vec::new(), Vec::new());
-    for (branch, input) in inputs.into_iter().enumerate().take(branches) {
-        let row = |t: &Tensor<2>| t.clone().slice(s![branch, ..]).reshape([channels]);
-        let result = burn_batch_norm_train(input, row(&gamma), row(&beta), 1e-5);
-        sum.push(result.output);
-        means.push(result.mean);
-        variances.push(result.variance);
-    }
-    let sum = sum.into_iter().reduce(|a, b| a + b).unwrap();
-    BlockTrainOutput {
-        output: relu(sum),
-        mean: Tensor::stack(means, 0),
-        variance: Tensor::stack(variances, 0),
-    }
-}
-
 #[test]
 fn blocks_outputs_statistics_and_gradients_equal_burns() {
     let device = Device::flex().autodiff();
@@ -254,7 +224,14 @@ fn blocks_outputs_statistics_and_gradients_equal_burns() {
                 let [g, b] = norms.clone();
                 block_train(x.clone(), d, p, g, b, stride, groups, 1e-5)
             } else {
-                burn_block(x.clone(), weights.clone(), norms.clone(), stride, groups)
+                burn_block_train(
+                    x.clone(),
+                    weights.clone(),
+                    norms.clone(),
+                    stride,
+                    groups,
+                    1e-5,
+                )
             };
             let y = result.output;
             let grads = (y.clone() * loss_weights(y.dims(), &device))
@@ -328,7 +305,7 @@ fn chained_blocks_pass_their_channel_first_layout_on() {
                 let [g, b] = n.clone();
                 block_train(y, d, p, g, b, stride, 1, 1e-5).output
             } else {
-                burn_block(y, w.clone(), n.clone(), stride, 1).output
+                burn_block_train(y, w.clone(), n.clone(), stride, 1, 1e-5).output
             };
         }
         let grads = (y.clone() * loss_weights(y.dims(), &device))
