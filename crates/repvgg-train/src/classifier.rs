@@ -10,7 +10,9 @@ use burn::train::metric::{AccuracyInput, Adaptor, ItemLazy, LossInput, TopKAccur
 use burn::train::{ClassificationOutput, InferenceStep, TrainOutput, TrainStep};
 use repvgg_data::ImageBatch;
 use repvgg_deploy::{DeployError, DeployModel};
-use repvgg_model::{PlusOutput, RepVgg, RepVggBlock, RepVggConfig, RepVggPlus, bn_scale};
+use repvgg_model::{
+    PlusOutput, RepVgg, RepVggBlock, RepVggConfig, RepVggPlus, TrainingNetwork, bn_scale,
+};
 
 use crate::config::RecipeConfig;
 use crate::ema::Ema;
@@ -46,6 +48,13 @@ pub trait TrainableNetwork: Module + ModuleDisplay + 'static {
     /// The network `config` describes, with fresh weights on `device`.
     fn init(config: &RepVggConfig, device: &Device) -> Self;
 
+    /// The network a checkpoint held, if it is of this family.
+    fn from_loaded(net: TrainingNetwork) -> Option<Self>;
+
+    /// The module names of the stem (`stage` 0) and of the stages 1 to 4: what fine-tuning
+    /// freezes and gives the backbone's learning rate.
+    fn stage_modules(stage: usize) -> &'static [&'static str];
+
     /// The architecture.
     fn config(&self) -> &RepVggConfig;
 
@@ -68,6 +77,23 @@ pub trait TrainableNetwork: Module + ModuleDisplay + 'static {
 impl TrainableNetwork for RepVgg {
     fn init(config: &RepVggConfig, device: &Device) -> Self {
         config.init(device)
+    }
+
+    fn from_loaded(net: TrainingNetwork) -> Option<Self> {
+        match net {
+            TrainingNetwork::RepVgg(net) => Some(*net),
+            TrainingNetwork::Plus(_) => None,
+        }
+    }
+
+    fn stage_modules(stage: usize) -> &'static [&'static str] {
+        [
+            &["stage0"][..],
+            &["stage1"],
+            &["stage2"],
+            &["stage3"],
+            &["stage4"],
+        ][stage]
     }
 
     fn config(&self) -> &RepVggConfig {
@@ -101,6 +127,24 @@ impl TrainableNetwork for RepVgg {
 impl TrainableNetwork for RepVggPlus {
     fn init(config: &RepVggConfig, device: &Device) -> Self {
         RepVggPlus::new(config, device)
+    }
+
+    fn from_loaded(net: TrainingNetwork) -> Option<Self> {
+        match net {
+            TrainingNetwork::Plus(net) => Some(*net),
+            TrainingNetwork::RepVgg(_) => None,
+        }
+    }
+
+    fn stage_modules(stage: usize) -> &'static [&'static str] {
+        // The third stage is two modules, each followed by an auxiliary head of its own.
+        [
+            &["stage0"][..],
+            &["stage1"],
+            &["stage2"],
+            &["stage3_first", "stage3_second"],
+            &["stage4"],
+        ][stage]
     }
 
     fn config(&self) -> &RepVggConfig {

@@ -14,14 +14,16 @@
 //! ```
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 
 use burn::config::Config;
+use burn::serde;
 use repvgg_data::{
     DEFAULT_CROP_PCT, EvalTransform, InvalidPolicy, RandAugment, RandomErasing, RandomResizedCrop,
     TrainTransform, check_crop_pct,
 };
-use repvgg_model::{InvalidConfig, RepVggConfig};
+use repvgg_model::{InvalidConfig, RepVggArch, RepVggConfig};
 
 /// Everything a training run needs besides its data, devices and output directory.
 #[derive(Config, Debug, PartialEq)]
@@ -38,6 +40,9 @@ pub struct TrainingConfig {
     /// How images are loaded.
     #[config(default = "LoaderConfig::new()")]
     pub loader: LoaderConfig,
+    /// Fine-tuning: the checkpoint whose weights the run starts from; `None` draws fresh
+    /// weights from the seed.
+    pub init: Option<WeightsInit>,
     /// Seeds the weights, the shuffling, the augmentation and the mixup draws.
     #[config(default = 0)]
     pub seed: u64,
@@ -89,6 +94,71 @@ pub struct RecipeConfig {
     /// kernel instead of plain weight decay.
     #[config(default = false)]
     pub custom_l2: bool,
+    /// Fine-tuning: `Some(k)` freezes `stage0` (the stem) through `stage{k}` (0: the stem
+    /// alone; 4: all but the classifier, a linear probe); `None` trains everything. Frozen
+    /// parameters get no gradient and no optimizer state, and their batch norms normalize with
+    /// (and keep) their running statistics.
+    pub freeze_stages: Option<usize>,
+    /// Fine-tuning: the learning rate of the stem and the stages as a fraction of the
+    /// classifier's; `None` gives the whole network one rate.
+    pub backbone_lr_scale: Option<f64>,
+}
+
+/// The last stage of every network (`stage4`; the stem is `stage0`): the most
+/// [`RecipeConfig::freeze_stages`] can freeze.
+pub const LAST_STAGE: usize = 4;
+
+/// The checkpoint a fine-tuning run starts from ([`TrainingConfig::init`]).
+///
+/// As text (the `--init` flag): `pretrained:NAME` or the path of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(crate = "burn::serde", rename_all = "snake_case")]
+pub enum WeightsInit {
+    /// A training-time checkpoint in any format conversion reads: ours (`.bpk`), the
+    /// reference's `.pth`, timm's `.safetensors`.
+    Checkpoint(PathBuf),
+    /// timm's ImageNet weights of an architecture (`a0`, `b1g4`, ...), downloaded once into
+    /// the cache (needs the `pretrained` feature).
+    Pretrained(String),
+}
+
+impl WeightsInit {
+    /// The architecture a `Pretrained` source names.
+    pub fn pretrained_arch(&self) -> Option<Result<RepVggArch, InvalidTrainingConfig>> {
+        match self {
+            Self::Pretrained(name) => {
+                Some(name.parse().map_err(|_| InvalidTrainingConfig::OutOfRange {
+                    field: "init",
+                    value: self.to_string(),
+                    allowed: "pretrained:ARCH with a reference architecture (a0 ... d2se)",
+                }))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for WeightsInit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Checkpoint(path) => write!(f, "{}", path.display()),
+            Self::Pretrained(name) => write!(f, "pretrained:{name}"),
+        }
+    }
+}
+
+impl FromStr for WeightsInit {
+    type Err = InvalidTrainingConfig;
+
+    /// `pretrained:NAME` (the name checked), or a path.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let init = match text.strip_prefix("pretrained:") {
+            Some(name) => Self::Pretrained(name.trim().to_ascii_lowercase()),
+            None => Self::Checkpoint(PathBuf::from(text)),
+        };
+        init.pretrained_arch().transpose()?;
+        Ok(init)
+    }
 }
 
 /// The paper's augmentation: RandomResizedCrop + flip for training, resize + centre crop for
@@ -261,6 +331,20 @@ impl TrainingConfig {
         }
         if let Some(decay) = recipe.ema_decay {
             fraction("recipe.ema_decay", decay)?;
+        }
+        if let Some(stage) = recipe.freeze_stages {
+            check(
+                "recipe.freeze_stages",
+                stage,
+                stage <= LAST_STAGE,
+                "from 0 (the stem) to 4 (all but the classifier)",
+            )?;
+        }
+        if let Some(scale) = recipe.backbone_lr_scale {
+            positive("recipe.backbone_lr_scale", scale)?;
+        }
+        if let Some(init) = &self.init {
+            init.pretrained_arch().transpose()?;
         }
         let augmentation = &self.augmentation;
         let size = augmentation.image_size;

@@ -170,6 +170,31 @@ pub enum TrainError {
     /// Reading the trained network's tensors failed.
     #[error(transparent)]
     Weights(Box<WeightsError>),
+    /// The initial weights (`init`) could not be read or do not fit the run's network.
+    #[error("initial weights {init}: {source}")]
+    InitialWeights {
+        /// The source as configured (`pretrained:a0`, a path).
+        init: String,
+        /// What went wrong, in conversion's words.
+        source: Box<DeployError>,
+    },
+    /// The initial weights are the re-parameterized network, which has no branches to train.
+    #[error(
+        "initial weights {}: a deploy-time (re-parameterized) checkpoint has no branches to \
+         train; fine-tune from the training-time checkpoint (a run's model.bpk, not \
+         model-deploy.bpk)",
+        path.display()
+    )]
+    DeployFormInit {
+        /// The file.
+        path: PathBuf,
+    },
+    /// `init` names pretrained weights in a build without the download.
+    #[error("initial weights {init}: this build has no pretrained weights (feature `pretrained`)")]
+    PretrainedUnavailable {
+        /// The source as configured.
+        init: String,
+    },
 }
 
 impl From<DeployError> for TrainError {

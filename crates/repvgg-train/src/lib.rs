@@ -26,6 +26,7 @@ pub mod classifier;
 mod config;
 pub mod ema;
 mod error;
+mod finetune;
 pub mod metric;
 mod output;
 pub mod recipe;
@@ -34,8 +35,9 @@ mod run;
 
 pub use config::{
     AugmentationConfig, InvalidTrainingConfig, LoaderConfig, Precision, RecipeConfig,
-    TrainingConfig, UnknownPrecision,
+    TrainingConfig, UnknownPrecision, WeightsInit,
 };
 pub use error::TrainError;
+pub use finetune::{InitialWeights, starting_network};
 pub use output::{EmaReport, TrainReport};
 pub use run::{DataParallel, resume, resume_with, train, train_with};

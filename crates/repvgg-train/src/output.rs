@@ -18,6 +18,7 @@ use crate::classifier::{Classifier, TrainableNetwork};
 use crate::config::TrainingConfig;
 use crate::ema::Ema;
 use crate::error::TrainError;
+use crate::finetune::InitialWeights;
 
 /// The file of the run directory that keeps the run's [`TrainingConfig`].
 pub(crate) const TRAINING_CONFIG_FILE: &str = "training.json";
@@ -33,6 +34,9 @@ pub struct TrainReport {
     pub output: PathBuf,
     /// The epoch the run continued after, when it was resumed.
     pub resumed_after: Option<usize>,
+    /// The checkpoint the weights started from (`init.json`), when the run did not start from
+    /// random weights.
+    pub initial_weights: Option<InitialWeights>,
     /// Wall time of the training epochs run by this call (data loading and validation
     /// included).
     pub training_time: Duration,
@@ -118,6 +122,7 @@ pub(crate) struct Trained<'a, N: TrainableNetwork> {
     pub model: Classifier<N>,
     pub val_loader: &'a dyn DataLoader<ImageBatch>,
     pub resumed_after: Option<usize>,
+    pub initial_weights: Option<InitialWeights>,
     pub training_time: Duration,
     pub skipped_images: Vec<(PathBuf, String)>,
     pub unusable_checkpoints: Vec<UnusableCheckpoint>,
@@ -133,6 +138,7 @@ pub(crate) fn finish<N: TrainableNetwork>(trained: Trained<N>) -> Result<TrainRe
         model,
         val_loader,
         resumed_after,
+        initial_weights,
         training_time,
         skipped_images,
         unusable_checkpoints,
@@ -154,6 +160,7 @@ pub(crate) fn finish<N: TrainableNetwork>(trained: Trained<N>) -> Result<TrainRe
         classes,
         output: output.to_path_buf(),
         resumed_after,
+        initial_weights,
         training_time,
         conversion_time,
         disagreements: comparison.disagreements(),

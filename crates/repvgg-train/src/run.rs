@@ -20,6 +20,10 @@ use crate::classifier::{Classifier, Objective, TrainableNetwork};
 use crate::config::{Precision, TrainingConfig};
 use crate::ema::{Ema, EmaCheckpoints};
 use crate::error::TrainError;
+use crate::finetune::{
+    InitialWeights, freeze_stages, initial_network, record_initial_weights,
+    recorded_initial_weights, scheduler,
+};
 use crate::metric::{EmaAccuracy, ImagesPerSecond};
 use crate::output::{TrainReport, Trained, describe_network, finish, saved_config, start_run};
 use crate::recipe::{DecayRule, WarmupCosine, scaled_lr, sgd};
@@ -242,7 +246,8 @@ impl Run<'_> {
         describe_network(self.output, self.config, &classes)?;
         let loaders = self.loaders()?;
         let steps = self.steps();
-        let model = self.model::<N>(steps)?;
+        let (model, initial_weights) = self.model::<N>()?;
+        let model = self.with_ema(model, steps)?;
         let schedule = self.schedule(steps);
         self.log_start(&model, &loaders, steps, schedule.base_lr);
 
@@ -252,6 +257,7 @@ impl Run<'_> {
             &self.config.recipe,
             DecayRule::of(&self.config.recipe, &self.config.model),
         );
+        let schedule = scheduler::<N>(schedule, self.config.recipe.backbone_lr_scale);
         let started = Instant::now();
         let model = launch(training, Learner::new(model, optimizer, schedule))?;
         finish(Trained {
@@ -261,6 +267,7 @@ impl Run<'_> {
             model,
             val_loader: val_loader.as_ref(),
             resumed_after: self.resume_after,
+            initial_weights,
             training_time: started.elapsed(),
             skipped_images: skipped.list(),
             unusable_checkpoints: self.unusable_checkpoints,
@@ -339,17 +346,56 @@ impl Run<'_> {
         )
     }
 
-    /// The seeded network with its loss, and the EMA when the recipe keeps one
-    /// (continued from its checkpoint when the run resumes).
-    fn model<N: TrainableNetwork>(&self, steps: Steps) -> Result<Classifier<N>, TrainError> {
+    /// The seeded network with its loss, its frozen stages frozen. A new run starts from the
+    /// weights `init` names (recorded in `init.json`); a resumed one is given its checkpoint's
+    /// by the learner.
+    fn model<N: TrainableNetwork>(
+        &self,
+    ) -> Result<(Classifier<N>, Option<InitialWeights>), TrainError> {
         let device = &self.devices[0];
         device.seed(self.config.seed);
-        let net = N::init(&self.config.model, &device.clone().autodiff());
-        let model = Classifier::new(net, Objective::of(&self.config.recipe));
+        let autodiff = device.clone().autodiff();
+        if self.resume_after.is_some() {
+            let net = N::init(&self.config.model, &autodiff);
+            let net = freeze_stages(net, self.config.recipe.freeze_stages);
+            let model = Classifier::new(net, Objective::of(&self.config.recipe));
+            return Ok((model, recorded_initial_weights(self.output)));
+        }
+        let network = architecture_name(&self.config.model);
+        let classes = &self.data.train.classes;
+        let (net, initial_weights) =
+            initial_network::<N>(self.config, classes, &network, &autodiff)?;
+        if let Some(weights) = &initial_weights {
+            record_initial_weights(self.output, weights)?;
+            log::info!(
+                "initial weights: {} (sha256 {}){}",
+                weights.path.display(),
+                weights.sha256,
+                weights
+                    .replaced_head
+                    .as_ref()
+                    .map(|reason| format!("; {reason}"))
+                    .unwrap_or_default()
+            );
+        }
+        let net = freeze_stages(net, self.config.recipe.freeze_stages);
+        Ok((
+            Classifier::new(net, Objective::of(&self.config.recipe)),
+            initial_weights,
+        ))
+    }
+
+    /// `model` with the EMA when the recipe keeps one (continued from its checkpoint when the
+    /// run resumes).
+    fn with_ema<N: TrainableNetwork>(
+        &self,
+        model: Classifier<N>,
+        steps: Steps,
+    ) -> Result<Classifier<N>, TrainError> {
         let Some(decay) = self.config.recipe.ema_decay else {
             return Ok(model);
         };
-        let average = Ema::new(decay, device).with_checkpoints(EmaCheckpoints {
+        let average = Ema::new(decay, &self.devices[0]).with_checkpoints(EmaCheckpoints {
             directory: self.output.join("checkpoint"),
             updates_per_epoch: steps.batches,
         });
@@ -479,7 +525,7 @@ fn launch<N: TrainableNetwork>(
 
 /// "RepVGG-A0" for a preset (with any number of classes), "a custom RepVGG" (or RepVGGplus)
 /// otherwise.
-fn architecture_name(config: &RepVggConfig) -> String {
+pub(crate) fn architecture_name(config: &RepVggConfig) -> String {
     RepVggArch::ALL
         .into_iter()
         .find(|arch| arch.config().with_num_classes(config.num_classes) == *config)

@@ -5,7 +5,7 @@ use burn::config::Config;
 use repvgg_data::{EvalTransform, RandAugment, RandomErasing};
 use repvgg_model::{RepVggArch, RepVggConfig};
 use repvgg_train::{
-    AugmentationConfig, InvalidTrainingConfig, Precision, RecipeConfig, TrainingConfig,
+    AugmentationConfig, InvalidTrainingConfig, Precision, RecipeConfig, TrainingConfig, WeightsInit,
 };
 
 fn a0() -> TrainingConfig {
@@ -27,6 +27,11 @@ fn the_defaults_are_the_papers_imagenet_recipe() {
     assert_eq!(recipe.label_smoothing, 0.0);
     assert_eq!((recipe.mixup_alpha, recipe.ema_decay), (None, None));
     assert!(!recipe.custom_l2);
+    assert_eq!(
+        (recipe.freeze_stages, recipe.backbone_lr_scale),
+        (None, None)
+    );
+    assert_eq!(config.init, None);
     assert_eq!(config.augmentation.image_size, 224);
     assert_eq!(config.augmentation.min_crop_scale, 0.08);
     assert_eq!(config.loader.workers, None);
@@ -52,9 +57,44 @@ fn a_config_survives_its_json_file() {
             .with_custom_l2(true),
     )
     .with_precision(Precision::Bf16)
+    .with_init(Some(WeightsInit::Checkpoint("runs/a0/model.bpk".into())))
     .with_seed(3);
     config.save(&path).unwrap();
     assert_eq!(TrainingConfig::load(&path).unwrap(), config);
+    for init in [None, Some(WeightsInit::Pretrained("b1g4".into()))] {
+        let config = config.clone().with_init(init);
+        config.save(&path).unwrap();
+        assert_eq!(TrainingConfig::load(&path).unwrap(), config);
+    }
+}
+
+#[test]
+fn a_training_json_from_before_fine_tuning_still_loads() {
+    let mut json: serde_json::Value = serde_json::from_str(&a0().to_string()).unwrap();
+    let object = json.as_object_mut().unwrap();
+    object.remove("init").unwrap();
+    let recipe = object["recipe"].as_object_mut().unwrap();
+    recipe.remove("freeze_stages").unwrap();
+    recipe.remove("backbone_lr_scale").unwrap();
+    let loaded = TrainingConfig::load_binary(json.to_string().as_bytes()).unwrap();
+    assert_eq!(loaded, a0());
+}
+
+#[test]
+fn initial_weights_are_named_as_text() {
+    assert_eq!(
+        "pretrained:B1g4".parse(),
+        Ok(WeightsInit::Pretrained("b1g4".into()))
+    );
+    assert_eq!(
+        "runs/a0/model.bpk".parse(),
+        Ok(WeightsInit::Checkpoint("runs/a0/model.bpk".into()))
+    );
+    for init in ["pretrained:a0", "timm/a0.safetensors"] {
+        assert_eq!(init.parse::<WeightsInit>().unwrap().to_string(), init);
+    }
+    let error = "pretrained:a9".parse::<WeightsInit>().unwrap_err();
+    assert!(error.to_string().contains("pretrained:a9"), "{error}");
 }
 
 #[test]
@@ -103,6 +143,16 @@ fn untrainable_configs_name_the_field() {
         out_of_range(recipe(|r| r.with_ema_decay(Some(1.5)))),
         "recipe.ema_decay"
     );
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_freeze_stages(Some(5)))),
+        "recipe.freeze_stages"
+    );
+    assert_eq!(
+        out_of_range(recipe(|r| r.with_backbone_lr_scale(Some(0.0)))),
+        "recipe.backbone_lr_scale"
+    );
+    let pretrained_nothing = a0().with_init(Some(WeightsInit::Pretrained("a9".into())));
+    assert_eq!(out_of_range(pretrained_nothing), "init");
     let mut config = a0();
     config.augmentation.image_size = 16;
     assert_eq!(out_of_range(config), "augmentation.image_size");
