@@ -14,6 +14,21 @@ pub fn print_report(report: &TrainReport) {
     if let Some(epoch) = report.resumed_after {
         println!("resumed after epoch {epoch}");
     }
+    if let Some(init) = &report.initial_weights {
+        println!(
+            "started from {} ({}, sha256 {}){}",
+            init.source,
+            init.path.display(),
+            init.sha256,
+            init.replaced_head
+                .as_ref()
+                .map(|reason| format!(": {reason}"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(last) = report.config.recipe.freeze_stages {
+        println!("stage0 (the stem) through stage{last} were frozen");
+    }
     println!("trained in {:.1?}", report.training_time);
     println!(
         "validation ({} images): top-1 {:.2}%, top-5 {:.2}% (training-time model)",

@@ -14,7 +14,7 @@ use repvgg_data::{ImageFolder, InvalidPolicy, RandAugment};
 use repvgg_model::{DeviceChoice, RepVggArch, RepVggConfig};
 use repvgg_train::{
     AugmentationConfig, DataParallel, LoaderConfig, Precision, RecipeConfig, TrainingConfig,
-    resume_with, train_with,
+    WeightsInit, resume_with, train_with,
 };
 
 use crate::report::print_report;
@@ -133,6 +133,20 @@ pub struct RecipeArgs {
     /// kernel instead of plain weight decay.
     #[arg(long)]
     pub custom_l2: bool,
+    /// Fine-tune: start from a training-time checkpoint (ours .bpk, the reference's .pth,
+    /// timm's .safetensors) or pretrained:ARCH (timm's ImageNet weights, e.g. pretrained:a0)
+    /// instead of random weights. A classifier whose classes are not the data set's is
+    /// replaced by a fresh one.
+    #[arg(long, value_name = "FILE|pretrained:ARCH")]
+    pub init: Option<WeightsInit>,
+    /// Freeze stage0 (the stem) through stageK (0 to 4; 4 trains the classifier alone): no
+    /// gradients, no optimizer state, fixed batch-norm statistics.
+    #[arg(long, value_name = "K")]
+    pub freeze_stages: Option<usize>,
+    /// The stem's and stages' learning rate as a fraction of the classifier's (e.g. 0.1 when
+    /// fine-tuning; default: one rate).
+    #[arg(long, value_name = "SCALE")]
+    pub backbone_lr_scale: Option<f64>,
     /// Image decoding threads (default: all cores).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -200,7 +214,9 @@ impl RecipeArgs {
             .with_label_smoothing(self.label_smoothing)
             .with_mixup_alpha(self.mixup)
             .with_ema_decay(self.ema)
-            .with_custom_l2(self.custom_l2);
+            .with_custom_l2(self.custom_l2)
+            .with_freeze_stages(self.freeze_stages)
+            .with_backbone_lr_scale(self.backbone_lr_scale);
         let augmentation = AugmentationConfig::new()
             .with_image_size(self.image_size)
             .with_min_crop_scale(self.min_crop_scale)
@@ -212,6 +228,7 @@ impl RecipeArgs {
             .with_recipe(recipe)
             .with_augmentation(augmentation)
             .with_loader(LoaderConfig::new().with_workers(self.workers))
+            .with_init(self.init.clone())
             .with_seed(self.seed)
             .with_precision(self.precision))
     }
@@ -295,6 +312,9 @@ mod tests {
             "--ema=0.999",
             "--custom-l2",
             "--workers=3",
+            "--init=runs/digits/model.bpk",
+            "--freeze-stages=2",
+            "--backbone-lr-scale=0.1",
             "--seed=9",
             "--precision=bf16",
         ])
@@ -313,7 +333,9 @@ mod tests {
                     .with_label_smoothing(0.1)
                     .with_mixup_alpha(Some(0.2))
                     .with_ema_decay(Some(0.999))
-                    .with_custom_l2(true),
+                    .with_custom_l2(true)
+                    .with_freeze_stages(Some(2))
+                    .with_backbone_lr_scale(Some(0.1)),
             )
             .with_augmentation(
                 AugmentationConfig::new()
@@ -323,6 +345,9 @@ mod tests {
                     .with_random_erasing(Some(0.25)),
             )
             .with_loader(LoaderConfig::new().with_workers(Some(3)))
+            .with_init(Some(WeightsInit::Checkpoint(
+                "runs/digits/model.bpk".into(),
+            )))
             .with_seed(9)
             .with_precision(Precision::Bf16);
         assert_eq!(args.training_config().unwrap(), expected);
