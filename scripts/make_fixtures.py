@@ -20,7 +20,8 @@ blocks, no aux heads), and the main and aux logits of the training form in eval 
 It ends with scripts/check_onnx.py: ONNX Runtime on the exported fixture networks.
 `--eval-transform-only` writes only the evaluation transform's fixtures (timm's crops);
 `--plus-only` writes only the RepVGGplus fixture (its own random generator: the same files as a
-full run).
+full run). `--first-step-only` writes only the fine-tuning first-step fixtures, from the
+committed narrow and timm ones.
 
 Deterministic: the same torch version writes the same files.
 """
@@ -226,19 +227,25 @@ def reference_fixtures(generator):
               f"max |train - deploy| in PyTorch {(logits_train - logits_deploy).abs().max().item():.3g}")
 
 
-def timm_fixture(generator):
-    """A narrow grouped SE network built by timm's own RepVGG code, saved in timm's naming."""
-    from timm.models.byobnet import ByobNet, ByoModelCfg, _rep_vgg_bcfg
-    from timm.utils.model import reparameterize_model
+def timm_config():
+    """timm's config of the timm fixture: narrow, grouped, SE."""
+    from timm.models.byobnet import ByoModelCfg, _rep_vgg_bcfg
 
-    cfg = ByoModelCfg(
+    return ByoModelCfg(
         blocks=_rep_vgg_bcfg(d=(2, 2, 2), wf=(0.25, 0.25, 0.25), groups=2),
         stem_type="rep",
         stem_chs=16,
         attn_layer="se",
         attn_kwargs=dict(rd_ratio=0.25, rd_divisor=1),
     )
-    model = ByobNet(cfg, num_classes=10).eval()
+
+
+def timm_fixture(generator):
+    """A narrow grouped SE network built by timm's own RepVGG code, saved in timm's naming."""
+    from timm.models.byobnet import ByobNet
+    from timm.utils.model import reparameterize_model
+
+    model = ByobNet(timm_config(), num_classes=10).eval()
     randomize(model, generator)
     x = torch.randn(2, 3, 32, 48, generator=generator)
     with torch.no_grad():
@@ -253,6 +260,36 @@ def timm_fixture(generator):
     save_json(OUT / "timm.json", config([2, 2, 2], [0.25, 0.25, 0.25], grouped={2: 2, 4: 2, 6: 2}, se_reduction=4))
     print(f"timm: max |logit| {logits_train.abs().max().item():.3g}, "
           f"max |train - deploy| in PyTorch {(logits_train - logits_deploy).abs().max().item():.3g}")
+
+
+def first_step_fixtures():
+    """What a fine-tuning run's first training step computes from narrow_train.pth (the
+    reference's naming) and timm_train.safetensors: the logits in training mode (batch-norm
+    statistics of the batch) and the stem's dense-branch running mean after that forward
+    (momentum 0.1), on the inputs of the io fixtures. Reads the committed fixtures."""
+    from safetensors.torch import load_file
+    from timm.models.byobnet import ByobNet
+
+    def first_step(model, x, running_mean):
+        model.train()
+        with torch.no_grad():
+            logits = model(x)
+        return {"input": x, "logits": logits,
+                "stage0.rbr_dense.bn.running_mean": model.state_dict()[running_mean].clone()}
+
+    cfg = json.loads((OUT / "narrow.json").read_text())
+    reference = RepVgg(cfg, deploy=False)
+    reference.load_state_dict(torch.load(OUT / "narrow_train.pth"), strict=True)
+    x = load_file(OUT / "narrow_io.safetensors")["input"]
+    save_file(first_step(reference, x, "stage0.rbr_dense.bn.running_mean"),
+              OUT / "narrow_first_step.safetensors")
+
+    timm = ByobNet(timm_config(), num_classes=10)
+    timm.load_state_dict(load_file(OUT / "timm_train.safetensors"), strict=True)
+    x = load_file(OUT / "timm_io.safetensors")["input"]
+    save_file(first_step(timm, x, "stem.conv_kxk.bn.running_mean"),
+              OUT / "timm_first_step.safetensors")
+    print("first step: narrow_first_step.safetensors, timm_first_step.safetensors")
 
 
 # RepVGGplus: the stage modules in the reference's order; the aux heads follow these stages.
@@ -481,6 +518,9 @@ def main():
     if sys.argv[1:] == ["--eval-transform-only"]:
         eval_transform_fixtures()
         return
+    if sys.argv[1:] == ["--first-step-only"]:
+        first_step_fixtures()
+        return
     if sys.argv[1:] == ["--plus-only"]:
         OUT.mkdir(parents=True, exist_ok=True)
         plus_fixture()
@@ -493,6 +533,7 @@ def main():
     reference_fixtures(generator)
     timm_fixture(generator)
     plus_fixture()
+    first_step_fixtures()
     # The ONNX export of the new fixtures, run by ONNX Runtime, against PyTorch's logits.
     import check_onnx
 

@@ -3,11 +3,13 @@
 //! logits, and export to safetensors that read back identically.
 
 use burn::config::Config;
+use burn::module::Module;
 use burn::tensor::{Tensor, TensorData};
 use repvgg_deploy::{Form, detect_arch, read_checkpoint, write_checkpoint};
-use repvgg_model::{RepVggConfig, RepVggDeploy, RepVggPlus, RepVggPlusDeploy};
+use repvgg_model::{RepVggConfig, RepVggDeploy, RepVggPlus, RepVggPlusDeploy, TrainingNetwork};
 use repvgg_model::{Weights, reparameterize};
 use repvgg_testing::{fixture, scratch, test_device};
+use repvgg_train::{TrainingConfig, WeightsInit, starting_network};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -379,5 +381,50 @@ fn repvggplus_is_detected_and_served_by_the_cpu_engine() {
     for (ours, generic) in features.into_iter().zip(reference_features) {
         let diff = max_abs_difference(&ours.into_data(), &generic.into_data());
         assert!(diff <= TOLERANCE, "features: {diff:e}");
+    }
+}
+
+/// A fine-tuning run's first step from a PyTorch checkpoint: the network it starts from
+/// computes PyTorch's training-mode logits (batch statistics) and moves the running statistics
+/// as PyTorch does (momentum 0.1).
+#[test]
+fn fine_tuning_starts_from_pytorch_checkpoints_as_pytorch_does() {
+    let device = test_device();
+    for (name, file) in [
+        ("narrow", "narrow_train.pth"),
+        ("timm", "timm_train.safetensors"),
+    ] {
+        let config = TrainingConfig::new(config(name))
+            .with_init(Some(WeightsInit::Checkpoint(fixture(file))));
+        let classes: Vec<String> = (0..config.model.num_classes)
+            .map(|class| class.to_string())
+            .collect();
+        let (net, initial) = starting_network(&config, &classes, &device.clone().autodiff())
+            .unwrap_or_else(|error| panic!("{file}: {error}"));
+        assert_eq!(initial.unwrap().replaced_head, None, "{file}");
+
+        let expected = read_checkpoint(&fixture(&format!("{name}_first_step.safetensors")))
+            .expect("fixture first-step file")
+            .weights;
+        let raw = |key: &str| expected.get(key).unwrap().clone();
+        let input = Tensor::<4>::from_data(raw("input"), &device.clone().autodiff());
+        let logits = net.forward(input).into_data();
+        let diff = max_abs_difference(&logits, &raw("logits"));
+        eprintln!("{file}: max |ours - PyTorch| first training step {diff:.2e}");
+        assert!(
+            diff <= TOLERANCE,
+            "{file}: first-step logits differ by {diff:e}"
+        );
+
+        let statistic = "stage0.rbr_dense.bn.running_mean";
+        // Burn keeps a running statistic's update aside until the module is synchronized
+        // (`valid` does it), as the learner does at the end of an epoch.
+        let moved = match net {
+            TrainingNetwork::RepVgg(net) => Weights::from_module(&net.valid()),
+            TrainingNetwork::Plus(net) => Weights::from_module(&net.valid()),
+        }
+        .unwrap();
+        let diff = max_abs_difference(moved.get(statistic).unwrap(), &raw(statistic));
+        assert!(diff <= 1e-5, "{file}: {statistic} differs by {diff:e}");
     }
 }
