@@ -15,10 +15,14 @@ pub fn print_report(report: &TrainReport) {
         println!("resumed after epoch {epoch}");
     }
     if let Some(init) = &report.initial_weights {
+        // `pretrained:a0` names no file: say which one was read.
+        let file = match init.path.as_os_str() == init.source.as_str() {
+            true => String::new(),
+            false => format!("{}, ", init.path.display()),
+        };
         println!(
-            "started from {} ({}, sha256 {}){}",
+            "started from {} ({file}sha256 {}){}",
             init.source,
-            init.path.display(),
             init.sha256,
             init.replaced_head
                 .as_ref()

@@ -1,15 +1,17 @@
 //! `repvgg train` and its alias `repvgg-train` end to end: a short run on a generated set, the
-//! alias resuming it, and damaged run directories refused with a message and exit code 1
-//! (never a panic).
+//! alias resuming it, damaged run directories refused with a message and exit code 1 (never a
+//! panic), and fine-tuning from cached pretrained weights.
 
 use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use burn::config::Config;
+use burn::tensor::Device;
 use repvgg_data::write_synthetic_set;
-use repvgg_model::RepVggConfig;
-use repvgg_testing::{copy_dir, scratch};
+use repvgg_deploy::{PretrainedOptions, write_checkpoint};
+use repvgg_model::{RepVggArch, RepVggConfig, Weights};
+use repvgg_testing::{copy_dir, random_training_model, scratch};
 
 /// `binary` run with `args`, without a backtrace in its output.
 fn run(binary: &str, args: &[&str], data: &Path, output: &Path) -> Output {
@@ -93,4 +95,76 @@ fn trains_resumes_under_its_alias_and_refuses_damaged_runs() {
             "{file}: {stderr}"
         );
     }
+}
+
+#[test]
+fn fine_tunes_pretrained_weights_and_refuses_a_deploy_checkpoint() {
+    let scratch = scratch("cli-finetune");
+    let path = |name: &str| scratch.path().join(name);
+    write_synthetic_set(&path("data"), 1, 2, 5).unwrap();
+    // timm's A0 as the cache holds it once downloaded (random weights: the machines running
+    // the tests have no internet).
+    let cache = path("cache");
+    fs::create_dir_all(&cache).unwrap();
+    let a0 = RepVggArch::A0.config();
+    let weights = Weights::from_module(&random_training_model(&a0, &Device::flex())).unwrap();
+    let options = PretrainedOptions {
+        base_url: "http://127.0.0.1:9".into(), // nothing listens: the cache must serve
+        cache_dir: cache.clone(),
+    };
+    let cached = options.cache_path(RepVggArch::A0).unwrap();
+    write_checkpoint(&weights, &a0, None, &cached).unwrap();
+
+    let flags = [
+        "train",
+        "--arch=A0",
+        "--init=pretrained:a0",
+        "--freeze-stages=2",
+        "--backbone-lr-scale=0.1",
+        "--epochs=1",
+        "--batch-size=16",
+        "--image-size=32",
+        "--workers=2",
+    ];
+    let output = Command::new(env!("CARGO_BIN_EXE_repvgg"))
+        .args(flags)
+        .args(["--device", "cpu", "--output"])
+        .arg(path("run"))
+        .arg("--data")
+        .arg(path("data"))
+        .env("REPVGG_CACHE_DIR", &cache)
+        .env("REPVGG_PRETRAINED_URL", &options.base_url)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("started from pretrained:a0"), "{stdout}");
+    assert!(
+        stdout.contains("1000-class classifier replaced"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("stage0 (the stem) through stage2"),
+        "{stdout}"
+    );
+    assert!(path("run").join("init.json").is_file());
+
+    // Its deploy model has no branches to train: a message and exit code 1.
+    let deploy = path("run").join("model-deploy.bpk");
+    let init = format!("--init={}", deploy.display());
+    let refused = run(
+        env!("CARGO_BIN_EXE_repvgg"),
+        &["train", "--arch=A0", &init, "--epochs=1", "--image-size=32"],
+        &path("data"),
+        &path("refused"),
+    );
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("no branches to train"), "{stderr}");
 }

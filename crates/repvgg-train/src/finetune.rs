@@ -205,10 +205,10 @@ fn head_change(
     }
 }
 
-/// Up to four names, then how many more.
+/// Up to five names, or the first four and how many in all.
 fn brief(names: &[String]) -> String {
     match names.len() {
-        0..=4 => names.join(", "),
+        0..=5 => names.join(", "),
         n => format!("{}, ... {} in all", names[..4].join(", "), n),
     }
 }
@@ -337,7 +337,9 @@ mod tests {
             "stage3_second.",
         ];
         // Running statistics are never trained: the parameters are the rest.
-        trains.params.retain(|(path, _)| !path.contains(".running_"));
+        trains
+            .params
+            .retain(|(path, _)| !path.contains(".running_"));
         for (path, trains) in &trains.params {
             let expected = !frozen.iter().any(|stage| path.starts_with(stage));
             assert_eq!(*trains, expected, "{path}");
