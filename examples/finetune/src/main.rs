@@ -1,7 +1,7 @@
 //! Fine-tuning: a network trained on half of a data set's classes starts a run on the other
-//! half from those weights (a fresh classifier, the stem and first stages frozen, a lower
-//! learning rate for the rest of the backbone), and the same run from random weights shows
-//! what the start is worth. `--init` fine-tunes any checkpoint instead of the first half's:
+//! half from those weights (a fresh classifier, the stem and the first stage frozen; a lower
+//! learning rate for the rest of the backbone with `--backbone-lr-scale`), and the same run
+//! from random weights shows what the start is worth. `--init` fine-tunes any checkpoint instead of the first half's:
 //! ours, the reference's `.pth`, or timm's safetensors of the same architecture.
 //!
 //! ```sh
@@ -12,6 +12,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -42,10 +43,10 @@ struct Args {
     epochs: usize,
     /// stage0 (the stem) through this stage keep the starting weights (default: stage1; `none`
     /// trains them all).
-    #[arg(long, default_value = "1", value_parser = frozen_stages)]
-    freeze_stages: Option<usize>,
+    #[arg(long, value_name = "STAGE|none", default_value = "1")]
+    freeze_stages: LastFrozen,
     /// The backbone's learning rate as a fraction of the classifier's.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 1.0)]
     backbone_lr_scale: f64,
     /// Training crop size.
     #[arg(long, default_value_t = 32)]
@@ -112,7 +113,7 @@ fn main() -> Result<()> {
     let mut finetuned = scratch.clone().with_init(Some(source.clone()));
     finetuned.recipe = finetuned
         .recipe
-        .with_freeze_stages(args.freeze_stages)
+        .with_freeze_stages(args.freeze_stages.0)
         .with_backbone_lr_scale(Some(args.backbone_lr_scale));
     let tuned = run(
         "fine-tuning on the second half",
@@ -138,8 +139,9 @@ fn main() -> Result<()> {
          rate), from random weights {:.1}%",
         args.epochs,
         100.0 * tuned.deploy_validation.top1(),
-        match args.freeze_stages {
-            Some(last) => format!("stage0 to stage{last} frozen"),
+        match args.freeze_stages.0 {
+            Some(0) => "the stem frozen".to_string(),
+            Some(last) => format!("the stem to stage{last} frozen"),
             None => "nothing frozen".to_string(),
         },
         args.backbone_lr_scale,
@@ -186,14 +188,21 @@ fn run(step: &str, config: &TrainingConfig, data: &Path, output: &Path) -> Resul
     Ok(report)
 }
 
-/// `--freeze-stages`: a stage number, or `none`.
-fn frozen_stages(text: &str) -> Result<Option<usize>, String> {
-    match text {
-        "none" => Ok(None),
-        stage => stage
-            .parse()
-            .map(Some)
-            .map_err(|_| format!("{stage}: a stage number (0 to 4) or none")),
+/// `--freeze-stages`: the last frozen stage, or `none`.
+#[derive(Clone, Copy, Debug)]
+struct LastFrozen(Option<usize>);
+
+impl FromStr for LastFrozen {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "none" => Ok(Self(None)),
+            stage => stage
+                .parse()
+                .map(|stage| Self(Some(stage)))
+                .map_err(|_| format!("{stage}: a stage number (0 to 4) or none")),
+        }
     }
 }
 
