@@ -26,7 +26,7 @@ use repvgg_train::{
 
 #[derive(Parser)]
 struct Args {
-    /// An ImageFolder data set (train/<class>/, val/<class>/); default: a generated one.
+    /// An ImageFolder data set (train/CLASS/, val/CLASS/); default: a generated one.
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
     /// The architecture (default: the demo's small RepVGG, A0's layout at half width).
