@@ -172,10 +172,9 @@ fn resolve_architecture(
             (config, format!("the network of {}", path.display()))
         }
         ArchSource::Preset(arch) => {
-            let config = match weights.get("linear.bias").map(|bias| bias.shape().to_vec()) {
-                Some(shape) if shape.len() == 1 => arch.config().with_num_classes(shape[0]),
-                Some(_) => arch.config(),
-                None => arch.config().with_num_classes(0),
+            let config = match weights.num_classes() {
+                Some(classes) => arch.config().with_num_classes(classes),
+                None => arch.config(),
             };
             (config, arch.to_string())
         }

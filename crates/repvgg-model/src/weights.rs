@@ -80,6 +80,18 @@ impl Weights {
             .map(|(name, _)| name)
     }
 
+    /// The outputs of the classifier these weights hold: `linear.bias`'s length, 0 for a
+    /// headless network, `None` when `linear.bias` is not a vector (loading will name it).
+    pub fn num_classes(&self) -> Option<usize> {
+        match self.get("linear.bias").map(|bias| bias.shape().to_vec()) {
+            None => Some(0),
+            Some(shape) => match shape.as_slice() {
+                [classes] => Some(*classes),
+                _ => None,
+            },
+        }
+    }
+
     /// Number of elements over all tensors.
     pub fn num_elements(&self) -> usize {
         self.tensors.values().map(|data| data.num_elements()).sum()

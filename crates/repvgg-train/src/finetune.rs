@@ -3,7 +3,6 @@
 //! the parts of the network a run trains (frozen stages, the backbone's learning rate).
 
 use std::fs::File;
-use std::io::{BufReader, Read};
 use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 
@@ -100,7 +99,11 @@ pub(crate) fn initial_network<N: TrainableNetwork>(
     if checkpoint.form == Form::Deploy {
         return Err(TrainError::DeployFormInit { path });
     }
-    let file_classes = head_classes(&checkpoint.weights);
+    // A classifier of another shape is kept as the run's, for the load to name it.
+    let file_classes = checkpoint
+        .weights
+        .num_classes()
+        .unwrap_or(config.model.num_classes);
     let replaced_head = head_change(
         (file_classes, checkpoint.classes.as_deref()),
         (config.model.num_classes, classes),
@@ -143,10 +146,14 @@ pub(crate) fn record_initial_weights(
     std::fs::write(&path, text + "\n").map_err(TrainError::io(path))
 }
 
-/// What a run directory's `init.json` records, if it has one that reads.
+/// What a run directory's `init.json` records, if it has one. A damaged record does not stop
+/// a resume (the weights come from the checkpoint): it is reported and left out.
 pub(crate) fn recorded_initial_weights(output: &Path) -> Option<InitialWeights> {
-    let text = std::fs::read_to_string(output.join(INIT_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    let path = output.join(INIT_FILE);
+    let text = std::fs::read_to_string(&path).ok()?;
+    serde_json::from_str(&text)
+        .inspect_err(|error| log::warn!("{}: unreadable ({error}); left out", path.display()))
+        .ok()
 }
 
 /// The cached file of the pretrained weights `init` names, downloaded on first use.
@@ -168,14 +175,6 @@ fn pretrained_file(init: &WeightsInit) -> Result<PathBuf, TrainError> {
     Err(TrainError::PretrainedUnavailable {
         init: init.to_string(),
     })
-}
-
-/// Outputs of the checkpoint's classifier (0 for a headless backbone).
-fn head_classes(weights: &Weights) -> usize {
-    match weights.get("linear.bias").map(|bias| bias.shape().to_vec()) {
-        Some(shape) if shape.len() == 1 => shape[0],
-        _ => 0,
-    }
 }
 
 /// Why the checkpoint's classifier cannot serve the run, if it cannot: `(outputs, class names
@@ -232,18 +231,8 @@ fn with_fresh_head<N: TrainableNetwork>(loaded: N, fresh: N) -> Result<N, TrainE
 
 /// The size and SHA-256 (hex) of the file at `path`.
 fn digest(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut bytes = 0u64;
-    loop {
-        let read = reader.read(&mut buffer)?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-        bytes += read as u64;
-    }
+    let bytes = std::io::copy(&mut File::open(path)?, &mut hasher)?;
     let hex = hasher
         .finalize()
         .iter()
