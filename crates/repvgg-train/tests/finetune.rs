@@ -124,6 +124,10 @@ fn a_checkpoint_is_fine_tuned_onto_other_classes() {
     let resumed = resume(&run, &path("target"), &devices).unwrap();
     assert_eq!(resumed.resumed_after, Some(2));
     assert_eq!(resumed.initial_weights, Some(initial));
+    // A damaged record of the start does not stop a resume: it is left out.
+    fs::write(run.join("init.json"), "{\"source\": ").unwrap();
+    let resumed = resume(&run, &path("target"), &devices).unwrap();
+    assert_eq!(resumed.initial_weights, None);
 
     // A deploy-time checkpoint has no branches to train.
     let deploy = path("pretrained").join("model-deploy.bpk");
