@@ -367,6 +367,13 @@ mod tests {
     }
 
     #[test]
+    fn unknown_pretrained_weights_are_refused_with_the_name() {
+        let error = parse(&["--data=d", "--init=pretrained:a9"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(error.to_string().contains("pretrained:a9"), "{error}");
+    }
+
+    #[test]
     fn a_config_file_replaces_the_recipe_flags() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("training.json");
