@@ -26,8 +26,9 @@ pub struct ClassifyArgs {
     /// The image (JPEG, PNG, ...).
     pub image: PathBuf,
 
-    /// timm's pretrained ImageNet weights of this architecture (a0, b1g4, d2se, ...),
-    /// downloaded once into the cache.
+    /// timm's pretrained ImageNet weights of this architecture (a0, b1g4, d2se, ...), from
+    /// the Hugging Face cache (downloaded there once; HF_ENDPOINT, HF_HUB_CACHE, HF_HOME,
+    /// HF_HUB_OFFLINE and HF_TOKEN apply), evaluated as timm evaluates them.
     #[cfg(feature = "pretrained")]
     #[arg(long, conflicts_with = "weights", required_unless_present = "weights")]
     pub pretrained: Option<RepVggArch>,
@@ -77,7 +78,7 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
 /// Every class of the image's prediction, most likely first.
 pub fn classify(args: &ClassifyArgs) -> Result<Vec<Prediction>> {
     let device = args.device.device()?;
-    let images = load_image(&args.image, &args.crop.transform(), &device)?;
+    let images = load_image(&args.image, &eval_transform(args)?, &device)?;
     let (model, classes) = match &args.weights {
         Some(path) => {
             let resolved = ResolvedCheckpoint::read(path, &args.arch.source())?;
@@ -102,6 +103,17 @@ pub fn classify(args: &ClassifyArgs) -> Result<Vec<Prediction>> {
         .collect();
     ranked.sort_by(|a, b| b.probability.total_cmp(&a.probability));
     Ok(ranked)
+}
+
+/// The crop the flags give, completed by the pretrained weights' own evaluation setup (timm's:
+/// D2se at 320 with no crop) or the defaults.
+fn eval_transform(args: &ClassifyArgs) -> Result<EvalTransform> {
+    #[cfg(feature = "pretrained")]
+    if let (None, Some(arch)) = (&args.weights, args.pretrained) {
+        let setup = repvgg_deploy::PretrainedEval::of(arch)?;
+        return Ok(args.crop.transform_or(setup.input_size, setup.crop_pct));
+    }
+    Ok(args.crop.transform())
 }
 
 #[cfg(feature = "pretrained")]
@@ -137,5 +149,42 @@ fn class_names(recorded: Option<Vec<String>>, count: usize) -> Vec<String> {
         Some(names) if names.len() >= count => names,
         _ if count == 1000 => IMAGENET_CLASSES.lines().map(str::to_string).collect(),
         _ => (0..count).map(|i| format!("class {i}")).collect(),
+    }
+}
+
+#[cfg(all(test, feature = "pretrained"))]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        args: ClassifyArgs,
+    }
+
+    fn transform(flags: &[&str]) -> EvalTransform {
+        let args = Command::parse_from(["classify", "image.png"].iter().chain(flags)).args;
+        eval_transform(&args).unwrap()
+    }
+
+    #[test]
+    fn pretrained_weights_are_evaluated_as_timm_evaluates_them_unless_the_flags_say_otherwise() {
+        let setup = |transform: EvalTransform| (transform.size, transform.resize);
+        // timm: D2se at 320 with no crop, the others at 224 from a 256 resize.
+        assert_eq!(setup(transform(&["--pretrained", "d2se"])), (320, 320));
+        assert_eq!(setup(transform(&["--pretrained", "a0"])), (224, 256));
+        // Explicit flags win, each on its own.
+        assert_eq!(
+            setup(transform(&["--pretrained", "d2se", "--image-size", "224"])),
+            (224, 224)
+        );
+        assert_eq!(
+            setup(transform(&["--pretrained", "d2se", "--crop-pct", "0.875"])),
+            (320, 365)
+        );
+        // A weights file has no recorded setup: the defaults.
+        assert_eq!(setup(transform(&["--weights", "a.bpk"])), (224, 256));
     }
 }

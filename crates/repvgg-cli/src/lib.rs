@@ -115,26 +115,39 @@ impl ArchArgs {
 }
 
 /// The evaluation crop of `eval` and `classify`: its size and how much of the resized image it
-/// keeps.
+/// keeps. What the flags leave out comes from the weights' own setup (timm's, for
+/// `--pretrained`) or the defaults, 224 and 0.875.
 #[derive(clap::Args, Clone, Debug)]
 pub struct CropArgs {
     /// Centre crop size, the network's input (after resizing the shorter side to
-    /// floor(size / crop_pct)).
-    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
-    pub image_size: u32,
+    /// floor(size / crop_pct)) [default: 224; --pretrained: the weights' own, 320 for d2se].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(32..))]
+    pub image_size: Option<u32>,
 
-    /// Fraction of the resized image the centre crop keeps, timm's rule (1.0 for
-    /// RepVGGplus-L2pse and D2se at 320).
-    #[arg(long, default_value_t = DEFAULT_CROP_PCT, value_parser = repvgg_data::parse_crop_pct)]
-    pub crop_pct: f64,
+    /// Fraction of the resized image the centre crop keeps, timm's rule [default: 0.875;
+    /// --pretrained: the weights' own, 1.0 for d2se; use 1.0 for RepVGGplus-L2pse].
+    #[arg(long, value_parser = repvgg_data::parse_crop_pct)]
+    pub crop_pct: Option<f64>,
 }
 
 impl CropArgs {
-    /// The evaluation transform the flags describe.
+    /// The evaluation transform the flags describe, with the defaults 224 and 0.875.
     pub fn transform(&self) -> EvalTransform {
-        EvalTransform::with_crop_pct(self.image_size, self.crop_pct)
+        self.transform_or(DEFAULT_IMAGE_SIZE, DEFAULT_CROP_PCT)
+    }
+
+    /// The evaluation transform the flags describe, with `image_size` and `crop_pct` where
+    /// they are left out.
+    pub fn transform_or(&self, image_size: u32, crop_pct: f64) -> EvalTransform {
+        EvalTransform::with_crop_pct(
+            self.image_size.unwrap_or(image_size),
+            self.crop_pct.unwrap_or(crop_pct),
+        )
     }
 }
+
+/// The evaluation input size when neither the flags nor the weights give one.
+pub const DEFAULT_IMAGE_SIZE: u32 = 224;
 
 /// The deploy network ready for inference in `precision`: bf16 runs the CPU engine in bf16
 /// (CPU device, AVX512_BF16), f32 every device's own path.

@@ -1,4 +1,5 @@
-//! `repvgg classify` on a model whose file records its class names, and on a missing image.
+//! `repvgg classify` on a model whose file records its class names, on a missing image, and
+//! with pretrained weights that offline mode cannot find.
 
 use std::process::Command;
 
@@ -72,6 +73,34 @@ fn prints_the_top_five_recorded_classes() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("missing.jpg"), "{stderr}");
+}
+
+#[test]
+fn offline_pretrained_weights_missing_from_the_cache_are_an_error_naming_the_variable() {
+    let scratch = tempfile::Builder::new()
+        .prefix("repvgg-classify-offline-")
+        .tempdir()
+        .unwrap();
+    let dir = scratch.path();
+    write_synthetic_set(dir, 0, 1, 1).unwrap();
+    let image = dir.join("val/circle/circle-0000.jpg");
+    let output = Command::new(env!("CARGO_BIN_EXE_repvgg"))
+        .args(["classify", image.to_str().unwrap(), "--pretrained", "a0"])
+        .env("HF_HUB_CACHE", dir.join("hf-cache"))
+        .env("HF_HUB_OFFLINE", "1")
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for expected in [
+        "HF_HUB_OFFLINE",
+        "timm/repvgg_a0.rvgg_in1k",
+        "model.safetensors",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
 }
 
 /// A small network for the ten synthetic classes (the training demo's layout).

@@ -9,9 +9,9 @@ use std::process::{Command, Output};
 use burn::config::Config;
 use burn::tensor::Device;
 use repvgg_data::write_synthetic_set;
-use repvgg_deploy::{PretrainedOptions, write_checkpoint};
+use repvgg_deploy::write_checkpoint;
 use repvgg_model::{RepVggArch, RepVggConfig, Weights};
-use repvgg_testing::{copy_dir, random_training_model, scratch};
+use repvgg_testing::{copy_dir, place_in_hf_cache, random_training_model, scratch};
 
 /// `binary` run with `args`, without a backtrace in its output.
 fn run(binary: &str, args: &[&str], data: &Path, output: &Path) -> Output {
@@ -102,18 +102,19 @@ fn fine_tunes_pretrained_weights_and_refuses_a_deploy_checkpoint() {
     let scratch = scratch("cli-finetune");
     let path = |name: &str| scratch.path().join(name);
     write_synthetic_set(&path("data"), 1, 2, 5).unwrap();
-    // timm's A0 as the cache holds it once downloaded (random weights: the machines running
-    // the tests have no internet).
-    let cache = path("cache");
-    fs::create_dir_all(&cache).unwrap();
+    // timm's A0 as the Hugging Face cache holds it once downloaded (random weights: the
+    // machines running the tests have no internet).
+    let cache = path("hf-cache");
     let a0 = RepVggArch::A0.config();
     let weights = Weights::from_module(&random_training_model(&a0, &Device::flex())).unwrap();
-    let options = PretrainedOptions {
-        base_url: "http://127.0.0.1:9".into(), // nothing listens: the cache must serve
-        cache_dir: cache.clone(),
-    };
-    let cached = options.cache_path(RepVggArch::A0).unwrap();
-    write_checkpoint(&weights, &a0, None, &cached).unwrap();
+    write_checkpoint(&weights, &a0, None, &path("a0.safetensors")).unwrap();
+    let bytes = fs::read(path("a0.safetensors")).unwrap();
+    place_in_hf_cache(
+        &cache,
+        "timm/repvgg_a0.rvgg_in1k",
+        "model.safetensors",
+        &bytes,
+    );
 
     let flags = [
         "train",
@@ -132,8 +133,8 @@ fn fine_tunes_pretrained_weights_and_refuses_a_deploy_checkpoint() {
         .arg(path("run"))
         .arg("--data")
         .arg(path("data"))
-        .env("REPVGG_CACHE_DIR", &cache)
-        .env("REPVGG_PRETRAINED_URL", &options.base_url)
+        .env("HF_HUB_CACHE", &cache)
+        .env("HF_HUB_OFFLINE", "1")
         .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap();

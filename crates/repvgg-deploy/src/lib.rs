@@ -46,8 +46,8 @@ pub use error::{BoxedError, DeployError};
 pub use load::{ArchSource, LoadedModel, ResolvedCheckpoint, load_checkpoint};
 #[cfg(feature = "pretrained")]
 pub use pretrained::{
-    DEFAULT_PRETRAINED_URL, PRETRAINED_ARCHS, PretrainedOptions, download_pretrained, pretrained,
-    pretrained_with,
+    DEFAULT_ENDPOINT, PRETRAINED_ARCHS, PretrainedEval, PretrainedOptions, WEIGHTS_FILE,
+    download_pretrained, pretrained, pretrained_with,
 };
 #[cfg(feature = "cpu")]
 pub use repvgg_cpu::{ConvAlgorithm, CpuEngine, CpuOptions, CpuPrecision, WinogradTile};

@@ -1,28 +1,34 @@
 //! Pretrained ImageNet weights: the RepVGG checkpoints timm publishes on the Hugging Face hub
-//! (`timm/repvgg_a0.rvgg_in1k` ...), downloaded once into a local cache and verified before use.
+//! (`timm/repvgg_a0.rvgg_in1k` ...), fetched with `hf-hub` into the Hugging Face cache, the one
+//! Python's `huggingface_hub` (and so `timm.create_model(.., pretrained=True)`) fills: weights a
+//! user already has are used without a download.
 //!
-//! A file enters the cache only after it arrived whole (as many bytes as the server announced)
-//! and parsed as the architecture's training-time checkpoint: it is written to a temporary file
-//! in the cache directory and renamed into place. A cached file is verified again when used; a
-//! corrupt one is deleted and downloaded once more.
+//! The hub, the cache, the token and offline mode come from the variables Python reads:
+//! `HF_ENDPOINT`, `HF_HUB_CACHE` / `HF_HOME`, `HF_TOKEN` and `HF_HUB_OFFLINE`.
+//!
+//! A file is verified as the architecture's training-time checkpoint whenever it is used. A
+//! corrupt cached file is deleted and downloaded again (unless offline); a download that stops
+//! early or brings something else leaves nothing in the cache.
 
-use std::fs::{self, File};
-use std::io::{BufWriter, Read, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::tensor::Device;
-use repvgg_model::{RepVggArch, tensor_infos};
-
-use repvgg_model::{Weights, reparameterize};
+use hf_hub::api::Progress;
+use hf_hub::api::sync::{ApiBuilder, ApiError};
+use hf_hub::{Cache, CacheRepo};
+use repvgg_model::{RepVggArch, Weights, reparameterize, tensor_infos};
 
 use crate::checkpoint::{Form, read_checkpoint};
 use crate::error::DeployError;
 use crate::load::LoadedModel;
 
-/// Where the weights are downloaded from unless `REPVGG_PRETRAINED_URL` says otherwise.
-pub const DEFAULT_PRETRAINED_URL: &str = "https://huggingface.co";
+/// The hub weights are fetched from unless `HF_ENDPOINT` names a mirror.
+pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
+
+/// The file of each timm repository that holds the weights.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
 
 /// The architectures timm publishes ImageNet weights for (it has none for the g2 variants).
 pub const PRETRAINED_ARCHS: [RepVggArch; 11] = [
@@ -40,57 +46,120 @@ pub const PRETRAINED_ARCHS: [RepVggArch; 11] = [
 ];
 
 /// Files at least this large report their progress on stderr.
-const PROGRESS_MIN_BYTES: u64 = 4 << 20;
-/// Without a Content-Length, progress is reported every this many bytes.
-const PROGRESS_STEP_BYTES: u64 = 32 << 20;
+const PROGRESS_MIN_BYTES: usize = 4 << 20;
+
+/// How timm evaluates an architecture's published weights (its `pretrained_cfg`): resize the
+/// shorter side to `floor(input_size / crop_pct)` with `interpolation`, centre-crop
+/// `input_size`, normalise with ImageNet's mean and standard deviation.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PretrainedEval {
+    /// Side of the square input, in pixels.
+    pub input_size: u32,
+    /// Fraction of the resized image the centre crop keeps.
+    pub crop_pct: f64,
+    /// timm's name of the resize filter.
+    pub interpolation: &'static str,
+}
+
+impl PretrainedEval {
+    /// The setup timm's config gives `arch`'s weights: 224 pixels, crop 0.875, bilinear, but
+    /// D2se at 320 with no crop (the resolution its 83.55% top-1 is quoted at).
+    pub fn of(arch: RepVggArch) -> Result<Self, DeployError> {
+        hub_repo(arch)?;
+        Ok(match arch {
+            RepVggArch::D2se => Self {
+                input_size: 320,
+                crop_pct: 1.0,
+                interpolation: "bilinear",
+            },
+            _ => Self {
+                input_size: 224,
+                crop_pct: 0.875,
+                interpolation: "bilinear",
+            },
+        })
+    }
+}
 
 /// Where pretrained weights come from and where they are kept.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PretrainedOptions {
-    /// The hub's address, without a trailing slash: files are fetched from
-    /// `{base_url}/timm/repvgg_{name}.rvgg_in1k/resolve/main/model.safetensors`.
-    pub base_url: String,
-    /// The directory downloaded files are kept in (created when missing).
+    /// The hub's address: files are fetched from
+    /// `{endpoint}/timm/repvgg_{name}.rvgg_in1k/resolve/main/model.safetensors`.
+    pub endpoint: String,
+    /// The Hugging Face hub cache (`models--timm--repvgg_a0.rvgg_in1k/{blobs,refs,snapshots}`
+    /// inside), created when missing.
     pub cache_dir: PathBuf,
+    /// Sent as `Authorization: Bearer` (for a private mirror; the timm weights need none).
+    pub token: Option<String>,
+    /// Use the cache only: a missing file is an error instead of a download.
+    pub offline: bool,
 }
 
 impl PretrainedOptions {
-    /// The options the environment asks for: the hub `REPVGG_PRETRAINED_URL` (default
-    /// `https://huggingface.co`, for mirrors and offline setups) and the cache directory
-    /// `REPVGG_CACHE_DIR` (default: the user's cache directory, e.g. `~/.cache`, then
-    /// `repvgg-burn`). Empty variables count as unset.
+    /// The options the environment asks for, read as `huggingface_hub` reads them (empty
+    /// variables count as unset):
+    /// - the hub: `HF_ENDPOINT`, default `https://huggingface.co`;
+    /// - the cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, where `HF_HOME` defaults to
+    ///   `$XDG_CACHE_HOME/huggingface`, else `~/.cache/huggingface`;
+    /// - the token: `HF_TOKEN`, else the file `HF_TOKEN_PATH`, else `HF_HOME/token`;
+    /// - offline mode: `HF_HUB_OFFLINE` set to 1, true, yes or on.
     pub fn from_env() -> Self {
-        let variable = |name: &str| std::env::var_os(name).filter(|value| !value.is_empty());
-        let base_url = variable("REPVGG_PRETRAINED_URL")
-            .map(|url| url.to_string_lossy().into_owned())
-            .unwrap_or_else(|| DEFAULT_PRETRAINED_URL.to_string());
-        let cache_dir = variable("REPVGG_CACHE_DIR")
+        Self::from_variables(|name| std::env::var_os(name))
+    }
+
+    /// [`from_env`](Self::from_env) with the variables `lookup` gives.
+    fn from_variables(lookup: impl Fn(&str) -> Option<std::ffi::OsString>) -> Self {
+        let variable = |name: &str| lookup(name).filter(|value| !value.is_empty());
+        let text = |name: &str| variable(name).map(|value| value.to_string_lossy().into_owned());
+        let hf_home = variable("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            variable("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| dirs::home_dir().map(|home| home.join(".cache")))
+                .unwrap_or_else(std::env::temp_dir)
+                .join("huggingface")
+        });
+        let cache_dir = variable("HF_HUB_CACHE")
+            .or_else(|| variable("HUGGINGFACE_HUB_CACHE"))
             .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                dirs::cache_dir()
-                    .unwrap_or_else(std::env::temp_dir)
-                    .join("repvgg-burn")
-            });
+            .unwrap_or_else(|| hf_home.join("hub"));
+        let token_file = variable("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| hf_home.join("token"));
+        let token = text("HF_TOKEN").or_else(|| {
+            fs::read_to_string(token_file)
+                .ok()
+                .map(|token| token.trim().to_string())
+                .filter(|token| !token.is_empty())
+        });
+        let offline = text("HF_HUB_OFFLINE").is_some_and(|value| {
+            ["1", "true", "yes", "on"].contains(&value.trim().to_ascii_lowercase().as_str())
+        });
         Self {
-            base_url,
+            endpoint: text("HF_ENDPOINT").unwrap_or_else(|| DEFAULT_ENDPOINT.to_string()),
             cache_dir,
+            token,
+            offline,
         }
     }
 
     /// The address of `arch`'s weights on the hub.
     pub fn url(&self, arch: RepVggArch) -> Result<String, DeployError> {
         Ok(format!(
-            "{}/timm/{}/resolve/main/model.safetensors",
-            self.base_url.trim_end_matches('/'),
-            hub_model(arch)?
+            "{}/{}/resolve/main/{WEIGHTS_FILE}",
+            self.endpoint.trim_end_matches('/'),
+            hub_repo(arch)?
         ))
     }
 
-    /// Where `arch`'s weights are cached: `{cache_dir}/repvgg_{name}.rvgg_in1k.safetensors`.
-    pub fn cache_path(&self, arch: RepVggArch) -> Result<PathBuf, DeployError> {
-        Ok(self
-            .cache_dir
-            .join(format!("{}.safetensors", hub_model(arch)?)))
+    /// `arch`'s weights in the cache (`snapshots/{commit}/model.safetensors` of the revision
+    /// `refs/main` names), unverified; `None` when they are not there.
+    pub fn cached(&self, arch: RepVggArch) -> Result<Option<PathBuf>, DeployError> {
+        Ok(self.cache_repo(arch)?.get(WEIGHTS_FILE))
+    }
+
+    fn cache_repo(&self, arch: RepVggArch) -> Result<CacheRepo, DeployError> {
+        Ok(Cache::new(self.cache_dir.clone()).model(hub_repo(arch)?))
     }
 }
 
@@ -114,7 +183,7 @@ pub fn pretrained(
     pretrained_with(arch, form, device, &PretrainedOptions::from_env())
 }
 
-/// [`pretrained`] with an explicit hub address and cache directory.
+/// [`pretrained`] with explicit options.
 pub fn pretrained_with(
     arch: RepVggArch,
     form: Form,
@@ -141,11 +210,11 @@ pub fn pretrained_with(
     }
 }
 
-/// Downloads `arch`'s training-time weights (timm naming, safetensors) into
-/// `options.cache_dir` unless a valid copy is already there, and returns the file's path.
+/// The path of `arch`'s training-time weights (timm naming, safetensors) in the cache,
+/// downloaded first unless a valid copy is already there.
 ///
-/// The file is checked before it is kept and whenever it is used: it must be complete and hold
-/// exactly `arch`'s training-time tensors. [`crate::read_checkpoint`] reads it.
+/// The file must hold exactly `arch`'s training-time tensors; [`crate::read_checkpoint`] reads
+/// it.
 pub fn download_pretrained(
     arch: RepVggArch,
     options: &PretrainedOptions,
@@ -154,56 +223,59 @@ pub fn download_pretrained(
 }
 
 /// The cached file of `arch` and its verified weights, downloading it when it is missing or
-/// corrupt.
+/// corrupt (and the options allow).
 fn fetch(arch: RepVggArch, options: &PretrainedOptions) -> Result<(PathBuf, Weights), DeployError> {
     let url = options.url(arch)?;
-    let path = options.cache_path(arch)?;
-    if path.exists() {
-        match verify(&path, arch) {
+    match options.cached(arch)? {
+        Some(path) => match verify(&path, arch) {
             Ok(weights) => return Ok((path, weights)),
-            Err(err) => {
-                log::info!(
-                    "{} is not a valid {arch} checkpoint ({}); downloading it again",
-                    path.display(),
-                    without_path(&err, &path)
-                );
-                fs::remove_file(&path).map_err(|source| DeployError::Io {
-                    path: path.clone(),
-                    source,
-                })?;
+            Err(err) if options.offline => {
+                return Err(DeployError::Download {
+                    url,
+                    message: format!(
+                        "the cached file is not a valid {arch} checkpoint ({err}), and \
+                         HF_HUB_OFFLINE forbids fetching it again: delete it, or unset \
+                         HF_HUB_OFFLINE"
+                    ),
+                });
             }
+            Err(err) => {
+                log::info!("{err}: downloading it again");
+                remove_cached(&path)?;
+            }
+        },
+        None if options.offline => {
+            return Err(DeployError::Download {
+                url,
+                message: format!(
+                    "HF_HUB_OFFLINE is set and {WEIGHTS_FILE} of {} is not in the Hugging Face \
+                     cache {}: unset HF_HUB_OFFLINE to download it, or point HF_HUB_CACHE at a \
+                     cache that holds it",
+                    hub_repo(arch)?,
+                    options.cache_dir.display()
+                ),
+            });
         }
+        None => {}
     }
-    fs::create_dir_all(&options.cache_dir).map_err(|source| DeployError::Io {
-        path: options.cache_dir.clone(),
-        source,
-    })?;
-    let temporary = temporary_path(&path);
-    let result = download(&url, &path, &temporary).and_then(|()| {
-        let weights = verify(&temporary, arch).map_err(|err| DeployError::Download {
-            url: url.clone(),
-            message: format!(
-                "the downloaded file is not a valid {arch} checkpoint: {}",
-                without_path(&err, &temporary)
-            ),
-        })?;
-        fs::rename(&temporary, &path).map_err(|source| DeployError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        Ok(weights)
-    });
-    match result {
+    let path = download(arch, options, &url)?;
+    match verify(&path, arch) {
         Ok(weights) => Ok((path, weights)),
         Err(err) => {
-            let _ = fs::remove_file(&temporary);
-            Err(err)
+            remove_cached(&path)?;
+            Err(DeployError::Download {
+                url,
+                message: format!(
+                    "the downloaded file is not a valid {arch} checkpoint: {}",
+                    without_path(&err, &path)
+                ),
+            })
         }
     }
 }
 
-/// timm's model name of `arch` on the hub, e.g. `repvgg_b1g4.rvgg_in1k`.
-fn hub_model(arch: RepVggArch) -> Result<String, DeployError> {
+/// timm's repository of `arch` on the hub, e.g. `timm/repvgg_b1g4.rvgg_in1k`.
+fn hub_repo(arch: RepVggArch) -> Result<String, DeployError> {
     if !PRETRAINED_ARCHS.contains(&arch) {
         return Err(DeployError::NoPretrained {
             arch: arch.to_string(),
@@ -211,27 +283,8 @@ fn hub_model(arch: RepVggArch) -> Result<String, DeployError> {
         });
     }
     Ok(format!(
-        "repvgg_{}.rvgg_in1k",
+        "timm/repvgg_{}.rvgg_in1k",
         arch.name().to_ascii_lowercase()
-    ))
-}
-
-/// A fresh name beside `path` for a download in progress (one per process and call, so that
-/// concurrent downloads never share one), with `path`'s extension so that it can be read.
-fn temporary_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let stem = path
-        .file_stem()
-        .and_then(|stem| stem.to_str())
-        .unwrap_or("download");
-    let extension = path
-        .extension()
-        .and_then(|extension| extension.to_str())
-        .unwrap_or("safetensors");
-    path.with_file_name(format!(
-        ".{stem}.{}.{}.part.{extension}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
     ))
 }
 
@@ -257,7 +310,23 @@ fn verify(path: &Path, arch: RepVggArch) -> Result<Weights, DeployError> {
     Ok(checkpoint.weights)
 }
 
-/// `err`'s message without the `path: ` it starts with (the temporary file it names is gone).
+/// Removes a cached file: the snapshot's entry and, when it is a link as the cache makes them,
+/// the blob it points to.
+fn remove_cached(path: &Path) -> Result<(), DeployError> {
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DeployError::Io { path, source }
+    };
+    if let Ok(target) = fs::read_link(path) {
+        let blob = path.parent().unwrap_or(Path::new("")).join(target);
+        if blob.exists() {
+            fs::remove_file(&blob).map_err(io(&blob))?;
+        }
+    }
+    fs::remove_file(path).map_err(io(path))
+}
+
+/// `err`'s message without the `path: ` it starts with (the removed file it names).
 fn without_path(err: &DeployError, path: &Path) -> String {
     let message = err.to_string();
     let prefix = format!("{}: ", path.display());
@@ -267,141 +336,209 @@ fn without_path(err: &DeployError, path: &Path) -> String {
         .unwrap_or(message)
 }
 
-/// Fetches `url` into `temporary` (flushed to disk), checking that as many bytes arrived as
-/// the server announced. `path` is where the file will be kept, for messages.
-fn download(url: &str, path: &Path, temporary: &Path) -> Result<(), DeployError> {
+/// Downloads `arch`'s weights into the cache with `hf-hub` (a blob named by its hash, the
+/// snapshot entry linking to it, `refs/main`) and returns the snapshot's path. A transfer that
+/// stops early leaves no blob, no `.part` file and no snapshot entry behind.
+fn download(
+    arch: RepVggArch,
+    options: &PretrainedOptions,
+    url: &str,
+) -> Result<PathBuf, DeployError> {
     let failed = |message: String| DeployError::Download {
         url: url.to_string(),
         message,
     };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_connect(Some(Duration::from_secs(30)))
-        .timeout_recv_response(Some(Duration::from_secs(60)))
-        .timeout_per_read(Some(Duration::from_secs(60)))
-        .user_agent(concat!("repvgg-burn/", env!("CARGO_PKG_VERSION")))
+    let api = ApiBuilder::from_cache(Cache::new(options.cache_dir.clone()))
+        .with_endpoint(options.endpoint.trim_end_matches('/').to_string())
+        .with_token(options.token.clone())
+        .with_progress(false)
+        .with_user_agent("repvgg-burn", env!("CARGO_PKG_VERSION"))
         .build()
-        .into();
-    let response = agent.get(url).call().map_err(|err| {
+        .map_err(|err| failed(describe(err)))?;
+    // The file's hash and size first: they name its blob and its `.part` file, and tell a
+    // complete transfer from a cut one.
+    let metadata = api.metadata(url).map_err(|err| failed(describe(err)))?;
+    let blob = options.cache_repo(arch)?.blob_path(metadata.etag());
+    let partial = blob.with_extension("part");
+    let progress = DownloadProgress::new(url, &options.cache_dir);
+    let result = api
+        .model(hub_repo(arch)?)
+        .download_with_progress(WEIGHTS_FILE, progress);
+    let cut = |received: u64, why: &dyn std::fmt::Display| {
         failed(format!(
-            "{err} (without network access, place the file at {} or set REPVGG_PRETRAINED_URL \
-             to a mirror)",
-            path.display()
+            "the download was interrupted after {received} of {} bytes ({why})",
+            metadata.size()
         ))
-    })?;
-    let status = response.status();
-    if !status.is_success() {
-        return Err(failed(format!("the server answered HTTP {status}")));
-    }
-    let expected = response
-        .headers()
-        .get("content-length")
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.trim().parse::<u64>().ok());
-    let mut body = response.into_body().into_reader();
-
-    let io_error = |source| DeployError::Io {
-        path: temporary.to_path_buf(),
-        source,
     };
-    let file = File::create(temporary).map_err(io_error)?;
-    let mut writer = BufWriter::with_capacity(1 << 20, file);
-    let mut progress = Progress::new(url, path, expected);
-    let mut buffer = vec![0u8; 1 << 16];
-    let mut received: u64 = 0;
-    let interrupted = |received: u64, why: &dyn std::fmt::Display| {
-        failed(match expected {
-            Some(expected) => {
-                format!("the download was interrupted after {received} of {expected} bytes ({why})")
+    match result {
+        Ok(path) => {
+            let received = fs::metadata(&path).map(|file| file.len()).unwrap_or(0);
+            if received != metadata.size() as u64 {
+                remove_cached(&path)?;
+                return Err(cut(received, &"the connection closed early"));
             }
-            None => format!("the download was interrupted after {received} bytes ({why})"),
-        })
-    };
-    loop {
-        let count = match body.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(count) => count,
-            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(err) => return Err(interrupted(received, &err)),
-        };
-        writer.write_all(&buffer[..count]).map_err(io_error)?;
-        received += count as u64;
-        progress.update(received);
+            Ok(path)
+        }
+        Err(err) => {
+            let received = fs::metadata(&partial).map(|file| file.len()).unwrap_or(0);
+            let _ = fs::remove_file(&partial);
+            Err(match err {
+                ApiError::IoError(ref io) if received > 0 => cut(received, io),
+                ApiError::RequestError(_) if received > 0 => cut(received, &describe(err)),
+                err => failed(describe(err)),
+            })
+        }
     }
-    if let Some(expected) = expected
-        && received != expected
-    {
-        return Err(interrupted(received, &"the connection closed early"));
-    }
-    let file = writer
-        .into_inner()
-        .map_err(|err| io_error(err.into_error()))?;
-    file.sync_all().map_err(io_error)?;
-    progress.finish(received);
-    Ok(())
 }
 
-/// Download progress on stderr, for large files: every 10% (or every 32 MB when the size is
-/// unknown).
-struct Progress {
-    shown: bool,
-    expected: Option<u64>,
-    next: u64,
+/// A message for an `hf-hub` error, with what to do about it where there is something.
+fn describe(err: ApiError) -> String {
+    match err {
+        ApiError::RequestError(err) => match *err {
+            ureq::Error::StatusCode(status) => format!("the server answered HTTP {status}"),
+            err => format!(
+                "{err} (without network access, set HF_HUB_OFFLINE=1 to use only the Hugging \
+                 Face cache, or HF_ENDPOINT to a mirror)"
+            ),
+        },
+        ApiError::MissingHeader(header) => {
+            format!("the answer has no {header} header (is HF_ENDPOINT a Hugging Face hub?)")
+        }
+        ApiError::LockAcquisition(lock) => format!(
+            "another process is downloading the same file (it holds {})",
+            lock.display()
+        ),
+        err => err.to_string(),
+    }
+}
+
+/// Download progress on stderr, for large files: every 10%.
+struct DownloadProgress {
+    url: String,
+    cache_dir: PathBuf,
+    size: usize,
+    received: usize,
+    next: usize,
     started: Instant,
 }
 
-impl Progress {
-    fn new(url: &str, path: &Path, expected: Option<u64>) -> Self {
-        let shown = expected.is_none_or(|bytes| bytes >= PROGRESS_MIN_BYTES);
-        if shown {
-            let size = expected.map(|bytes| format!(" ({})", megabytes(bytes)));
-            log::info!(
-                "downloading {url}{} to {}",
-                size.unwrap_or_default(),
-                path.display()
-            );
-        }
+impl DownloadProgress {
+    fn new(url: &str, cache_dir: &Path) -> Self {
         Self {
-            shown,
-            expected,
-            next: Self::step(expected),
+            url: url.to_string(),
+            cache_dir: cache_dir.to_path_buf(),
+            size: 0,
+            received: 0,
+            next: usize::MAX,
             started: Instant::now(),
         }
     }
 
-    fn step(expected: Option<u64>) -> u64 {
-        expected.map_or(PROGRESS_STEP_BYTES, |bytes| (bytes / 10).max(1))
+    fn shown(&self) -> bool {
+        self.size >= PROGRESS_MIN_BYTES
+    }
+}
+
+impl Progress for DownloadProgress {
+    /// Called when a transfer starts (again, when `hf-hub` resumes one).
+    fn init(&mut self, size: usize, _filename: &str) {
+        let first = self.size == 0;
+        self.size = size;
+        if first && self.shown() {
+            log::info!(
+                "downloading {} ({}) into {}",
+                self.url,
+                megabytes(size),
+                self.cache_dir.display()
+            );
+            self.next = size / 10;
+        }
     }
 
-    fn update(&mut self, received: u64) {
-        if !self.shown || received < self.next {
-            return;
-        }
-        match self.expected {
-            Some(expected) if received < expected => log::info!(
+    fn update(&mut self, bytes: usize) {
+        self.received += bytes;
+        if self.shown() && self.received >= self.next && self.received < self.size {
+            log::info!(
                 "  {:>3}% ({} of {})",
-                received * 100 / expected.max(1),
-                megabytes(received),
-                megabytes(expected)
-            ),
-            Some(_) => {}
-            None => log::info!("  {}", megabytes(received)),
+                self.received * 100 / self.size,
+                megabytes(self.received),
+                megabytes(self.size)
+            );
+            let step = (self.size / 10).max(1);
+            self.next = (self.received / step + 1) * step;
         }
-        let step = Self::step(self.expected);
-        self.next = (received / step + 1) * step;
     }
 
-    fn finish(&self, received: u64) {
-        if self.shown {
+    fn finish(&mut self) {
+        if self.shown() && self.received >= self.size {
             log::info!(
                 "downloaded {} in {:.1?}",
-                megabytes(received),
+                megabytes(self.received),
                 self.started.elapsed()
             );
         }
     }
 }
 
-fn megabytes(bytes: u64) -> String {
+fn megabytes(bytes: usize) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::ffi::OsString;
+
+    use super::*;
+
+    fn options(variables: &[(&str, &str)]) -> PretrainedOptions {
+        let variables: HashMap<String, OsString> = variables
+            .iter()
+            .map(|(name, value)| (name.to_string(), OsString::from(value)))
+            .collect();
+        PretrainedOptions::from_variables(|name| variables.get(name).cloned())
+    }
+
+    #[test]
+    fn the_environment_is_read_as_huggingface_hub_reads_it() {
+        let home = tempfile::tempdir().unwrap();
+        let hf_home = home.path().to_str().unwrap();
+        fs::write(home.path().join("token"), "hf_from_file\n").unwrap();
+
+        let defaults = options(&[("HF_HOME", hf_home)]);
+        assert_eq!(defaults.endpoint, "https://huggingface.co");
+        assert_eq!(defaults.cache_dir, home.path().join("hub"));
+        assert_eq!(defaults.token.as_deref(), Some("hf_from_file"));
+        assert!(!defaults.offline);
+
+        let set = options(&[
+            ("HF_HOME", hf_home),
+            ("HF_HUB_CACHE", "/data/hub"),
+            ("HF_ENDPOINT", "https://mirror.example"),
+            ("HF_TOKEN", "hf_from_variable"),
+            ("HF_HUB_OFFLINE", "1"),
+        ]);
+        assert_eq!(set.cache_dir, PathBuf::from("/data/hub"));
+        assert_eq!(set.endpoint, "https://mirror.example");
+        assert_eq!(set.token.as_deref(), Some("hf_from_variable"));
+        assert!(set.offline);
+
+        let xdg = options(&[("XDG_CACHE_HOME", "/xdg"), ("HF_TOKEN_PATH", "/none")]);
+        assert_eq!(xdg.cache_dir, PathBuf::from("/xdg/huggingface/hub"));
+        assert_eq!(xdg.token, None);
+        // Empty variables count as unset.
+        let empty = options(&[("HF_HOME", hf_home), ("HF_HUB_CACHE", ""), ("HF_TOKEN", "")]);
+        assert_eq!(empty.cache_dir, home.path().join("hub"));
+        assert_eq!(empty.token.as_deref(), Some("hf_from_file"));
+    }
+
+    #[test]
+    fn offline_mode_takes_the_values_python_takes() {
+        for value in ["1", "true", "TRUE", "yes", "On"] {
+            assert!(options(&[("HF_HUB_OFFLINE", value)]).offline, "{value}");
+        }
+        for value in ["0", "false", "no", "off", ""] {
+            assert!(!options(&[("HF_HUB_OFFLINE", value)]).offline, "{value}");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! What the workspace's tests share (not published): the devices they run on ([`test_device`],
 //! [`wgpu_device`]), networks with random weights and batch-norm statistics, the PyTorch
 //! fixtures that `scripts/make_fixtures.py` writes ([`fixture`]), damaged checkpoints for the
-//! mutation tests ([`mutation`]) and scratch directories.
+//! mutation tests ([`mutation`]), Hugging Face caches as Python lays them out
+//! ([`place_in_hf_cache`]) and scratch directories.
 //!
 //! Its own test target, `tests/device_suite`, holds every test that runs on any backend: the
 //! networks, the re-parameterization, PyTorch parity and training steps. They take their device
@@ -9,6 +10,7 @@
 //! machine (`scripts/gpu-build.sh` carries it there).
 
 mod device;
+mod hf_cache;
 pub mod mutation;
 mod random_model;
 
@@ -18,6 +20,7 @@ use std::path::{Path, PathBuf};
 use tempfile::TempDir;
 
 pub use device::{TEST_DEVICE_VARIABLE, test_device, wgpu_device};
+pub use hf_cache::{HF_CACHE_COMMIT, place_in_hf_cache};
 pub use random_model::{random_plus_model, random_training_model, relative_difference};
 
 /// A file of the PyTorch fixtures (`crates/repvgg-testing/fixtures`, written by

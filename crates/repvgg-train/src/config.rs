@@ -117,8 +117,9 @@ pub enum WeightsInit {
     /// A training-time checkpoint in any format conversion reads: ours (`.bpk`), the
     /// reference's `.pth`, timm's `.safetensors`.
     Checkpoint(PathBuf),
-    /// timm's ImageNet weights of an architecture (`a0`, `b1g4`, ...), downloaded once into
-    /// the cache (needs the `pretrained` feature).
+    /// timm's ImageNet weights of an architecture (`a0`, `b1g4`, ...), from the Hugging Face
+    /// cache that Python's `huggingface_hub` shares, downloaded there once (needs the
+    /// `pretrained` feature).
     Pretrained(String),
 }
 
