@@ -11,7 +11,7 @@ use burn::config::{Config, config_to_json};
 use burn::tensor::TensorData;
 use burn_store::burn_pack;
 use burn_store::pytorch_reader::PytorchReader;
-use burn_store::{ModuleStore, SafetensorsStore, bridge};
+use burn_store::{KeyRemapper, ModuleStore, SafetensorsStore, bridge};
 use repvgg_model::{RepVggConfig, Weights};
 
 use crate::error::{BoxedError, DeployError};
@@ -148,11 +148,14 @@ type NamedData = Vec<(String, TensorData)>;
 
 fn read_pytorch(path: &Path) -> Result<NamedData, BoxedError> {
     let reader = PytorchReader::new(path)?;
-    reader
+    let packs = reader
         .into_tensors()
         .into_values()
-        .map(|tensor| {
-            let pack = bridge::from_pytorch(tensor);
+        .map(bridge::from_pytorch);
+    let (packs, _) = pytorch_to_burn().remap(packs.collect());
+    packs
+        .into_iter()
+        .map(|pack| {
             let name = pack.name.clone();
             bridge::into_data(pack)
                 .map(|data| (name.clone(), data))
@@ -162,7 +165,7 @@ fn read_pytorch(path: &Path) -> Result<NamedData, BoxedError> {
 }
 
 fn read_safetensors(path: &Path) -> Result<NamedData, BoxedError> {
-    let mut store = SafetensorsStore::from_file(path);
+    let mut store = SafetensorsStore::from_file(path).remap(pytorch_to_burn());
     let tensors = store.get_all_tensors()?;
     tensors
         .iter()
@@ -172,6 +175,36 @@ fn read_safetensors(path: &Path) -> Result<NamedData, BoxedError> {
                 .map_err(|err| -> BoxedError { format!("tensor {name}: {err}").into() })
         })
         .collect()
+}
+
+/// timm's names to the reference's, and the reference's to Burn's module paths, as burn-store
+/// remapping patterns applied in order to every key of a PyTorch or safetensors file. `(^|\.)`
+/// lets a wrapper (`module.`, `state_dict.` ...) stand before a root name.
+const PYTORCH_TO_BURN: [(&str, &str); 16] = [
+    // timm: `stem` and `stages.{N-1}` are the reference's stage0 and stageN.
+    (r"(^|\.)stem\.", "${1}stage0."),
+    (r"(^|\.)stages\.0\.", "${1}stage1."),
+    (r"(^|\.)stages\.1\.", "${1}stage2."),
+    (r"(^|\.)stages\.2\.", "${1}stage3."),
+    (r"(^|\.)stages\.3\.", "${1}stage4."),
+    (r"\.conv_kxk\.", ".rbr_dense."),
+    (r"\.conv_1x1\.", ".rbr_1x1."),
+    (r"\.identity\.", ".rbr_identity."),
+    (r"\.attn\.fc1\.", ".se.down."),
+    (r"\.attn\.fc2\.", ".se.up."),
+    (r"\.reparam_conv\.", ".rbr_reparam."),
+    (r"(^|\.)head\.fc\.", "${1}linear."),
+    // RepVGGplus's auxiliary heads: the reference numbers their layers, our modules name them.
+    (r"_aux\.0\.", "_aux.conv_bn."),
+    (r"_aux\.3\.", "_aux.linear."),
+    // A batch norm's `weight` and `bias` are Burn's `gamma` and `beta`.
+    (r"(\.bn|\.rbr_identity)\.weight$", "${1}.gamma"),
+    (r"(\.bn|\.rbr_identity)\.bias$", "${1}.beta"),
+];
+
+/// The remapper of [`PYTORCH_TO_BURN`].
+fn pytorch_to_burn() -> KeyRemapper {
+    KeyRemapper::from_patterns(PYTORCH_TO_BURN.to_vec()).expect("the patterns are valid regexes")
 }
 
 type BurnpackContents = (NamedData, Option<RepVggConfig>, Option<Vec<String>>);
@@ -208,8 +241,9 @@ fn read_burnpack(path: &Path) -> Result<BurnpackContents, BoxedError> {
     Ok((tensors, config, classes))
 }
 
-/// Reference or timm names in PyTorch layout to Burn module paths and layout. Wrappers
-/// (`state_dict.`, `model.`, `module.` ...) are stripped, `num_batches_tracked` dropped.
+/// Tensors in PyTorch layout, named as Burn's modules by [`PYTORCH_TO_BURN`], to Burn's layout.
+/// Wrappers (`state_dict.`, `model.`, `module.` ...) are stripped, `num_batches_tracked`
+/// dropped.
 fn from_pytorch_naming(tensors: NamedData) -> Result<Weights, DeployError> {
     // The outermost model found, e.g. `state_dict.` rather than a nested `ema.state_dict.`.
     let prefix = tensors
@@ -225,7 +259,7 @@ fn from_pytorch_naming(tensors: NamedData) -> Result<Weights, DeployError> {
         if name.ends_with("num_batches_tracked") {
             continue;
         }
-        let name = burn_name(&aux_head_name(&reference_name(name), true));
+        let name = name.to_string();
         let data = match is_linear_weight(&name) {
             true => transpose(data, &name)?,
             false => data,
@@ -238,76 +272,31 @@ fn from_pytorch_naming(tensors: NamedData) -> Result<Weights, DeployError> {
 /// What stands before the model's own keys in `name` (`""`, `"module."`,
 /// `"state_dict.module."` ...), if `name` is a model key.
 fn model_prefix(name: &str) -> Option<String> {
-    ["stage0.", "stem."].iter().find_map(|root| {
-        let at = name.find(root)?;
-        (at == 0 || name[..at].ends_with('.')).then(|| name[..at].to_string())
-    })
+    let at = name.find("stage0.")?;
+    (at == 0 || name[..at].ends_with('.')).then(|| name[..at].to_string())
 }
 
-/// timm's names to the reference's (a reference name is returned unchanged).
-fn reference_name(name: &str) -> String {
-    let mut parts: Vec<String> = name.split('.').map(str::to_string).collect();
-    match parts.as_slice() {
-        [first, ..] if first == "stem" => parts[0] = "stage0".into(),
-        [first, stage, ..] if first == "stages" => match stage.parse::<usize>() {
-            Ok(stage) => {
-                parts.remove(0);
-                parts[0] = format!("stage{}", stage + 1);
-            }
-            Err(_) => return name.to_string(),
-        },
-        _ => {}
-    }
-    let joined = parts.join(".");
-    [
-        (".conv_kxk.", ".rbr_dense."),
-        (".conv_1x1.", ".rbr_1x1."),
-        (".identity.", ".rbr_identity."),
-        (".attn.fc1.", ".se.down."),
-        (".attn.fc2.", ".se.up."),
-        (".reparam_conv.", ".rbr_reparam."),
-    ]
-    .iter()
-    .fold(joined, |name, (timm, reference)| {
-        name.replace(timm, reference)
-    })
-    .replacen("head.fc.", "linear.", 1)
-}
-
-/// RepVGGplus's auxiliary heads: the reference numbers their layers (`stage1_aux.0.conv.weight`,
-/// `stage1_aux.3.bias`), our modules name them (`conv_bn`, `linear`). `to_burn` picks the
-/// direction; other names are returned unchanged.
-fn aux_head_name(name: &str, to_burn: bool) -> String {
-    const LAYERS: [(&str, &str); 2] = [("0.", "conv_bn."), ("3.", "linear.")];
+/// RepVGGplus's auxiliary heads named as the reference numbers their layers
+/// (`stage1_aux.conv_bn.` to `stage1_aux.0.`, `stage1_aux.linear.` to `stage1_aux.3.`); other
+/// names are returned unchanged. The inverse of the `_aux` patterns of [`PYTORCH_TO_BURN`].
+fn reference_aux_head_name(name: &str) -> String {
+    const LAYERS: [(&str, &str); 2] = [("conv_bn.", "0."), ("linear.", "3.")];
     let Some((head, rest)) = name.split_once("_aux.") else {
         return name.to_string();
     };
-    for (numbered, named) in LAYERS {
-        let (from, to) = if to_burn {
-            (numbered, named)
-        } else {
-            (named, numbered)
-        };
-        if let Some(tail) = rest.strip_prefix(from) {
-            return format!("{head}_aux.{to}{tail}");
-        }
-    }
-    name.to_string()
+    LAYERS
+        .iter()
+        .find_map(|(named, numbered)| {
+            rest.strip_prefix(named)
+                .map(|tail| format!("{head}_aux.{numbered}{tail}"))
+        })
+        .unwrap_or_else(|| name.to_string())
 }
 
 /// Whether `name` is a linear layer's weight, stored `[d_out, d_in]` by PyTorch and
 /// `[d_in, d_out]` by Burn: the classifier's or an auxiliary head's.
 fn is_linear_weight(name: &str) -> bool {
     name == "linear.weight" || (name.contains("_aux.") && name.ends_with(".linear.weight"))
-}
-
-/// PyTorch BN parameter names to Burn's (`weight`/`bias` of a BN become `gamma`/`beta`).
-fn burn_name(name: &str) -> String {
-    match name.rsplit_once('.') {
-        Some((module, "weight")) if is_batch_norm(module) => format!("{module}.gamma"),
-        Some((module, "bias")) if is_batch_norm(module) => format!("{module}.beta"),
-        _ => name.to_string(),
-    }
 }
 
 /// Burn BN names back to PyTorch's.
@@ -317,10 +306,6 @@ fn pytorch_name(name: &str) -> String {
         Some((module, "beta")) => format!("{module}.bias"),
         _ => name.to_string(),
     }
-}
-
-fn is_batch_norm(module: &str) -> bool {
-    module.ends_with(".bn") || module.ends_with(".rbr_identity")
 }
 
 fn transpose(data: TensorData, name: &str) -> Result<TensorData, DeployError> {
@@ -427,7 +412,7 @@ fn write_safetensors(weights: &Weights, path: &Path) -> Result<(), DeployError> 
         };
         let shape = data.shape().to_vec();
         let bytes = data.into_bytes().to_vec();
-        tensors.push((aux_head_name(&pytorch_name(name), false), shape, bytes));
+        tensors.push((reference_aux_head_name(&pytorch_name(name)), shape, bytes));
     }
     let views = tensors
         .iter()
