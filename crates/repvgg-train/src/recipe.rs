@@ -161,6 +161,18 @@ impl Optimizer for RecipeSgd {
 
 /// Linear warmup from `base_lr / warmup_steps` to `base_lr` over `warmup_steps` iterations,
 /// then cosine decay to zero over the remaining iterations, stepped once per iteration.
+///
+/// burn-optim's schedulers compose nearly the same curve, `SequentialLrScheduler` of
+/// `LinearLrScheduler(base_lr / warmup_steps, base_lr, warmup_steps - 1)` and
+/// `CosineAnnealingLrScheduler(base_lr, total_steps - warmup_steps)` (a test compares them at
+/// every step), but not every schedule a recipe asks for, so the recipe keeps this one:
+/// - they refuse a rate above 1, and the rate here scales with the batch (0.1 at 256 is 1.6 at
+///   4,096, the large-batch recipes' range);
+/// - they refuse a warmup as long as the run (the cosine phase would have no iteration);
+/// - during the warmup the linear scheduler's rate is `final - step_size * remaining`, a few
+///   ulps (up to about 1e-14 relative) from `base_lr * (step + 1) / warmup_steps`, so resuming a
+///   run checkpointed under one with the other would change its curve in the last digits. The
+///   cosine phase is bit-identical.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WarmupCosine {
     /// The peak rate, reached at the end of the warmup.
@@ -210,5 +222,72 @@ impl LrScheduler for WarmupCosine {
         if let Some(step) = record.scalar::<u64>("step") {
             self.step = step as usize;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::optim::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
+    use burn::optim::lr_scheduler::linear::LinearLrSchedulerConfig;
+    use burn::optim::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
+    use burn::optim::lr_scheduler::sequential::SequentialLrSchedulerConfig;
+
+    use super::*;
+
+    /// The schedule composed from burn-optim's schedulers, where they can express it.
+    fn burn_schedule(
+        base_lr: f64,
+        warmup_steps: usize,
+        total_steps: usize,
+    ) -> Result<ModuleLrScheduler, String> {
+        let cosine = CosineAnnealingLrSchedulerConfig::new(base_lr, total_steps - warmup_steps);
+        if warmup_steps == 0 {
+            return cosine.init();
+        }
+        let warmup_start = base_lr / warmup_steps as f64;
+        let linear = LinearLrSchedulerConfig::new(warmup_start, base_lr, (warmup_steps - 1).max(1));
+        SequentialLrSchedulerConfig::new(vec![linear.into(), cosine.into()], vec![warmup_steps])
+            .init()
+    }
+
+    #[test]
+    fn burns_schedulers_give_the_same_curve_but_for_rounding_in_the_warmup() {
+        for (base_lr, warmup_steps, total_steps) in [
+            (0.1, 0, 1_000),
+            (0.05, 1, 50),
+            (0.1, 5, 100),
+            (0.2, 30, 500),
+            (0.4, 100, 1_100),
+        ] {
+            let ours = WarmupCosine::new(base_lr, warmup_steps, total_steps);
+            let mut burn = burn_schedule(base_lr, warmup_steps, total_steps).unwrap();
+            for step in 0..total_steps {
+                let (expected, actual) = (ours.lr_at(step), burn.step().base());
+                let case = format!("lr {base_lr}, warmup {warmup_steps}, step {step}");
+                if step < warmup_steps {
+                    let relative = (actual - expected).abs() / expected;
+                    assert!(relative < 1e-14, "{case}: {actual} vs {expected}");
+                } else {
+                    assert_eq!(actual.to_bits(), expected.to_bits(), "{case}");
+                }
+            }
+        }
+        // The warmup does differ in the last digits: the reason the recipe keeps its own.
+        let ours = WarmupCosine::new(0.2, 30, 500);
+        let mut burn = burn_schedule(0.2, 30, 500).unwrap();
+        assert!((0..30).any(|step| ours.lr_at(step) != burn.step().base()));
+    }
+
+    #[test]
+    fn burns_schedulers_refuse_schedules_the_recipe_runs() {
+        // 0.1 at a batch of 256 is 1.6 at 4,096.
+        let large_batch = scaled_lr(0.1, 4_096);
+        assert!(burn_schedule(large_batch, 5, 100).is_err());
+        let mut ours = WarmupCosine::new(large_batch, 5, 100);
+        assert_eq!(ours.step(), large_batch / 5.0);
+        // A warmup as long as the run leaves the cosine scheduler no iteration.
+        assert!(burn_schedule(0.1, 10, 10).is_err());
+        let ours = WarmupCosine::new(0.1, 10, 10);
+        assert_eq!(ours.lr_at(9), 0.1);
     }
 }
