@@ -1,12 +1,13 @@
 //! `repvgg`, the command-line tool: [`train`] (and its [`demo`]), [`convert`], [`eval`],
-//! [`classify`] and [`archs`]. Each command maps its flags onto the library crates' configs
-//! (`repvgg-train`, `repvgg-deploy`, `repvgg-data`, `repvgg-model`), does its work through them
-//! and prints what a user needs to read. [`Cli`] is the whole tool, so that another binary (the
-//! GPU bundle's `xtask`) can carry it as one subcommand.
+//! [`classify`], [`archs`] and [`curves`]. Each command maps its flags onto the library crates'
+//! configs (`repvgg-train`, `repvgg-deploy`, `repvgg-data`, `repvgg-model`), does its work
+//! through them and prints what a user needs to read. [`Cli`] is the whole tool, so that another
+//! binary (the GPU bundle's `xtask`) can carry it as one subcommand.
 
 pub mod archs;
 pub mod classify;
 pub mod convert;
+pub mod curves;
 pub mod demo;
 pub mod eval;
 mod report;
@@ -44,6 +45,7 @@ pub enum Command {
         #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(32..))]
         size: u32,
     },
+    Curves(curves::CurvesArgs),
 }
 
 impl Cli {
@@ -59,6 +61,7 @@ impl Cli {
                 print!("{}", archs::table(size as usize));
                 Ok(())
             }
+            Command::Curves(args) => curves::run(&args),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -67,6 +67,7 @@ pub fn print_report(report: &TrainReport) {
         report.model_path.display(),
         report.deploy_path.display()
     );
+    println!("{}", crate::curves::files_line(&report.output));
     if !report.skipped_images.is_empty() {
         println!("skipped {} unreadable images:", report.skipped_images.len());
         for (path, reason) in report.skipped_images.iter().take(10) {

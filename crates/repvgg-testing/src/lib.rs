@@ -2,7 +2,7 @@
 //! [`wgpu_device`]), networks with random weights and batch-norm statistics, the PyTorch
 //! fixtures that `scripts/make_fixtures.py` writes ([`fixture`]), damaged checkpoints for the
 //! mutation tests ([`mutation`]), Hugging Face caches as Python lays them out
-//! ([`place_in_hf_cache`]) and scratch directories.
+//! ([`place_in_hf_cache`]), SVG pictures parsed for checking ([`svg`]) and scratch directories.
 //!
 //! Its own test target, `tests/device_suite`, holds every test that runs on any backend: the
 //! networks, the re-parameterization, PyTorch parity and training steps. They take their device
@@ -13,6 +13,7 @@ mod device;
 mod hf_cache;
 pub mod mutation;
 mod random_model;
+pub mod svg;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -17,6 +17,10 @@
 //! # Ok::<(), repvgg_train::TrainError>(())
 //! ```
 //!
+//! Every run also keeps its training curves: `metrics.csv` (one row per epoch) and `curves.svg`,
+//! updated at the end of each epoch; [`curves`] reads them back and draws several runs in one
+//! picture.
+//!
 //! The pieces are public for programs that assemble their own training: the objective
 //! ([`classifier`]), the optimizer and schedule ([`recipe`]), the EMA ([`ema`]), the
 //! metrics and the plain-text progress display.
@@ -24,12 +28,14 @@
 pub mod checkpoint;
 pub mod classifier;
 mod config;
+pub mod curves;
 pub mod ema;
 mod error;
 mod finetune;
 pub mod metric;
 mod output;
 pub mod recipe;
+mod recorder;
 pub mod renderer;
 mod run;
 

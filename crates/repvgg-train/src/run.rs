@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::distributed::{DistributedConfig, ReduceOperation};
 use burn::tensor::{Device, FloatDType};
-use burn::train::metric::{AccuracyMetric, LearningRateMetric, LossMetric, TopKAccuracyMetric};
+use burn::train::logger::FileMetricLogger;
+use burn::train::metric::{
+    AccuracyMetric, LearningRateMetric, LossMetric, Metric, TopKAccuracyMetric,
+};
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use repvgg_data::{Augmentation, ImageFolder, ImageLoader, LoaderOptions, SkippedImages};
 use repvgg_model::{RepVgg, RepVggArch, RepVggConfig, RepVggPlus};
@@ -27,13 +30,15 @@ use crate::finetune::{
 use crate::metric::{EmaAccuracy, ImagesPerSecond};
 use crate::output::{TrainReport, Trained, describe_network, finish, saved_config, start_run};
 use crate::recipe::{DecayRule, WarmupCosine, scaled_lr, sgd};
+use crate::recorder::{EpochRecorder, MetricNames};
 use crate::renderer::LineRenderer;
 
 /// Trains the network `config` describes on the ImageFolder set at `data` (`data/train/CLASS/*`
 /// and `data/val/CLASS/*`), on `devices` (several train data-parallel; autodiff is added here),
-/// and writes to `output`: `training.json` (the config, all [`resume`] needs), checkpoints every
-/// epoch, then `model.bpk` (training time) and `model-deploy.bpk` (re-parameterized, agreement
-/// checked on the validation set), `config.json` and `classes.txt`.
+/// and writes to `output`: `training.json` (the config, all [`resume`] needs), checkpoints and
+/// the training curves (`metrics.csv`, `curves.svg`: [`crate::curves`]) every epoch, then
+/// `model.bpk` (training time) and `model-deploy.bpk` (re-parameterized, agreement checked on
+/// the validation set), `config.json` and `classes.txt`.
 ///
 /// Refuses an `output` that holds another run's checkpoints. Progress is shown by burn-train's
 /// renderer (its TUI on a terminal, otherwise lines on stdout); everything else is logged
@@ -74,7 +79,9 @@ pub fn train_with(
 /// Continues the run in `output` from its last checkpoint, with the config it kept
 /// (`training.json`): the same schedule position, data order, augmentation and EMA,
 /// so that the result is the one the uninterrupted run would have had. `data` and `devices` are
-/// as for [`train`].
+/// as for [`train`]. `metrics.csv` keeps its rows up to the checkpoint's epoch (later ones,
+/// which a crash may have left, are dropped) and continues, its wall time too; `curves.svg` is
+/// redrawn from it.
 pub fn resume(output: &Path, data: &Path, devices: &[Device]) -> Result<TrainReport, TrainError> {
     resume_with(output, data, devices, DataParallel::MultiDevice)
 }
@@ -252,7 +259,7 @@ impl Run<'_> {
         self.log_start(&model, &loaders, steps, schedule.base_lr);
 
         let (val_loader, skipped) = (loaders.val.clone(), loaders.skipped.clone());
-        let training = self.learning(loaders);
+        let training = self.learning(loaders, steps);
         let optimizer = sgd(
             &self.config.recipe,
             DecayRule::of(&self.config.recipe, &self.config.model),
@@ -452,19 +459,42 @@ impl Run<'_> {
 
     /// burn-train's supervised training: metrics, checkpoints every epoch, the progress display,
     /// accumulation, the multi-device strategy, and the checkpoint to continue from.
-    fn learning<N: TrainableNetwork>(&self, loaders: Loaders) -> SupervisedTraining<Classifier<N>> {
+    fn learning<N: TrainableNetwork>(
+        &self,
+        loaders: Loaders,
+        steps: Steps,
+    ) -> SupervisedTraining<Classifier<N>> {
         let recipe = &self.config.recipe;
+        let accuracy = AccuracyMetric::new();
+        // Top-5, or top-k of all the classes of a smaller problem (burn-train's metric panics
+        // when k exceeds the classes).
+        let top_k = TopKAccuracyMetric::new(5.min(self.config.model.num_classes));
+        let (loss, speed, lr) = (
+            LossMetric::new(),
+            ImagesPerSecond::new(),
+            LearningRateMetric::new(),
+        );
+        // metrics.csv and curves.svg, from the same metrics' epoch values.
+        let curves = EpochRecorder::start(
+            self.output,
+            self.resume_after,
+            steps.batches,
+            MetricNames {
+                loss: loss.name(),
+                top1: accuracy.name(),
+                top5: top_k.name(),
+                lr: lr.name(),
+                images_per_second: speed.name(),
+            },
+        );
         let mut training =
             SupervisedTraining::new(self.output, Arc::new(loaders.train), loaders.val)
-                .metrics((
-                    AccuracyMetric::new(),
-                    // Top-5, or top-k of all the classes of a smaller problem (burn-train's
-                    // metric panics when k exceeds the classes).
-                    TopKAccuracyMetric::new(5.min(self.config.model.num_classes)),
-                    LossMetric::new(),
-                    ImagesPerSecond::new(),
-                ))
-                .metric_train_numeric(LearningRateMetric::new())
+                .metrics((accuracy, top_k, loss, speed))
+                .metric_train_numeric(lr)
+                // burn-train's own logger (the per-iteration `.log` files, which its checkpoint
+                // strategy and summary read back) first: registering any logger replaces it.
+                .with_metric_logger(FileMetricLogger::new(self.output))
+                .with_metric_logger(curves)
                 .with_default_checkpointers()
                 // burn-train would install a process-wide tracing subscriber (experiment.log); a
                 // library leaves the choice of logger to the application.
