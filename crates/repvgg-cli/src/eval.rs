@@ -1,16 +1,18 @@
-//! `repvgg eval`: top-1 / top-5 of any weights file on an ImageFolder
-//! validation set.
+//! `repvgg eval`: top-1 / top-5 of any weights file, or of timm's pretrained weights, on an
+//! ImageFolder validation set.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use burn::data::dataloader::DataLoader;
 use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use repvgg_data::{Augmentation, Evaluation, ImageFolder, ImageLoader, LoaderOptions, evaluate};
-use repvgg_deploy::{CpuPrecision, LoadedModel, ResolvedCheckpoint};
-use repvgg_model::{DeviceChoice, logit_difference};
+use repvgg_data::{
+    Augmentation, EvalTransform, Evaluation, ImageFolder, ImageLoader, LoaderOptions, evaluate,
+};
+use repvgg_deploy::{ArchSource, CpuPrecision, LoadedModel, ResolvedCheckpoint};
+use repvgg_model::{DeviceChoice, RepVggArch, logit_difference};
 
 use crate::{ArchArgs, CropArgs, deploy_model};
 
@@ -18,13 +20,20 @@ use crate::{ArchArgs, CropArgs, deploy_model};
 ///
 /// Reads every format `convert` reads, training-time or deploy-time: our .bpk files, the
 /// reference's .pth and timm's .safetensors. Images go through the evaluation transform of
-/// training (resize the shorter side to size/0.875, centre crop, ImageNet normalisation); class
-/// `i` is the `i`-th class folder in sorted order, as torchvision numbers them.
+/// training (resize the shorter side to size/0.875, centre crop, ImageNet normalisation), or
+/// for `--pretrained` as timm evaluates those weights; class `i` is the `i`-th class folder in
+/// sorted order, as torchvision numbers them.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
     /// Weights to evaluate (.bpk, .pth, .pt, .safetensors).
-    #[arg(long)]
-    pub weights: PathBuf,
+    #[arg(long, required_unless_present = "pretrained")]
+    pub weights: Option<PathBuf>,
+
+    /// timm's pretrained ImageNet weights of this architecture (a0, b1g4, d2se, ...) from the
+    /// Hugging Face cache (downloaded there once), evaluated as timm evaluates them unless
+    /// --image-size / --crop-pct say otherwise.
+    #[arg(long, conflicts_with_all = ["weights", "arch", "config"])]
+    pub pretrained: Option<RepVggArch>,
 
     /// ImageFolder root: DIR/CLASS/IMAGE, or DIR/val/CLASS/IMAGE.
     #[arg(long)]
@@ -70,12 +79,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
 /// Loads the weights and evaluates them; `progress` draws a progress bar on stderr.
 pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let resolved = ResolvedCheckpoint::read(&args.weights, &args.arch.source())?;
+    let (weights, source, transform) = weights(args)?;
+    let resolved = ResolvedCheckpoint::read(&weights, &source)?;
     let config = resolved.config.clone();
     ensure!(
         config.has_head(),
         "{} holds a headless network (no classifier): nothing to evaluate",
-        args.weights.display()
+        weights.display()
     );
     let folder = open_folder(&args.data)?;
     ensure!(
@@ -86,7 +96,7 @@ pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
         config.num_classes
     );
     let device = args.device.device()?;
-    let loader = loader(args, &folder, &device)?;
+    let loader = loader(args, &folder, transform.clone(), &device)?;
     let what = format!("{}, {} form", resolved.description, resolved.form());
     let bar = progress_bar(progress, loader.num_items());
     let on_batch = |evaluation: &Evaluation, _: &_| {
@@ -99,11 +109,14 @@ pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
     };
     if progress {
         eprintln!(
-            "evaluating {what} on {} images of {} classes from {} ({})",
+            "evaluating {what} on {} images of {} classes from {} ({}), at {} px from a {} px \
+             resize",
             folder.len(),
             folder.classes.len(),
             folder.root.display(),
-            args.device.description()
+            args.device.description(),
+            transform.size,
+            transform.resize
         );
     }
     let evaluation = match (resolved.into_model(&device)?, args.precision) {
@@ -146,13 +159,14 @@ pub fn compare_precisions(args: &EvalArgs) -> Result<PrecisionAgreement> {
         "bf16 is the CPU deploy path's: compare on --device cpu"
     );
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
-    let resolved = ResolvedCheckpoint::read(&args.weights, &args.arch.source())?;
+    let (weights, source, transform) = weights(args)?;
+    let resolved = ResolvedCheckpoint::read(&weights, &source)?;
     let folder = open_folder(&args.data)?;
     let device = Device::flex();
     let net = resolved.into_model(&device)?.into_deploy()?;
     let full = deploy_model(net.clone(), CpuPrecision::F32)?;
     let reduced = deploy_model(net, CpuPrecision::Bf16)?;
-    let loader = loader(args, &folder, &device)?;
+    let loader = loader(args, &folder, transform, &device)?;
     let (mut f32_eval, mut bf16_eval) = (Evaluation::default(), Evaluation::default());
     let mut max_relative = 0f32;
     for batch in loader.iter() {
@@ -181,6 +195,34 @@ pub fn compare_precisions(args: &EvalArgs) -> Result<PrecisionAgreement> {
     })
 }
 
+/// The weights file `args` name, how to resolve its architecture, and the evaluation transform:
+/// `--weights` with the flags' crop, or `--pretrained`'s file in the Hugging Face cache
+/// (downloaded there first) with timm's evaluation setup where the flags leave it open.
+fn weights(args: &EvalArgs) -> Result<(PathBuf, ArchSource, EvalTransform)> {
+    match (&args.weights, args.pretrained) {
+        (Some(path), _) => Ok((path.clone(), args.arch.source(), args.crop.transform())),
+        (None, Some(arch)) => pretrained_weights(arch, args),
+        (None, None) => bail!("give --weights FILE or --pretrained NAME"),
+    }
+}
+
+#[cfg(feature = "pretrained")]
+fn pretrained_weights(
+    arch: RepVggArch,
+    args: &EvalArgs,
+) -> Result<(PathBuf, ArchSource, EvalTransform)> {
+    let options = repvgg_deploy::PretrainedOptions::from_env();
+    let path = repvgg_deploy::download_pretrained(arch, &options)?;
+    let setup = repvgg_deploy::PretrainedEval::of(arch)?;
+    let transform = args.crop.transform_or(setup.input_size, setup.crop_pct);
+    Ok((path, ArchSource::Preset(arch), transform))
+}
+
+#[cfg(not(feature = "pretrained"))]
+fn pretrained_weights(_: RepVggArch, _: &EvalArgs) -> Result<(PathBuf, ArchSource, EvalTransform)> {
+    bail!("give --weights FILE (this build has no pretrained weights)")
+}
+
 /// `dir/val` when it exists (a data set root), else `dir` itself.
 fn open_folder(dir: &Path) -> Result<ImageFolder> {
     let val = dir.join("val");
@@ -189,14 +231,19 @@ fn open_folder(dir: &Path) -> Result<ImageFolder> {
         .with_context(|| format!("cannot use {} as a validation set", root.display()))
 }
 
-fn loader(args: &EvalArgs, folder: &ImageFolder, device: &Device) -> Result<ImageLoader> {
+fn loader(
+    args: &EvalArgs,
+    folder: &ImageFolder,
+    transform: EvalTransform,
+    device: &Device,
+) -> Result<ImageLoader> {
     let workers = args
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     ensure!(workers > 0, "--workers must be at least 1");
     Ok(ImageLoader::new(
         folder.samples.clone(),
-        Augmentation::Eval(args.crop.transform()),
+        Augmentation::Eval(transform),
         LoaderOptions {
             batch_size: args.batch_size,
             workers,

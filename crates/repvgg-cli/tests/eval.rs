@@ -213,3 +213,51 @@ fn bad_input_is_refused_with_a_reason() {
 fn small_config() -> RepVggConfig {
     RepVggConfig::new(vec![1, 2, 2, 1], vec![0.5, 0.5, 0.5, 0.5]).with_num_classes(10)
 }
+
+#[test]
+fn pretrained_weights_are_evaluated_from_the_hugging_face_cache_as_timm_evaluates_them() {
+    let scratch = scratch("eval-pretrained");
+    let dir = scratch.path();
+    write_synthetic_set(&dir.join("data"), 0, 1, 1).unwrap();
+    // timm's A0 as the Hugging Face cache holds it (random weights: no internet here).
+    let a0 = repvgg_model::RepVggArch::A0.config();
+    let model = repvgg_testing::random_training_model(&a0, &Device::flex());
+    let file = dir.join("a0.safetensors");
+    write_checkpoint(&Weights::from_module(&model).unwrap(), &a0, None, &file).unwrap();
+    let cache = dir.join("hf-cache");
+    let bytes = std::fs::read(&file).unwrap();
+    repvgg_testing::place_in_hf_cache(
+        &cache,
+        "timm/repvgg_a0.rvgg_in1k",
+        "model.safetensors",
+        &bytes,
+    );
+
+    let data = dir.join("data");
+    let run = |flags: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_repvgg"))
+            .args(["eval", "--pretrained", "a0", "--batch-size", "4", "--data"])
+            .arg(&data)
+            .args(flags)
+            .env("HF_HUB_CACHE", &cache)
+            .env("HF_HUB_OFFLINE", "1")
+            .env_remove("RUST_BACKTRACE")
+            .output()
+            .unwrap()
+    };
+    let output = run(&[]);
+    accuracy_line(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("at 224 px from a 256 px resize"),
+        "{stderr}"
+    );
+    let output = run(&["--image-size", "64", "--crop-pct", "1.0"]);
+    accuracy_line(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("at 64 px from a 64 px resize"), "{stderr}");
+
+    // --weights and --pretrained name the weights twice.
+    let output = run(&["--weights", file.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+}

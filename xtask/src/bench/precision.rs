@@ -86,7 +86,8 @@ pub fn run(args: PrecisionBenchArgs) -> Result<()> {
     }
     if let (Some(weights), Some(data)) = (args.weights, args.data) {
         let eval = EvalArgs {
-            weights: weights.clone(),
+            weights: Some(weights.clone()),
+            pretrained: None,
             data,
             arch: ArchArgs::default(),
             crop: args.crop,
