@@ -1,7 +1,7 @@
-//! The RepVGG block in its two forms: training-time (three branches) and deploy-time (one fused
-//! 3x3 convolution). Field names follow the reference checkpoints (`rbr_dense`, `rbr_1x1`,
-//! `rbr_identity`, `rbr_reparam`, `se`, `post_se`), so module paths equal PyTorch state-dict
-//! keys.
+//! The RepVGG block in its two forms: training-time (three branches, RepVGG's or QARepVGG's)
+//! and deploy-time (one fused 3x3 convolution). Field names follow the reference checkpoints
+//! (`rbr_dense`, `rbr_1x1`, `rbr_identity`, `rbr_reparam`, `se`, `post_se`, and YOLOv6's `bn`
+//! for QARepVGG's batch norm after the sum), so module paths equal PyTorch state-dict keys.
 
 use burn::module::{Module, ModuleDisplay};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -9,7 +9,7 @@ use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor, s};
 
-use crate::config::{BlockSpec, RepVggConfig};
+use crate::config::{BlockDesign, BlockSpec, RepVggConfig};
 use crate::se::SqueezeExcite;
 
 /// What the network needs from a block, whichever form it takes.
@@ -24,11 +24,12 @@ pub trait Block: Module + ModuleDisplay + Sized {
     fn forward(&self, input: Tensor<4>) -> Tensor<4>;
 }
 
-/// A bias-free convolution followed by batch norm: one branch of the training-time block.
+/// A bias-free convolution followed by batch norm: one branch of the training-time block. In
+/// QARepVGG's 1x1 branch the convolution stands alone (`bn` is `None`).
 #[derive(Module, Debug)]
 pub struct ConvBn {
     pub conv: Conv2d,
-    pub bn: BatchNorm,
+    pub bn: Option<BatchNorm>,
 }
 
 impl ConvBn {
@@ -41,6 +42,14 @@ impl ConvBn {
             config,
             device,
         )
+    }
+
+    /// [`init`](Self::init) without the batch norm.
+    fn init_plain(spec: &BlockSpec, kernel: usize, config: &RepVggConfig, device: &Device) -> Self {
+        Self {
+            bn: None,
+            ..Self::init(spec, kernel, config, device)
+        }
     }
 
     /// A `kernel x kernel` convolution (padding `kernel / 2`, no bias) and its batch norm.
@@ -63,12 +72,16 @@ impl ConvBn {
             .init(device);
         Self {
             conv,
-            bn: batch_norm(out_channels, config, device),
+            bn: Some(batch_norm(out_channels, config, device)),
         }
     }
 
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        normalize(&self.bn, self.convolve(input))
+        let output = self.convolve(input);
+        match &self.bn {
+            Some(bn) => normalize(bn, output),
+            None => output,
+        }
     }
 
     /// The convolution. On Burn's CPU backend with the `cpu-ops` feature, by repvgg-ops
@@ -174,7 +187,8 @@ fn batch_norm(channels: usize, config: &RepVggConfig, device: &Device) -> BatchN
 }
 
 /// Training-time block: `ReLU(SE(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x)))`, or for
-/// RepVGGplus `post_SE(ReLU(...))`.
+/// RepVGGplus `post_SE(ReLU(...))`; with QARepVGG's design ([`BlockDesign::QaRepVgg`])
+/// `ReLU(SE(BN(BN(conv3x3(x)) + conv1x1(x) + x)))`.
 ///
 /// The identity branch exists only where the block keeps its shape (`in == out`, stride 1); SE
 /// only in SE architectures, before the ReLU (`se`, RepVGG-D2se) or after it (`post_se`).
@@ -182,12 +196,17 @@ fn batch_norm(channels: usize, config: &RepVggConfig, device: &Device) -> BatchN
 pub struct RepVggBlock {
     /// 3x3 convolution + BN.
     pub rbr_dense: ConvBn,
-    /// 1x1 convolution + BN.
+    /// 1x1 convolution + BN (QARepVGG: the convolution alone).
     pub rbr_1x1: ConvBn,
-    /// Batch norm of the input itself.
+    /// Batch norm of the input itself (QARepVGG: none, the input is added as it is).
     pub rbr_identity: Option<BatchNorm>,
+    /// QARepVGG's batch norm of the branch sum.
+    pub bn: Option<BatchNorm>,
     pub se: Option<SqueezeExcite>,
     pub post_se: Option<SqueezeExcite>,
+    /// Whether the input is added unnormalized (QARepVGG's identity branch).
+    #[module(skip)]
+    pub plain_identity: bool,
 }
 
 impl Block for RepVggBlock {
@@ -195,14 +214,26 @@ impl Block for RepVggBlock {
 
     fn init(spec: &BlockSpec, config: &RepVggConfig, device: &Device) -> Self {
         let (se, post_se) = SqueezeExcite::for_block(spec, device);
-        Self {
-            rbr_dense: ConvBn::init(spec, 3, config, device),
-            rbr_1x1: ConvBn::init(spec, 1, config, device),
-            rbr_identity: spec
-                .has_identity
-                .then(|| batch_norm(spec.out_channels, config, device)),
-            se,
-            post_se,
+        let norm = || batch_norm(spec.out_channels, config, device);
+        match config.block_design() {
+            BlockDesign::RepVgg => Self {
+                rbr_dense: ConvBn::init(spec, 3, config, device),
+                rbr_1x1: ConvBn::init(spec, 1, config, device),
+                rbr_identity: spec.has_identity.then(norm),
+                bn: None,
+                se,
+                post_se,
+                plain_identity: false,
+            },
+            BlockDesign::QaRepVgg => Self {
+                rbr_dense: ConvBn::init(spec, 3, config, device),
+                rbr_1x1: ConvBn::init_plain(spec, 1, config, device),
+                rbr_identity: None,
+                bn: Some(norm()),
+                se,
+                post_se,
+                plain_identity: spec.has_identity,
+            },
         }
     }
 
@@ -221,8 +252,13 @@ impl RepVggBlock {
         let mut sum = self.rbr_dense.forward(input.clone());
         if let Some(identity) = &self.rbr_identity {
             sum = sum + normalize(identity, input.clone());
+        } else if self.plain_identity {
+            sum = sum + input.clone();
         }
         sum = sum + self.rbr_1x1.forward(input);
+        if let Some(bn) = &self.bn {
+            sum = normalize(bn, sum);
+        }
         activate(sum, &self.se, &self.post_se)
     }
 }
@@ -231,22 +267,27 @@ impl RepVggBlock {
 impl RepVggBlock {
     /// The batch norms of the branches: 3x3, 1x1 and, where present, the identity.
     fn norms(&self) -> impl Iterator<Item = &BatchNorm> {
-        [&self.rbr_dense.bn, &self.rbr_1x1.bn]
-            .into_iter()
+        self.rbr_dense
+            .bn
+            .iter()
+            .chain(&self.rbr_1x1.bn)
             .chain(self.rbr_identity.as_ref())
     }
 
     /// `[stride, groups]` when the whole block can be repvgg-ops' one training op here: in
-    /// training on Burn's CPU backend under autodiff, without SE, with the reference's
-    /// convolutions and one epsilon for its batch norms.
+    /// training on Burn's CPU backend under autodiff, RepVGG's design without SE, with the
+    /// reference's convolutions and one epsilon for its batch norms.
     fn fused_training_op(&self, device: &Device) -> Option<[usize; 2]> {
         let (dense, pointwise) = (&self.rbr_dense.conv, &self.rbr_1x1.conv);
-        let usable = self.se.is_none()
+        let dense_bn = self.rbr_dense.bn.as_ref()?;
+        let repvgg_design = self.rbr_1x1.bn.is_some() && self.bn.is_none() && !self.plain_identity;
+        let usable = repvgg_design
+            && self.se.is_none()
             && self.post_se.is_none()
             && device.is_autodiff()
             && self
                 .norms()
-                .all(|bn| bn.training.is_enabled() && bn.epsilon == self.rbr_dense.bn.epsilon)
+                .all(|bn| bn.training.is_enabled() && bn.epsilon == dense_bn.epsilon)
             && repvgg_ops::runs_here(device)
             && dense.kernel_size == [3, 3]
             && pointwise.kernel_size == [1, 1];
@@ -260,6 +301,8 @@ impl RepVggBlock {
 
     /// The forward pass as repvgg-ops' block op, which also updates the running statistics.
     fn forward_fused(&self, input: Tensor<4>, stride: usize, groups: usize) -> Tensor<4> {
+        let dense_bn = (self.rbr_dense.bn.as_ref())
+            .expect("the fused op runs RepVGG's design, whose 3x3 branch has its batch norm");
         let gamma = Tensor::stack(self.norms().map(|bn| bn.gamma.val()).collect(), 0);
         let beta = Tensor::stack(self.norms().map(|bn| bn.beta.val()).collect(), 0);
         let result = repvgg_ops::block_train(
@@ -270,7 +313,7 @@ impl RepVggBlock {
             beta,
             stride,
             groups,
-            self.rbr_dense.bn.epsilon,
+            dense_bn.epsilon,
         );
         let [_, channels] = result.mean.dims();
         for (branch, bn) in self.norms().enumerate() {
@@ -386,8 +429,8 @@ mod tests {
                 bn.gamma = random(0.5);
                 bn.beta = random(-0.5);
             };
-            randomize(&mut block.rbr_dense.bn);
-            randomize(&mut block.rbr_1x1.bn);
+            randomize(block.rbr_dense.bn.as_mut().unwrap());
+            randomize(block.rbr_1x1.bn.as_mut().unwrap());
             if let Some(bn) = block.rbr_identity.as_mut() {
                 randomize(bn);
             }

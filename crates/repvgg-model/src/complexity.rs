@@ -49,12 +49,19 @@ impl RepVggConfig {
             training: head + aux_heads,
             deploy: head,
         };
+        let quantization_aware = self.is_quantization_aware();
         for spec in specs {
             let kernel_3x3 = kernel_params(spec, 3);
             let bn = 2 * spec.out_channels;
-            let identity_bn = if spec.has_identity { bn } else { 0 };
+            // RepVGG: BN on the 3x3, 1x1 and identity branches; QARepVGG: on the 3x3 branch
+            // and on the sum.
+            let norms = match (quantization_aware, spec.has_identity) {
+                (true, _) => 2 * bn,
+                (false, true) => 3 * bn,
+                (false, false) => 2 * bn,
+            };
             let se = se_params(spec);
-            counts.training += kernel_3x3 + bn + kernel_params(spec, 1) + bn + identity_bn + se;
+            counts.training += kernel_3x3 + kernel_params(spec, 1) + norms + se;
             counts.deploy += kernel_3x3 + spec.out_channels + se;
         }
         counts

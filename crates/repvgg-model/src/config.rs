@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use burn::config::Config;
+use burn::serde;
 
 /// Channel widths of stages 1-4 before the width multipliers are applied.
 const BASE_WIDTHS: [usize; 4] = [64, 128, 256, 512];
@@ -65,6 +66,27 @@ pub struct RepVggConfig {
     /// rather than `RepVgg`; [`TrainingNetwork::new`](crate::TrainingNetwork::new) builds
     /// whichever family a configuration describes.
     pub plus: Option<PlusLayout>,
+    /// The training-time block (`None`: RepVGG's). [`BlockDesign::QaRepVgg`] builds QARepVGG's,
+    /// whose re-parameterized weights quantize to int8 without RepVGG's accuracy loss; the deploy
+    /// form is the same plain network either way.
+    pub block: Option<BlockDesign>,
+}
+
+/// Which training-time block a network is built of. Both re-parameterize into the same deploy
+/// block, one 3x3 convolution with bias.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(crate = "burn::serde", rename_all = "snake_case")]
+pub enum BlockDesign {
+    /// RepVGG's: `ReLU(BN(conv3x3(x)) + BN(conv1x1(x)) + BN(x))`.
+    #[default]
+    RepVgg,
+    /// QARepVGG's ("Make RepVGG Greater Again: A Quantization-aware Approach", Chu et al., AAAI
+    /// 2024; YOLOv6's `QARepVGGBlock`): `ReLU(BN(BN(conv3x3(x)) + conv1x1(x) + x))`. The 1x1
+    /// branch has no batch norm and the identity none either, so that no branch's statistics
+    /// can blow up the fused kernel's range; a batch norm after the sum (`bn`) steadies
+    /// training and folds into the fused convolution. With SE (D2se) the sum's batch norm comes
+    /// before the SE, so that it still folds.
+    QaRepVgg,
 }
 
 /// What makes a configuration RepVGGplus rather than RepVGG: stage 3 split in two halves
@@ -309,6 +331,21 @@ impl RepVggConfig {
             MAX_STEM_WIDTH.min((MAX_STEM_WIDTH as f64 * m) as usize)
         });
         std::iter::once(stem).chain(stages).collect()
+    }
+
+    /// The training-time block this configuration builds.
+    pub fn block_design(&self) -> BlockDesign {
+        self.block.unwrap_or_default()
+    }
+
+    /// Whether the blocks are QARepVGG's ([`BlockDesign::QaRepVgg`]).
+    pub fn is_quantization_aware(&self) -> bool {
+        self.block_design() == BlockDesign::QaRepVgg
+    }
+
+    /// This configuration with QARepVGG's blocks: `RepVggArch::A0.config().quantization_aware()`.
+    pub fn quantization_aware(self) -> Self {
+        self.with_block(Some(BlockDesign::QaRepVgg))
     }
 
     /// Whether the network ends in the linear classifier (`num_classes > 0`).

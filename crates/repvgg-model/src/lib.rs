@@ -45,8 +45,8 @@ pub use block::{Block, ConvBn, RepVggBlock, RepVggDeployBlock};
 pub use compare::{LogitDifference, logit_difference};
 pub use complexity::{MacCounts, ParamCounts};
 pub use config::{
-    BlockSpec, IN_CHANNELS, InvalidConfig, MAX_BLOCKS_PER_STAGE, MAX_CHANNELS, MAX_CLASSES,
-    MAX_PARAMS, PlusLayout, RepVggArch, RepVggConfig, UnknownArch,
+    BlockDesign, BlockSpec, IN_CHANNELS, InvalidConfig, MAX_BLOCKS_PER_STAGE, MAX_CHANNELS,
+    MAX_CLASSES, MAX_PARAMS, PlusLayout, RepVggArch, RepVggConfig, UnknownArch,
 };
 pub use device::{DeviceChoice, DeviceError};
 pub use error::{WeightsError, list_names};

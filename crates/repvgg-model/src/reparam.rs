@@ -4,7 +4,9 @@
 //! conv + BN fuse to `W * gamma / std` and `beta - mean * gamma / std` with
 //! `std = sqrt(running_var + eps)`; the 1x1 kernel is zero-padded to 3x3; the identity branch is
 //! the (grouped) 3x3 kernel with a single 1 at the centre tap of each channel, fused with its BN.
-//! The three kernels and biases are summed. SE (before or after the ReLU) and the head pass
+//! The three kernels and biases are summed. QARepVGG's block has no batch norm on its 1x1 and
+//! identity branches (their kernels are taken as they are) and one on the sum, which scales the
+//! summed kernel and shifts its bias the same way. SE (before or after the ReLU) and the head pass
 //! through unchanged; RepVGGplus's auxiliary heads are dropped. Only running
 //! statistics are used, never batch statistics.
 //!
@@ -16,7 +18,7 @@ use burn::module::Module;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use crate::config::{BlockSpec, RepVggConfig};
+use crate::config::{BlockDesign, BlockSpec, RepVggConfig};
 use crate::error::WeightsError;
 use crate::inspect::training_layout;
 use crate::network::{RepVgg, RepVggDeploy};
@@ -160,8 +162,12 @@ pub fn reparameterize(
     training.check_layout(&layout, "the training-time network of this configuration")?;
 
     let mut deploy = Weights::default();
+    let fuse = match config.block_design() {
+        BlockDesign::RepVgg => fuse_block,
+        BlockDesign::QaRepVgg => fuse_qa_block,
+    };
     for spec in config.block_specs() {
-        let (kernel, bias) = fuse_block(training, &spec, config.bn_epsilon, device)?;
+        let (kernel, bias) = fuse(training, &spec, config.bn_epsilon, device)?;
         deploy.insert(format!("{}.rbr_reparam.weight", spec.path), kernel);
         deploy.insert(format!("{}.rbr_reparam.bias", spec.path), bias);
     }
@@ -199,6 +205,27 @@ fn fuse_block(
     Ok((kernel.into_data(), bias.into_data()))
 }
 
+/// The fused 3x3 kernel and bias of one QARepVGG block: `BN(BN(conv3x3) + conv1x1 + identity)`.
+fn fuse_qa_block(
+    weights: &Weights,
+    spec: &BlockSpec,
+    epsilon: f64,
+    device: &Device,
+) -> Result<(TensorData, TensorData), WeightsError> {
+    let path = &spec.path;
+    let dense = tensor::<4>(weights, &format!("{path}.rbr_dense.conv.weight"), device)?;
+    let dense_bn = BnStats::read(weights, &format!("{path}.rbr_dense.bn"), device)?;
+    let (mut kernel, bias) = dense_bn.fuse(dense, epsilon);
+    let pointwise = tensor::<4>(weights, &format!("{path}.rbr_1x1.conv.weight"), device)?;
+    kernel = kernel + pointwise.pad((1, 1, 1, 1), PadMode::Constant(0.0));
+    if spec.has_identity {
+        kernel = kernel + identity_kernel(spec, device);
+    }
+    let sum_bn = BnStats::read(weights, &format!("{path}.bn"), device)?;
+    let (kernel, bias) = sum_bn.fuse_biased(kernel, bias, epsilon);
+    Ok((kernel.into_data(), bias.into_data()))
+}
+
 /// A batch norm's affine parameters and running statistics.
 struct BnStats {
     gamma: Tensor<1>,
@@ -220,9 +247,20 @@ impl BnStats {
 
     /// `BN(conv(x, kernel))` as one convolution: the scaled kernel and the bias.
     fn fuse(self, kernel: Tensor<4>, epsilon: f64) -> (Tensor<4>, Tensor<1>) {
+        let bias = Tensor::zeros(self.beta.dims(), &self.beta.device());
+        self.fuse_biased(kernel, bias, epsilon)
+    }
+
+    /// `BN(conv(x, kernel) + bias)` as one convolution: the scaled kernel and the new bias.
+    fn fuse_biased(
+        self,
+        kernel: Tensor<4>,
+        bias: Tensor<1>,
+        epsilon: f64,
+    ) -> (Tensor<4>, Tensor<1>) {
         let scale = bn_scale(self.gamma, self.var, epsilon);
         let [channels] = scale.dims();
-        let bias = self.beta - self.mean * scale.clone();
+        let bias = self.beta + (bias - self.mean) * scale.clone();
         (kernel * scale.reshape([channels, 1, 1, 1]), bias)
     }
 }

@@ -339,8 +339,13 @@ fn block_l2(block: &RepVggBlock) -> Tensor<1> {
     let k3 = block.rbr_dense.conv.weight.val();
     let k1 = block.rbr_1x1.conv.weight.val();
     let [out_channels, ..] = k3.dims();
-    let t3 = detached_scale(&block.rbr_dense.bn).reshape([out_channels, 1, 1, 1]);
-    let t1 = detached_scale(&block.rbr_1x1.bn).reshape([out_channels, 1, 1, 1]);
+    let scale = |bn: &Option<BatchNorm>| match bn {
+        Some(bn) => detached_scale(bn).reshape([out_channels, 1, 1, 1]),
+        // A branch without its batch norm (QARepVGG's 1x1, which config validation keeps
+        // away from this term) has the scale 1.
+        None => Tensor::ones([out_channels, 1, 1, 1], &k3.device()),
+    };
+    let (t3, t1) = (scale(&block.rbr_dense.bn), scale(&block.rbr_1x1.bn));
     let centre = k3
         .clone()
         .slice([0..out_channels, 0..k1.dims()[1], 1..2, 1..2]);

@@ -282,6 +282,13 @@ pub enum InvalidTrainingConfig {
         /// The epochs of the run.
         epochs: usize,
     },
+    /// The custom L2 term weighs RepVGG's branches by their batch norms, which QARepVGG's
+    /// 1x1 branch does not have.
+    #[error(
+        "recipe.custom_l2 is RepVGG's regularizer; QARepVGG (model.block \"qa_rep_vgg\") trains \
+         with plain weight decay, as its paper does: turn one of them off"
+    )]
+    CustomL2WithQaRepVgg,
 }
 
 impl TrainingConfig {
@@ -320,6 +327,9 @@ impl TrainingConfig {
             non_negative,
             "zero or positive",
         )?;
+        if recipe.custom_l2 && self.model.is_quantization_aware() {
+            return Err(InvalidTrainingConfig::CustomL2WithQaRepVgg);
+        }
         if recipe.warmup_epochs > recipe.epochs {
             return Err(InvalidTrainingConfig::WarmupBeyondEpochs {
                 warmup_epochs: recipe.warmup_epochs,

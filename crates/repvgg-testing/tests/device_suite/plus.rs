@@ -153,6 +153,19 @@ fn the_training_form_gives_main_and_auxiliary_logits() {
 }
 
 #[test]
+fn the_deploy_form_of_qarepvgg_blocks_computes_the_main_output() {
+    let device = test_device();
+    let config = narrow().quantization_aware();
+    let model = random_plus_model(&config, &device);
+    let deployed = model.reparameterize().unwrap();
+    let images = Tensor::<4>::random([2, 3, 64, 48], Distribution::Normal(0.0, 1.0), &device);
+    let expected = model.forward_with_aux(images.clone()).main.into_data();
+    let actual = deployed.forward(images).into_data();
+    let diff = relative_difference(&actual, &expected);
+    assert!(diff <= 1e-5, "{diff:e}");
+}
+
+#[test]
 fn the_deploy_form_computes_the_main_output() {
     let device = test_device();
     let config = narrow();

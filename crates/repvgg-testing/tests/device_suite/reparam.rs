@@ -63,6 +63,67 @@ fn d2se_with_se_agrees() {
     assert!(diff <= 1e-5, "D2se: {diff:e}");
 }
 
+/// QARepVGG's blocks (no BN on the 1x1 and identity branches, one on the sum) fuse into the same
+/// deploy network: plain, grouped, SE, and the reference architectures with each.
+#[test]
+fn qarepvgg_networks_agree() {
+    let plain = RepVggConfig::new(vec![2, 3, 2], vec![0.25, 0.25, 0.5])
+        .with_num_classes(10)
+        .quantization_aware();
+    let grouped =
+        plain
+            .clone()
+            .with_grouped_layers(BTreeMap::from([(2, 2), (4, 4), (5, 4), (7, 2)]));
+    let se = grouped.clone().with_use_se(true).with_se_reduction(4);
+    for config in [plain, grouped, se] {
+        let diff = agreement(&config, [40, 56]);
+        assert!(diff <= 1e-5, "{config:?}: {diff:e}");
+    }
+    for arch in [RepVggArch::A0, RepVggArch::B1g4, RepVggArch::D2se] {
+        let diff = agreement(&arch.config().quantization_aware(), [48, 64]);
+        assert!(diff <= 1e-5, "QARepVGG {arch}: {diff:e}");
+    }
+}
+
+/// The QARepVGG block's tensors: its 1x1 branch is the convolution alone, its identity adds the
+/// input without a batch norm, and the batch norm of the sum is `bn` (YOLOv6's naming).
+#[test]
+fn qarepvgg_blocks_have_the_papers_layout() {
+    let config = RepVggArch::A0.config().quantization_aware();
+    let model = config.init(&test_device());
+    let names: Vec<String> = repvgg_model::tensor_infos(&model)
+        .into_iter()
+        .map(|tensor| tensor.path)
+        .filter(|path| path.starts_with("stage1.1."))
+        .collect();
+    let expected = [
+        "rbr_dense.conv.weight",
+        "rbr_dense.bn.gamma",
+        "rbr_dense.bn.beta",
+        "rbr_dense.bn.running_mean",
+        "rbr_dense.bn.running_var",
+        "rbr_1x1.conv.weight",
+        "bn.gamma",
+        "bn.beta",
+        "bn.running_mean",
+        "bn.running_var",
+    ]
+    .map(|name| format!("stage1.1.{name}"));
+    assert_eq!(names, expected);
+    // Two batch norms per block instead of three (two where RepVGG's block has no identity).
+    let repvgg = RepVggArch::A0.config().num_params();
+    let qa = config.num_params();
+    assert_eq!(qa.deploy, repvgg.deploy);
+    let identity_blocks: usize = config
+        .block_specs()
+        .iter()
+        .filter(|s| s.has_identity)
+        .map(|s| 2 * s.out_channels)
+        .sum();
+    assert_eq!(repvgg.training - qa.training, identity_blocks);
+    assert_eq!(repvgg_model::num_trainable_params(&model), qa.training);
+}
+
 #[test]
 fn transform_checks_its_input_layout() {
     let device = test_device();

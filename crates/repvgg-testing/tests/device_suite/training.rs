@@ -132,6 +132,33 @@ fn a_short_run_learns_and_converts() {
     );
 }
 
+/// QARepVGG's blocks train (every branch and both batch norms receive gradients) and convert:
+/// the deploy model predicts as the training-time one, and the files record the block design.
+#[test]
+fn a_qarepvgg_run_learns_and_converts() {
+    let _serial = one_at_a_time();
+    let workspace = workspace("qarepvgg", 16);
+    let root = workspace.path();
+    let mut config = config(|recipe| recipe.with_epochs(3).with_batch_size(32));
+    config.model = config.model.quantization_aware();
+    let report = train_in(root, "run", &config).unwrap();
+    let output = root.join("run");
+
+    let first = mean(&logged(&output, "train", 1, "Loss"));
+    let last = mean(&logged(&output, "train", 3, "Loss"));
+    assert!(last < first, "training loss {first} -> {last}");
+    assert_eq!(report.disagreements, 0);
+    assert!(report.max_relative_logit_difference < 1e-4);
+    let saved = read_checkpoint(&report.model_path).unwrap();
+    assert!(saved.config.unwrap().is_quantization_aware());
+    assert!(saved.weights.get("stage2.1.bn.gamma").is_some());
+    assert!(saved.weights.get("stage2.1.rbr_identity.gamma").is_none());
+    assert_eq!(
+        read_checkpoint(&report.deploy_path).unwrap().form,
+        Form::Deploy
+    );
+}
+
 #[test]
 fn resuming_continues_the_same_schedule_and_counters() {
     let _serial = one_at_a_time();
