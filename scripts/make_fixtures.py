@@ -18,6 +18,12 @@ blocks, no aux heads), and the main and aux logits of the training form in eval 
     cargo build --workspace && .venv/bin/python scripts/make_fixtures.py
 
 It ends with scripts/check_onnx.py: ONNX Runtime on the exported fixture networks.
+`qa` is a narrow QARepVGG ("Make RepVGG Greater Again: A Quantization-aware Approach", Chu et
+al., AAAI 2024), written here from the paper's block: a 3x3 conv + BN branch, a 1x1 conv branch
+without BN (nor bias), the identity without BN, and a BN after their sum, keyed as YOLOv6's
+QARepVGGBlock keys it (`rbr_1x1.weight`, `bn.*`). Its deploy form folds the sum's BN into the one
+3x3 convolution. `--qa-only` writes only it (its own random generator).
+
 `--eval-transform-only` writes only the evaluation transform's fixtures (timm's crops);
 `--plus-only` writes only the RepVGGplus fixture (its own random generator: the same files as a
 full run). `--first-step-only` writes only the fine-tuning first-step fixtures, from the
@@ -86,6 +92,29 @@ class Block(nn.Module):
         return F.relu(y)
 
 
+class QaBlock(nn.Module):
+    """QARepVGG's training-time block: ReLU(SE(BN(BN(conv3x3(x)) + conv1x1(x) + x))); the sum's
+    BN comes before the SE so that it folds into the fused convolution."""
+
+    def __init__(self, cin, cout, stride, groups, se_hidden):
+        super().__init__()
+        self.rbr_dense = ConvBn(cin, cout, 3, stride, groups)
+        self.rbr_1x1 = nn.Conv2d(cin, cout, 1, stride, 0, groups=groups, bias=False)
+        self.identity = cin == cout and stride == 1
+        self.bn = nn.BatchNorm2d(cout, eps=EPS)
+        if se_hidden:
+            self.se = SqueezeExcite(cout, se_hidden)
+
+    def forward(self, x):
+        y = self.rbr_dense(x) + self.rbr_1x1(x)
+        if self.identity:
+            y = y + x
+        y = self.bn(y)
+        if hasattr(self, "se"):
+            y = self.se(y)
+        return F.relu(y)
+
+
 def block_specs(cfg):
     """(name, cin, cout, stride, groups) of every block, stem first."""
     widths = [int(b * m) for b, m in zip(BASE_WIDTHS, cfg["width_multipliers"])]
@@ -105,8 +134,13 @@ class RepVgg(nn.Module):
         super().__init__()
         specs = block_specs(cfg)
         reduction = cfg["se_reduction"]
+        qa = cfg.get("block") == "qa_rep_vgg"
         for name, cin, cout, stride, groups in specs:
-            block = Block(cin, cout, stride, groups, cout // reduction if cfg["use_se"] else 0, deploy)
+            se_hidden = cout // reduction if cfg["use_se"] else 0
+            if qa and not deploy:
+                block = QaBlock(cin, cout, stride, groups, se_hidden)
+            else:
+                block = Block(cin, cout, stride, groups, se_hidden, deploy)
             if name == "stage0":
                 self.stage0 = block
             else:
@@ -163,11 +197,31 @@ def fused_block(train_state, name, cin, cout, groups):
     return kernel, bias
 
 
+def qa_fused_block(train_state, name, cin, cout, stride, groups):
+    """One QARepVGG block's (kernel, bias): the 3x3 conv+BN fused, the 1x1 kernel padded and the
+    identity kernel added as they are, then the sum's BN folded into all of it."""
+    std = (train_state[f"{name}.rbr_dense.bn.running_var"] + EPS).sqrt()
+    t = train_state[f"{name}.rbr_dense.bn.weight"] / std
+    kernel = train_state[f"{name}.rbr_dense.conv.weight"] * t.reshape(-1, 1, 1, 1)
+    bias = train_state[f"{name}.rbr_dense.bn.bias"] - train_state[f"{name}.rbr_dense.bn.running_mean"] * t
+    kernel = kernel + F.pad(train_state[f"{name}.rbr_1x1.weight"], [1, 1, 1, 1])
+    if cin == cout and stride == 1:
+        per_group = cin // groups
+        for i in range(cout):
+            kernel[i, i % per_group, 1, 1] += 1.0
+    std = (train_state[f"{name}.bn.running_var"] + EPS).sqrt()
+    t = train_state[f"{name}.bn.weight"] / std
+    return kernel * t.reshape(-1, 1, 1, 1), (bias - train_state[f"{name}.bn.running_mean"]) * t + train_state[f"{name}.bn.bias"]
+
+
 def fuse(train_state, cfg):
     """The deploy state dict: every block fused, the SE and the head unchanged."""
     state = {}
-    for name, cin, cout, _, groups in block_specs(cfg):
-        kernel, bias = fused_block(train_state, name, cin, cout, groups)
+    for name, cin, cout, stride, groups in block_specs(cfg):
+        if cfg.get("block") == "qa_rep_vgg":
+            kernel, bias = qa_fused_block(train_state, name, cin, cout, stride, groups)
+        else:
+            kernel, bias = fused_block(train_state, name, cin, cout, groups)
         state[f"{name}.rbr_reparam.weight"] = kernel
         state[f"{name}.rbr_reparam.bias"] = bias
     for key, value in train_state.items():
@@ -225,6 +279,28 @@ def reference_fixtures(generator):
         save_json(OUT / f"{name}.json", cfg)
         print(f"{name}: max |logit| {logits_train.abs().max().item():.3g}, "
               f"max |train - deploy| in PyTorch {(logits_train - logits_deploy).abs().max().item():.3g}")
+
+
+def qa_fixture():
+    """The narrow QARepVGG: grouped layers and SE included, so that every path of the fusion
+    shows; its own generator, so that `--qa-only` writes the same files as a full run."""
+    generator = torch.Generator().manual_seed(20221205)
+    cfg = config([2, 3, 2], [0.25, 0.25, 0.25], grouped={2: 2, 4: 4}, se_reduction=4, num_classes=7)
+    cfg["block"] = "qa_rep_vgg"
+    train = RepVgg(cfg, deploy=False).eval()
+    randomize(train, generator)
+    deploy = RepVgg(cfg, deploy=True).eval()
+    deploy.load_state_dict(fuse(train.state_dict(), cfg), strict=True)
+    x = torch.randn(2, 3, 40, 48, generator=generator)
+    with torch.no_grad():
+        logits_train, logits_deploy = train(x), deploy(x)
+    torch.save(train.state_dict(), OUT / "qa_train.pth")
+    torch.save(deploy.state_dict(), OUT / "qa_deploy.pth")
+    save_file({"input": x, "logits_train": logits_train, "logits_deploy": logits_deploy},
+              OUT / "qa_io.safetensors")
+    save_json(OUT / "qa.json", cfg)
+    print(f"qa: max |logit| {logits_train.abs().max().item():.3g}, "
+          f"max |train - deploy| in PyTorch {(logits_train - logits_deploy).abs().max().item():.3g}")
 
 
 def timm_config():
@@ -525,6 +601,10 @@ def main():
         OUT.mkdir(parents=True, exist_ok=True)
         plus_fixture()
         return
+    if sys.argv[1:] == ["--qa-only"]:
+        OUT.mkdir(parents=True, exist_ok=True)
+        qa_fixture()
+        return
     image_fixtures()
     eval_transform_fixtures()
     OUT.mkdir(parents=True, exist_ok=True)
@@ -533,6 +613,7 @@ def main():
     reference_fixtures(generator)
     timm_fixture(generator)
     plus_fixture()
+    qa_fixture()
     first_step_fixtures()
     # The ONNX export of the new fixtures, run by ONNX Runtime, against PyTorch's logits.
     import check_onnx

@@ -180,7 +180,7 @@ fn read_safetensors(path: &Path) -> Result<NamedData, BoxedError> {
 /// timm's names to the reference's, and the reference's to Burn's module paths, as burn-store
 /// remapping patterns applied in order to every key of a PyTorch or safetensors file. `(^|\.)`
 /// lets a wrapper (`module.`, `state_dict.` ...) stand before a root name.
-const PYTORCH_TO_BURN: [(&str, &str); 16] = [
+const PYTORCH_TO_BURN: [(&str, &str); 17] = [
     // timm: `stem` and `stages.{N-1}` are the reference's stage0 and stageN.
     (r"(^|\.)stem\.", "${1}stage0."),
     (r"(^|\.)stages\.0\.", "${1}stage1."),
@@ -194,6 +194,8 @@ const PYTORCH_TO_BURN: [(&str, &str); 16] = [
     (r"\.attn\.fc2\.", ".se.up."),
     (r"\.reparam_conv\.", ".rbr_reparam."),
     (r"(^|\.)head\.fc\.", "${1}linear."),
+    // QARepVGG (YOLOv6's keys): the 1x1 branch is a bare convolution.
+    (r"\.rbr_1x1\.weight$", ".rbr_1x1.conv.weight"),
     // RepVGGplus's auxiliary heads: the reference numbers their layers, our modules name them.
     (r"_aux\.0\.", "_aux.conv_bn."),
     (r"_aux\.3\.", "_aux.linear."),
@@ -340,7 +342,7 @@ pub fn write_checkpoint(
     let format = Format::of(path)?;
     write_atomically(path, |temporary| match format {
         Format::Burnpack => write_burnpack(weights, config, classes, temporary),
-        Format::Safetensors => write_safetensors(weights, temporary),
+        Format::Safetensors => write_safetensors(weights, config, temporary),
         Format::Pytorch => Err(DeployError::PthOutput {
             path: path.to_path_buf(),
         }),
@@ -403,7 +405,11 @@ fn write_burnpack(
         .map_err(|err| write_error(path, err))
 }
 
-fn write_safetensors(weights: &Weights, path: &Path) -> Result<(), DeployError> {
+fn write_safetensors(
+    weights: &Weights,
+    config: &RepVggConfig,
+    path: &Path,
+) -> Result<(), DeployError> {
     let mut tensors = Vec::with_capacity(weights.len());
     for (name, data) in weights.iter() {
         let data = match is_linear_weight(name) {
@@ -412,7 +418,12 @@ fn write_safetensors(weights: &Weights, path: &Path) -> Result<(), DeployError> 
         };
         let shape = data.shape().to_vec();
         let bytes = data.into_bytes().to_vec();
-        tensors.push((reference_aux_head_name(&pytorch_name(name)), shape, bytes));
+        let mut name = reference_aux_head_name(&pytorch_name(name));
+        if config.is_quantization_aware() {
+            // QARepVGG's 1x1 branch is a bare convolution in YOLOv6's keys.
+            name = name.replace(".rbr_1x1.conv.weight", ".rbr_1x1.weight");
+        }
+        tensors.push((name, shape, bytes));
     }
     let views = tensors
         .iter()

@@ -176,18 +176,36 @@ fn resolve_architecture(
                 Some(classes) => arch.config().with_num_classes(classes),
                 None => arch.config(),
             };
-            (config, arch.to_string())
+            with_blocks_of(weights, config, arch.to_string())
         }
         ArchSource::Auto => match &checkpoint.config {
             Some(config) => (config.clone(), "the network recorded in the file".into()),
             None => {
                 let (arch, config) = detect_arch(weights)?;
-                (config, format!("{arch} (detected from the tensor shapes)"))
+                let description = format!("{arch} (detected from the tensor shapes)");
+                with_blocks_of(weights, config, description)
             }
         },
     };
     config.validate()?;
     Ok((config, description))
+}
+
+/// A reference architecture's `config` with QARepVGG's blocks when `weights` are a QARepVGG's
+/// training-time tensors (its stem has the batch norm of the branch sum, `stage0.bn`), which the
+/// preset's name alone does not say.
+fn with_blocks_of(
+    weights: &Weights,
+    config: RepVggConfig,
+    description: String,
+) -> (RepVggConfig, String) {
+    match weights.get("stage0.bn.gamma") {
+        Some(_) => (
+            config.quantization_aware(),
+            format!("{description} with QARepVGG blocks"),
+        ),
+        None => (config, description),
+    }
 }
 
 /// Adds what the weights look like to a layout mismatch, when they match a reference

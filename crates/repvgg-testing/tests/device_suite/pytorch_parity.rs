@@ -70,6 +70,79 @@ fn reference_training_checkpoints_match_pytorch() {
     }
 }
 
+/// QARepVGG, as the PyTorch block written from its paper keys it (YOLOv6's `rbr_1x1.weight` and
+/// `bn.*`): its logits, its fusion against PyTorch's deploy state dict tensor by tensor, and a
+/// safetensors export that PyTorch's block reads back under the same keys.
+#[test]
+fn qarepvgg_checkpoints_match_pytorch() {
+    let config = config("qa");
+    assert!(config.is_quantization_aware());
+    let ours = check_training_checkpoint("qa", "qa_train.pth");
+    let theirs = read_checkpoint(&fixture("qa_deploy.pth")).unwrap();
+    assert_eq!(theirs.form, Form::Deploy);
+    for (tensor, data) in ours.iter() {
+        let diff = max_abs_difference(data, theirs.weights.get(tensor).unwrap());
+        assert!(diff <= 1e-5, "{tensor}: fused weights differ by {diff:e}");
+    }
+
+    let training = read_checkpoint(&fixture("qa_train.pth")).unwrap();
+    let scratch = scratch("qa-export");
+    let path = scratch.path().join("qa.safetensors");
+    write_checkpoint(&training.weights, &config, None, &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    for key in [
+        "stage1.1.rbr_1x1.weight",
+        "stage1.1.bn.weight",
+        "stage1.1.bn.running_var",
+    ] {
+        assert!(
+            names.iter().any(|name| name == key),
+            "{key} missing: {names:?}"
+        );
+    }
+    assert!(names.iter().all(|name| !name.contains("rbr_1x1.conv")));
+    assert_eq!(read_checkpoint(&path).unwrap().weights, training.weights);
+}
+
+/// A QARepVGG checkpoint of a reference architecture resolves to QARepVGG's blocks whether the
+/// architecture is named (`--arch A0`) or detected, since the name alone does not say it.
+#[test]
+fn qarepvgg_presets_are_recognised_from_their_tensors() {
+    use repvgg_deploy::{ArchSource, ResolvedCheckpoint};
+    use repvgg_model::RepVggArch;
+
+    let device = test_device();
+    let config = RepVggArch::A0.config().quantization_aware();
+    let model = repvgg_testing::random_training_model(&config, &device);
+    let scratch = scratch("qa-preset");
+    let path = scratch.path().join("qa_a0.safetensors");
+    write_checkpoint(&Weights::from_module(&model).unwrap(), &config, None, &path).unwrap();
+    for source in [ArchSource::Preset(RepVggArch::A0), ArchSource::Auto] {
+        let resolved = ResolvedCheckpoint::read(&path, &source).unwrap();
+        assert!(resolved.config.is_quantization_aware(), "{source:?}");
+        assert!(
+            resolved.description.contains("QARepVGG"),
+            "{}",
+            resolved.description
+        );
+        assert_eq!(resolved.into_model(&device).unwrap().form(), Form::Training);
+    }
+    // RepVGG's own checkpoints stay RepVGG's.
+    let plain = scratch.path().join("a0.safetensors");
+    let repvgg = repvgg_testing::random_training_model(&RepVggArch::A0.config(), &device);
+    write_checkpoint(
+        &Weights::from_module(&repvgg).unwrap(),
+        &RepVggArch::A0.config(),
+        None,
+        &plain,
+    )
+    .unwrap();
+    let resolved = ResolvedCheckpoint::read(&plain, &ArchSource::Auto).unwrap();
+    assert!(!resolved.config.is_quantization_aware());
+}
+
 #[test]
 fn wrapped_and_prefixed_checkpoints_load() {
     check_training_checkpoint("narrow", "narrow_train_wrapped.pth");
