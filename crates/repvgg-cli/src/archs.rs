@@ -8,7 +8,8 @@ use crate::thousands;
 pub fn table(size: usize) -> String {
     let mut out = String::from(
         "| arch | blocks per stage | widths (stem, stages) | groups | training-time params | \
-         deploy params | training-time GMACs | deploy GMACs |\n|---|---|---|---|---:|---:|---:|---:|\n",
+         QARepVGG training-time params | deploy params | training-time GMACs | deploy GMACs |\n\
+         |---|---|---|---|---:|---:|---:|---:|---:|\n",
     );
     for arch in RepVggArch::ALL {
         let config = arch.config();
@@ -28,13 +29,15 @@ pub fn table(size: usize) -> String {
             true => format!("{} (RepVGGplus)", arch.name()),
             false => arch.name().to_string(),
         };
+        let quantization_aware = config.clone().quantization_aware().num_params();
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
             name,
             join(&config.num_blocks),
             join(&config.stage_widths()),
             groups,
             thousands(params.training),
+            thousands(quantization_aware.training),
             thousands(params.deploy),
             macs.training as f64 / 1e9,
             macs.deploy as f64 / 1e9,
@@ -43,7 +46,9 @@ pub fn table(size: usize) -> String {
     out.push_str(&format!(
         "\nMACs per {size}x{size} image (the paper's \"FLOPs\" column counts MACs; 1 MAC = 2 FLOPs). \
          RepVGGplus's training-time parameters include its three auxiliary heads (5,963,640 for \
-         L2pse), which conversion drops; its MACs leave them out.\n"
+         L2pse), which conversion drops; its MACs leave them out. QARepVGG's blocks (`repvgg train \
+         --quantization-aware`) keep two batch norms where RepVGG's have three, and convert to the \
+         same deploy network.\n"
     ));
     out
 }

@@ -70,6 +70,10 @@ pub struct RecipeArgs {
     /// A RepVggConfig JSON file instead of a preset (custom architectures).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Build the network of QARepVGG's blocks (no BN on the 1x1 and identity branches, one on
+    /// their sum), whose deploy weights quantize to int8 without RepVGG's accuracy loss.
+    #[arg(long)]
+    pub quantization_aware: bool,
     /// Number of outputs; defaults to the number of class folders.
     #[arg(long)]
     pub num_classes: Option<usize>,
@@ -198,6 +202,10 @@ impl RecipeArgs {
             })?,
             None => self.arch.config(),
         };
+        let model = match self.quantization_aware {
+            true => model.quantization_aware(),
+            false => model,
+        };
         let num_classes = match self.num_classes {
             Some(count) => count,
             None => ImageFolder::open(&data.join("train"))?.classes.len(),
@@ -277,6 +285,27 @@ mod tests {
     fn parse(flags: &[&str]) -> Result<TrainArgs, clap::Error> {
         let program = std::iter::once("repvgg");
         Flags::try_parse_from(program.chain(flags.iter().copied())).map(|flags| flags.train)
+    }
+
+    #[test]
+    fn quantization_aware_builds_qarepvgg_blocks_and_refuses_custom_l2() {
+        let flags = [
+            "--data",
+            "unused",
+            "--num-classes",
+            "10",
+            "--quantization-aware",
+        ];
+        let config = parse(&flags).unwrap().training_config().unwrap();
+        let expected = RepVggArch::A0
+            .config()
+            .with_num_classes(10)
+            .quantization_aware();
+        assert_eq!(config.model, expected);
+        config.validate().unwrap();
+        let with_l2 = parse(&[&flags[..], &["--custom-l2"]].concat()).unwrap();
+        let error = with_l2.training_config().unwrap().validate().unwrap_err();
+        assert!(error.to_string().contains("QARepVGG"), "{error}");
     }
 
     #[test]
