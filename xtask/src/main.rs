@@ -26,6 +26,7 @@ enum Command {
     BenchTrain(bench::training::TrainBenchArgs),
     BenchLayers(bench::layers::LayerBenchArgs),
     BenchPrecision(bench::precision::PrecisionBenchArgs),
+    BenchInt8(bench::int8::Int8BenchArgs),
     /// Measure the data pipeline: decoded and augmented ImageNet-sized JPEGs per second, for
     /// each worker count, beside torchvision's with --python (or REPVGG_PYTHON).
     BenchLoader(bench::loader::LoaderBenchArgs),
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         Command::BenchTrain(args) => bench::training::run(args),
         Command::BenchLayers(args) => bench::layers::run(args),
         Command::BenchPrecision(args) => bench::precision::run(args),
+        Command::BenchInt8(args) => bench::int8::run(args),
         Command::BenchLoader(args) => bench::loader::run(args),
         Command::BenchMemory(args) => bench::memory::run_memory(args),
         Command::Fixtures { python, args } => fixtures(&python, &args),

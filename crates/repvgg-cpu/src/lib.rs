@@ -35,6 +35,7 @@
 
 mod engine;
 mod im2col;
+pub mod int8;
 mod kernel;
 mod layer;
 mod ops;

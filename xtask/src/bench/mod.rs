@@ -4,6 +4,7 @@
 //! writes or prints a markdown report that names its machine.
 
 pub mod inference;
+pub mod int8;
 pub mod layers;
 pub mod loader;
 mod machine;
