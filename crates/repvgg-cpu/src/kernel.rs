@@ -5,10 +5,12 @@
 //! tiles, channels contiguous) is read in place, one value (f32) or one pair of values (bf16)
 //! broadcast at a time, and the output is written channels-last with the bias and ReLU applied.
 //!
-//! Two element types share the layout: f32 with fused multiply-adds, and bf16 with f32
+//! Three element types share the layout: f32 with fused multiply-adds, bf16 with f32
 //! accumulation (`vdpbf16ps`, AVX512_BF16: a pair of products per lane and instruction, twice
-//! f32's rate). Both are chosen at run time from the CPU's features; [`reference_product`] is
-//! the scalar definition the tests hold them to.
+//! f32's rate), and u8 x s8 with exact i32 accumulation (`vpdpbusd`, AVX512_VNNI: four products
+//! per lane and instruction), rescaled per column to f32 as it is stored. They are chosen at run
+//! time from the CPU's features; [`reference_product`] is the scalar definition the tests hold
+//! the float ones to, and the int8 network's integer convolution the u8 one.
 
 use std::ops::Range;
 
@@ -28,14 +30,18 @@ const ROWS: usize = 8;
 pub(crate) enum Element {
     F32,
     Bf16,
+    /// u8 left-hand side, s8 right-hand side.
+    U8S8,
 }
 
 impl Element {
-    /// Values per packed word: f32 one, bf16 a pair (consecutive rows of the depth).
+    /// Values per packed word: f32 one, bf16 a pair, u8/s8 four (consecutive rows of the
+    /// depth).
     fn per_word(self) -> usize {
         match self {
             Element::F32 => 1,
             Element::Bf16 => 2,
+            Element::U8S8 => 4,
         }
     }
 }
@@ -43,24 +49,25 @@ impl Element {
 /// Whether this CPU runs the kernels of `element` (detected once: the bf16 conversions ask
 /// per row).
 pub(crate) fn supported(element: Element) -> bool {
-    static DETECTED: std::sync::LazyLock<[bool; 2]> = std::sync::LazyLock::new(detect);
+    static DETECTED: std::sync::LazyLock<[bool; 3]> = std::sync::LazyLock::new(detect);
     DETECTED[element as usize]
 }
 
-/// `[f32, bf16]` support of this CPU.
-fn detect() -> [bool; 2] {
+/// `[f32, bf16, u8 x s8]` support of this CPU.
+fn detect() -> [bool; 3] {
     #[cfg(target_arch = "x86_64")]
     {
         let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-        let bf16 = avx512
+        let bw = avx512
             && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512bf16");
-        [avx512, bf16]
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        let bf16 = bw && std::arch::is_x86_feature_detected!("avx512bf16");
+        let vnni = bw && std::arch::is_x86_feature_detected!("avx512vnni");
+        [avx512, bf16, vnni]
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        [false, false]
+        [false, false, false]
     }
 }
 
@@ -101,6 +108,10 @@ impl PackedRhs {
                     *packed = match element {
                         Element::F32 => at(word, column).to_bits(),
                         Element::Bf16 => pair(at(2 * word, column), at(2 * word + 1, column)),
+                        // Values that are whole numbers in -128..=127 (`new_s8`).
+                        Element::U8S8 => u32::from_le_bytes(std::array::from_fn(|i| {
+                            at(4 * word + i, column) as i8 as u8
+                        })),
                     };
                 }
             }
@@ -111,6 +122,13 @@ impl PackedRhs {
             words,
             data,
         }
+    }
+
+    /// Packs s8 weights `value(k, column)` for the u8 x s8 kernels.
+    pub fn new_s8(depth: usize, columns: usize, value: impl Fn(usize, usize) -> i8) -> Self {
+        Self::new(Element::U8S8, depth, columns, |k, column| {
+            f32::from(value(k, column))
+        })
     }
 
     pub fn element(&self) -> Element {
@@ -164,6 +182,11 @@ pub(crate) enum Lhs<'a> {
         segment: usize,
         pitch: usize,
     },
+    /// u8 codes, rows `stride` bytes apart (a multiple of 4), for an s8 right-hand side.
+    U8 {
+        data: &'a [u8],
+        stride: usize,
+    },
 }
 
 /// `dst = bias + lhs · rhs` (then `max(0, ..)` when `relu`) for the columns of the panels
@@ -179,6 +202,20 @@ pub(crate) fn multiply(
     lhs: Lhs<'_>,
     rhs: &PackedRhs,
     panels: Range<usize>,
+    bias: Option<&[f32]>,
+    relu: bool,
+) {
+    multiply_scaled(dst, lhs, rhs, panels, None, bias, relu);
+}
+
+/// [`multiply`] with the sums multiplied by `scale` (a value per column of `dst`) before the
+/// bias: how the u8 x s8 kernels' exact i32 sums become f32 (and required by them).
+pub(crate) fn multiply_scaled(
+    dst: MatMut<'_>,
+    lhs: Lhs<'_>,
+    rhs: &PackedRhs,
+    panels: Range<usize>,
+    scale: Option<&[f32]>,
     bias: Option<&[f32]>,
     relu: bool,
 ) {
@@ -221,7 +258,21 @@ pub(crate) fn multiply(
             assert!(stride % 2 == 0, "bf16 rows start on a pair");
             (stride, data.len())
         }
+        Lhs::U8 { data, stride } => {
+            assert_eq!(
+                rhs.element,
+                Element::U8S8,
+                "u8 rows need an s8 right-hand side"
+            );
+            assert!(stride % 4 == 0, "u8 rows start on a word");
+            (stride, data.len())
+        }
     };
+    assert_eq!(
+        scale.is_some(),
+        rhs.element == Element::U8S8,
+        "u8 x s8 sums, and only they, are scaled"
+    );
     assert!(
         supported(rhs.element),
         "this CPU lacks the {:?} kernels",
@@ -241,6 +292,9 @@ pub(crate) fn multiply(
     if let Some(bias) = bias {
         assert!(bias.len() >= columns.len(), "a bias per column");
     }
+    if let Some(scale) = scale {
+        assert!(scale.len() >= columns.len(), "a scale per column");
+    }
     if rows == 0 {
         return;
     }
@@ -254,7 +308,7 @@ pub(crate) fn multiply(
     // above), every row written within `dst` (checked by `MatMut`), the panels within
     // `rhs.data` by construction, and the bias covers every column.
     unsafe {
-        avx512::multiply(dst, lhs, [segment, pitch], rhs, panels, bias, relu);
+        avx512::multiply(dst, lhs, [segment, pitch], rhs, panels, scale, bias, relu);
     }
 }
 
@@ -272,6 +326,7 @@ pub(crate) fn reference_product(
     let round = |x: f32| match element {
         Element::F32 => x,
         Element::Bf16 => bf16::from_f32(x).to_f32(),
+        Element::U8S8 => unreachable!("the u8 x s8 definition is the int8 convolution's"),
     };
     let mut out = vec![0f32; rows * columns];
     for r in 0..rows {
@@ -332,20 +387,30 @@ mod avx512 {
         out: *mut f32,
         out_stride: usize,
         bias: *const f32,
+        /// A factor per column (u8 x s8 only).
+        scale: *const f32,
         /// Lanes written of the last vector (16 but at the right edge).
         last_lanes: usize,
         relu: bool,
         words: usize,
     }
 
+    /// The three products, one kernel body each (`MODE`).
+    const F32: u8 = 0;
+    const BF16: u8 = 1;
+    const U8S8: u8 = 2;
+
     /// # Safety
-    /// The CPU has AVX-512F (and AVX512_BF16 for bf16); the matrices lie within their buffers.
+    /// The CPU has AVX-512F (and AVX512_BF16 for bf16, AVX512_VNNI for u8 x s8); the matrices
+    /// lie within their buffers; `scale`, when given, covers the columns.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn multiply(
         dst: MatMut<'_>,
         lhs: Lhs<'_>,
         [segment, pitch]: [usize; 2],
         rhs: &PackedRhs,
         panels: Range<usize>,
+        scale: Option<&[f32]>,
         bias: Option<&[f32]>,
         relu: bool,
     ) {
@@ -357,6 +422,7 @@ mod avx512 {
             // Without a bias the kernels add zeros (as many as a panel has columns).
             bias: bias.map_or(zeros.as_ptr(), |bias| bias.as_ptr()),
             has_bias: bias.is_some(),
+            scale: scale.map_or(std::ptr::null(), |scale| scale.as_ptr()),
             relu,
         };
         match lhs {
@@ -379,6 +445,16 @@ mod avx512 {
                 };
                 multiply_bf16(rows, rhs, panels, out)
             },
+            Lhs::U8 { data, stride } => unsafe {
+                // Quads of codes: one run of the whole depth.
+                let rows = Rows {
+                    first: data.as_ptr().cast(),
+                    stride: stride / 4,
+                    segment: segment / 4,
+                    pitch: 0,
+                };
+                multiply_u8s8(rows, rhs, panels, out)
+            },
         }
     }
 
@@ -400,23 +476,30 @@ mod avx512 {
         stride: usize,
         bias: *const f32,
         has_bias: bool,
+        scale: *const f32,
         relu: bool,
     }
 
-    // One body, compiled twice: the f32 kernels must run on AVX-512 CPUs without AVX512_BF16.
+    // One body, compiled thrice: the f32 kernels must run on AVX-512 CPUs without AVX512_BF16
+    // or AVX512_VNNI.
     #[target_feature(enable = "avx512f")]
     unsafe fn multiply_f32(lhs: Rows, rhs: &PackedRhs, panels: Range<usize>, out: Output) {
-        unsafe { multiply_words::<false>(lhs, rhs, panels, out) }
+        unsafe { multiply_words::<F32>(lhs, rhs, panels, out) }
     }
 
     #[target_feature(enable = "avx512f,avx512bf16")]
     unsafe fn multiply_bf16(lhs: Rows, rhs: &PackedRhs, panels: Range<usize>, out: Output) {
-        unsafe { multiply_words::<true>(lhs, rhs, panels, out) }
+        unsafe { multiply_words::<BF16>(lhs, rhs, panels, out) }
     }
 
-    /// The product with `lhs` read as 32-bit words (one f32 or one bf16 pair).
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    unsafe fn multiply_u8s8(lhs: Rows, rhs: &PackedRhs, panels: Range<usize>, out: Output) {
+        unsafe { multiply_words::<U8S8>(lhs, rhs, panels, out) }
+    }
+
+    /// The product with `lhs` read as 32-bit words (one f32, a bf16 pair or a u8 quad).
     #[inline(always)]
-    unsafe fn multiply_words<const BF16: bool>(
+    unsafe fn multiply_words<const MODE: u8>(
         lhs: Rows,
         rhs: &PackedRhs,
         panels: Range<usize>,
@@ -439,6 +522,7 @@ mod avx512 {
             } else {
                 out.bias
             };
+            let scale = out.scale.wrapping_add(first - origin);
             for row in (0..rows).step_by(tile_rows) {
                 let tile = Tile {
                     // SAFETY (all pointer offsets): within the buffers, as the caller checked.
@@ -450,12 +534,13 @@ mod avx512 {
                     out: unsafe { out.data.add(row * out.stride + first - origin) },
                     out_stride: out.stride,
                     bias,
+                    scale,
                     last_lanes,
                     relu: out.relu,
                     words: rhs.words,
                 };
                 // SAFETY: as above.
-                unsafe { dispatch::<BF16>(tile_rows.min(rows - row), panel_vectors, tile) };
+                unsafe { dispatch::<MODE>(tile_rows.min(rows - row), panel_vectors, tile) };
             }
         }
     }
@@ -463,14 +548,14 @@ mod avx512 {
     /// The kernel for `rows x vectors` accumulators (const parameters, so that they stay in
     /// registers).
     #[inline(always)]
-    unsafe fn dispatch<const BF16: bool>(rows: usize, vectors: usize, tile: Tile) {
+    unsafe fn dispatch<const MODE: u8>(rows: usize, vectors: usize, tile: Tile) {
         macro_rules! call {
             ($($rows:literal)*) => {
                 match (rows, vectors) {
                     $(
-                        ($rows, 1) => unsafe { kernel::<$rows, 1, BF16>(tile) },
-                        ($rows, 2) => unsafe { kernel::<$rows, 2, BF16>(tile) },
-                        ($rows, 3) => unsafe { kernel::<$rows, 3, BF16>(tile) },
+                        ($rows, 1) => unsafe { kernel::<$rows, 1, MODE>(tile) },
+                        ($rows, 2) => unsafe { kernel::<$rows, 2, MODE>(tile) },
+                        ($rows, 3) => unsafe { kernel::<$rows, 3, MODE>(tile) },
                     )*
                     _ => unreachable!("1 to {ROWS} rows of 1 to {PANEL_VECTORS} vectors"),
                 }
@@ -480,7 +565,7 @@ mod avx512 {
     }
 
     #[inline(always)]
-    unsafe fn kernel<const R: usize, const V: usize, const BF16: bool>(tile: Tile) {
+    unsafe fn kernel<const R: usize, const V: usize, const MODE: u8>(tile: Tile) {
         // SAFETY: as `multiply_words`: the rows and panels read lie within their buffers.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); V]; R];
@@ -504,10 +589,19 @@ mod avx512 {
                         let value = lhs.add(r * stride + word - first).read_unaligned();
                         let broadcast = _mm512_set1_epi32(value as i32);
                         for (acc, weights) in acc.iter_mut().zip(&weights) {
-                            *acc = if BF16 {
-                                _mm512_dpbf16_ps(*acc, as_pairs(broadcast), as_pairs(*weights))
-                            } else {
-                                _mm512_fmadd_ps(_mm512_castsi512_ps(broadcast), *weights, *acc)
+                            *acc = match MODE {
+                                BF16 => {
+                                    _mm512_dpbf16_ps(*acc, as_pairs(broadcast), as_pairs(*weights))
+                                }
+                                // The i32 sums kept in the f32 registers, bit for bit.
+                                U8S8 => _mm512_castsi512_ps(_mm512_dpbusd_epi32(
+                                    _mm512_castps_si512(*acc),
+                                    broadcast,
+                                    _mm512_castps_si512(*weights),
+                                )),
+                                _ => {
+                                    _mm512_fmadd_ps(_mm512_castsi512_ps(broadcast), *weights, *acc)
+                                }
                             };
                         }
                     }
@@ -524,7 +618,13 @@ mod avx512 {
                     let mask = if v + 1 == V { last } else { full };
                     // The masked lanes lie within the output row and the bias.
                     let bias = _mm512_maskz_loadu_ps(mask, tile.bias.add(v * LANES));
-                    let mut value = _mm512_add_ps(*value, bias);
+                    let mut value = *value;
+                    if MODE == U8S8 {
+                        let scale = _mm512_maskz_loadu_ps(mask, tile.scale.add(v * LANES));
+                        let sums = _mm512_cvtepi32_ps(_mm512_castps_si512(value));
+                        value = _mm512_mul_ps(sums, scale);
+                    }
+                    value = _mm512_add_ps(value, bias);
                     if tile.relu {
                         value = _mm512_max_ps(value, _mm512_setzero_ps());
                     }
@@ -621,6 +721,7 @@ mod tests {
                         data: &rounded,
                         stride,
                     },
+                    Element::U8S8 => unreachable!("f32 and bf16 only"),
                 };
                 for (bias_on, relu) in [(true, false), (false, true)] {
                     let out_stride = columns + 3;

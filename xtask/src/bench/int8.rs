@@ -1,19 +1,21 @@
 //! `cargo xtask bench-int8`: what int8 post-training quantization costs a trained model in
 //! accuracy: top-1 in f32 and in int8 under each calibration rule, agreement with f32, and the
 //! per-layer sensitivity (the top-1 cost of quantizing each layer alone), with the layers that
-//! suffer most left in f32.
+//! suffer most left in f32. With `--speed`: the int8 network's images per second beside the CPU
+//! engine's f32 and bf16, on random-weight networks.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use burn::data::dataloader::DataLoader;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
 use repvgg_cli::{ArchArgs, CropArgs};
 use repvgg_cpu::int8::{CalibrationRule, QuantizedNetwork};
 use repvgg_data::{Augmentation, ImageFolder, ImageLoader, LoaderOptions};
-use repvgg_deploy::ResolvedCheckpoint;
-use repvgg_model::DeployNetwork;
+use repvgg_deploy::{CpuOptions, CpuPrecision, DeployModel, ResolvedCheckpoint};
+use repvgg_model::{DeployNetwork, RepVggArch};
 
 /// Quantize a trained model to int8 (weights per output channel, activations per layer,
 /// calibrated on --calibration-images training images) and report its top-1 on the validation
@@ -21,12 +23,29 @@ use repvgg_model::DeployNetwork;
 #[derive(Args, Debug)]
 pub struct Int8BenchArgs {
     /// A trained model (any file `eval` reads).
-    #[arg(long)]
-    weights: PathBuf,
+    #[arg(long, required_unless_present = "speed")]
+    weights: Option<PathBuf>,
 
     /// An ImageFolder data set: calibration images from DIR/train, accuracy on DIR/val.
+    #[arg(long, required_unless_present = "speed")]
+    data: Option<PathBuf>,
+
+    /// Time the int8 network beside the CPU engine in f32 and bf16 instead (random weights,
+    /// calibrated on random images): --arch, --batch, --size, medians of --rounds.
     #[arg(long)]
-    data: PathBuf,
+    speed: bool,
+
+    #[arg(long, value_delimiter = ',', default_value = "A0,B0")]
+    archs: Vec<RepVggArch>,
+
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    batch: Vec<usize>,
+
+    #[arg(long, default_value_t = 224)]
+    size: usize,
+
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 
     /// Training images the activations are calibrated on (the first ones, in folder order).
     #[arg(long, default_value_t = 256)]
@@ -48,29 +67,30 @@ pub struct Int8BenchArgs {
 type Batches = Vec<(Tensor<4>, Vec<i64>)>;
 
 pub fn run(args: Int8BenchArgs) -> Result<()> {
+    if args.speed {
+        return speed(&args);
+    }
+    let (Some(weights), Some(data)) = (&args.weights, &args.data) else {
+        bail!("give --weights and --data, or --speed");
+    };
     ensure!(
         args.calibration_images > 0,
         "--calibration-images must be at least 1"
     );
     let device = Device::flex();
-    let resolved = ResolvedCheckpoint::read(&args.weights, &args.arch.source())?;
+    let resolved = ResolvedCheckpoint::read(weights, &args.arch.source())?;
     let description = resolved.description.clone();
     let network = match resolved.into_model(&device)?.into_deploy()? {
         DeployNetwork::RepVgg(network) => network,
         DeployNetwork::Plus(_) => bail!("int8 quantization does not cover RepVGGplus yet"),
     };
-    let calibration = batches(
-        &args,
-        &args.data.join("train"),
-        args.calibration_images,
-        &device,
-    )?;
-    let validation = batches(&args, &args.data.join("val"), usize::MAX, &device)?;
+    let calibration = batches(&args, &data.join("train"), args.calibration_images, &device)?;
+    let validation = batches(&args, &data.join("val"), usize::MAX, &device)?;
     let images: usize = validation.iter().map(|(_, targets)| targets.len()).sum();
     println!(
         "{description} from {}: {} layers, calibrated on {} training images, {images} validation \
          images",
-        args.weights.display(),
+        weights.display(),
         network.blocks().count(),
         args.calibration_images
             .min(calibration.iter().map(|(_, t)| t.len()).sum()),
@@ -103,6 +123,72 @@ pub fn run(args: Int8BenchArgs) -> Result<()> {
         sensitivity(&networks[index], rules[index], &validation, f32_top1)?;
     }
     Ok(())
+}
+
+/// Images per second of the int8 network (AVX512_VNNI kernels where the CPU has them, else the
+/// integer definition) beside the CPU engine in f32 and bf16, medians of interleaved rounds.
+fn speed(args: &Int8BenchArgs) -> Result<()> {
+    ensure!(args.rounds > 0, "--rounds must be at least 1");
+    let device = Device::flex();
+    let bf16 = CpuPrecision::Bf16.is_supported();
+    println!("| model | batch | f32 img/s | bf16 img/s | int8 img/s | int8 / best of f32, bf16 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for &arch in &args.archs {
+        let network = arch.config().init_deploy(&device);
+        let calibration = (0..4).map(|_| random_images(8, args.size, &device));
+        let int8 = QuantizedNetwork::calibrate(&network, calibration, CalibrationRule::Mse)?;
+        let f32_model = DeployModel::new(network.clone());
+        let bf16_model = match bf16 {
+            true => Some(DeployModel::with_options(
+                network,
+                CpuOptions::default().with_precision(CpuPrecision::Bf16),
+            )?),
+            false => None,
+        };
+        for &batch in &args.batch {
+            let images = random_images(batch, args.size, &device);
+            let mut times: [Vec<f64>; 3] = Default::default();
+            for _ in 0..args.rounds {
+                times[0].push(seconds(|| drop(f32_model.forward(images.clone()))));
+                if let Some(model) = &bf16_model {
+                    times[1].push(seconds(|| drop(model.forward(images.clone()))));
+                }
+                times[2].push(seconds(|| drop(int8.forward(images.clone()))));
+            }
+            let rate = |times: &mut Vec<f64>| {
+                times.sort_by(f64::total_cmp);
+                times.get(times.len() / 2).map(|t| batch as f64 / t)
+            };
+            let [f32_rate, bf16_rate, int8_rate] = times.each_mut().map(rate);
+            let best = f32_rate.unwrap_or(0.0).max(bf16_rate.unwrap_or(0.0));
+            let show = |rate: Option<f64>| rate.map_or("-".to_string(), |r| format!("{r:.1}"));
+            println!(
+                "| {} | {batch} | {} | {} | {} | {:.2}x |",
+                arch.name(),
+                show(f32_rate),
+                show(bf16_rate),
+                show(int8_rate),
+                int8_rate.unwrap_or(0.0) / best
+            );
+        }
+    }
+    Ok(())
+}
+
+fn random_images(batch: usize, size: usize, device: &Device) -> Tensor<4> {
+    Tensor::random(
+        [batch, 3, size, size],
+        Distribution::Normal(0.0, 1.0),
+        device,
+    )
+}
+
+/// Seconds `work` takes, after one untimed run.
+fn seconds(mut work: impl FnMut()) -> f64 {
+    work();
+    let start = Instant::now();
+    work();
+    start.elapsed().as_secs_f64()
 }
 
 /// Each layer quantized alone (the others in f32), then the whole network with its 1, 2 and 3

@@ -7,6 +7,8 @@ use rayon::prelude::*;
 use repvgg_model::{Block, RepVggDeploy, RepVggDeployBlock};
 
 use super::calibrate::{ActivationScale, CalibrationRule, Observer};
+use crate::kernel::{self, Element, Lhs, PackedRhs};
+use crate::ops::MatMut;
 
 /// Why a network cannot be quantized.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,9 @@ pub struct QuantizedConv {
     pub input: ActivationScale,
     /// Whether the layer computes in int8 (else in f32).
     pub int8: bool,
+    /// The weights packed for the u8 x s8 kernels, one product per group (none where the CPU
+    /// lacks AVX512_VNNI).
+    packed: Vec<PackedRhs>,
 }
 
 /// A RepVGG deploy network with its convolutions in int8: calibrated on images, then run by
@@ -202,9 +207,92 @@ impl QuantizedNetwork {
 }
 
 impl QuantizedConv {
-    /// ReLU(conv(x) + bias): in int8 (the input rounded to u8 codes, products accumulated in
-    /// i32, one f32 rescale per output) or in f32.
+    /// ReLU(conv(x) + bias), on the AVX512_VNNI kernels where the layer is in int8 and the CPU
+    /// has them, else by [`forward_reference`](Self::forward_reference).
     fn forward(&self, x: &Activation) -> Activation {
+        match self.int8 && !self.packed.is_empty() {
+            true => self.forward_vnni(x),
+            false => self.forward_reference(x),
+        }
+    }
+
+    /// The int8 layer as im2col and one u8 x s8 product per group: the input's codes laid out
+    /// a row per output pixel (the zero point where the window leaves the image), the zero
+    /// point's share of the sums and the bias folded into one bias per channel.
+    fn forward_vnni(&self, x: &Activation) -> Activation {
+        let (height, width) = (
+            x.height.div_ceil(self.stride),
+            x.width.div_ceil(self.stride),
+        );
+        let (in_per_group, out_per_group) = (
+            self.in_channels / self.groups,
+            self.out_channels / self.groups,
+        );
+        let depth = 9 * in_per_group;
+        let padded = depth.next_multiple_of(4);
+        let codes: Vec<u8> = x.values.iter().map(|&v| self.input.quantize(v)).collect();
+        let zero_point = self.input.zero_point;
+        let scale: Vec<f32> = self
+            .weight_scale
+            .iter()
+            .map(|w| w * self.input.scale)
+            .collect();
+        let bias: Vec<f32> = self
+            .weight
+            .chunks_exact(depth)
+            .zip(scale.iter().zip(&self.bias))
+            .map(|(weights, (scale, bias))| {
+                let sum: i32 = weights.iter().map(|&w| i32::from(w)).sum();
+                bias - scale * (f32::from(zero_point) * sum as f32)
+            })
+            .collect();
+        let rows = height * width;
+        let mut columns = vec![0u8; rows * padded];
+        let mut out = vec![0f32; rows * self.out_channels];
+        for (group, packed) in self.packed.iter().enumerate() {
+            for oy in 0..height {
+                for ox in 0..width {
+                    let row = &mut columns[(oy * width + ox) * padded..][..depth];
+                    for (tap, slot) in row.chunks_exact_mut(in_per_group).enumerate() {
+                        let iy = (oy * self.stride + tap / 3).checked_sub(1);
+                        let ix = (ox * self.stride + tap % 3).checked_sub(1);
+                        match (iy, ix) {
+                            (Some(iy), Some(ix)) if iy < x.height && ix < x.width => {
+                                let at =
+                                    (iy * x.width + ix) * self.in_channels + group * in_per_group;
+                                slot.copy_from_slice(&codes[at..][..in_per_group]);
+                            }
+                            _ => slot.fill(zero_point),
+                        }
+                    }
+                }
+            }
+            let first = group * out_per_group;
+            let dst = MatMut::new(&mut out[first..], rows, out_per_group, self.out_channels);
+            let lhs = Lhs::U8 {
+                data: &columns,
+                stride: padded,
+            };
+            kernel::multiply_scaled(
+                dst,
+                lhs,
+                packed,
+                0..packed.panels(),
+                Some(&scale[first..]),
+                Some(&bias[first..]),
+                true,
+            );
+        }
+        Activation {
+            values: out,
+            height,
+            width,
+        }
+    }
+
+    /// ReLU(conv(x) + bias) as the int8 definition computes it (the input rounded to u8 codes,
+    /// products accumulated in i32, one f32 rescale per output), or in f32.
+    fn forward_reference(&self, x: &Activation) -> Activation {
         let (height, width) = (
             x.height.div_ceil(self.stride),
             x.width.div_ceil(self.stride),
@@ -306,7 +394,7 @@ fn quantize_conv(conv: &Conv2d, input: ActivationScale) -> QuantizedConv {
             },
         )
         .collect();
-    let weight = float_weight
+    let weight: Vec<i8> = float_weight
         .iter()
         .enumerate()
         .map(|(i, &w)| {
@@ -315,6 +403,17 @@ fn quantize_conv(conv: &Conv2d, input: ActivationScale) -> QuantizedConv {
                 .clamp(-127.0, 127.0) as i8
         })
         .collect();
+    let out_per_group = out_channels / groups;
+    let packed = match kernel::supported(Element::U8S8) {
+        true => (0..groups)
+            .map(|group| {
+                PackedRhs::new_s8(per_channel, out_per_group, |k, column| {
+                    weight[(group * out_per_group + column) * per_channel + k]
+                })
+            })
+            .collect(),
+        false => Vec::new(),
+    };
     QuantizedConv {
         in_channels: in_per_group * groups,
         out_channels,
@@ -329,6 +428,7 @@ fn quantize_conv(conv: &Conv2d, input: ActivationScale) -> QuantizedConv {
             .map_or_else(|| vec![0.0; out_channels], |b| floats(b.val())),
         input,
         int8: true,
+        packed,
     }
 }
 
@@ -432,6 +532,39 @@ mod tests {
                 assert!((a - b).abs() <= 1e-4 * scale, "{a} vs {b}");
             }
             x = integer;
+        }
+    }
+
+    /// The AVX512_VNNI layers compute what the integer definition does: the same i32 sums, the
+    /// zero point and bias folded differently in f32.
+    #[test]
+    fn the_vnni_kernels_agree_with_the_definition() {
+        if !kernel::supported(Element::U8S8) {
+            eprintln!("skipped: this CPU lacks AVX512_VNNI");
+            return;
+        }
+        let (deploy, images) = network();
+        let quantized =
+            QuantizedNetwork::calibrate(&deploy, [images.clone()], CalibrationRule::Mse).unwrap();
+        let [_, channels, height, width] = images.dims();
+        let data = images.into_data().try_to_vec::<f32>().unwrap();
+        let mut x = Activation {
+            values: (0..height * width)
+                .flat_map(|p| (0..channels).map(move |c| (c, p)))
+                .map(|(c, p)| data[c * height * width + p])
+                .collect(),
+            height,
+            width,
+        };
+        for (index, layer) in quantized.layers().iter().enumerate() {
+            assert!(!layer.packed.is_empty());
+            let fast = layer.forward_vnni(&x);
+            let reference = layer.forward_reference(&x);
+            let scale = reference.values.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            for (a, b) in fast.values.iter().zip(&reference.values) {
+                assert!((a - b).abs() <= 1e-5 * scale, "layer {index}: {a} vs {b}");
+            }
+            x = reference;
         }
     }
 
