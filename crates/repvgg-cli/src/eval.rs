@@ -80,6 +80,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
 pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let (weights, source, transform) = weights(args)?;
+    if repvgg_deploy::is_int8_file(&weights) {
+        return evaluate_int8(args, &weights, transform, progress);
+    }
     let resolved = ResolvedCheckpoint::read(&weights, &source)?;
     let config = resolved.config.clone();
     ensure!(
@@ -137,6 +140,50 @@ pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
             eprintln!("  {}: {reason}", path.display());
         }
     }
+    Ok(evaluation)
+}
+
+/// Evaluates an int8 model file (`repvgg quantize`'s) on the CPU's AVX512_VNNI kernels.
+fn evaluate_int8(
+    args: &EvalArgs,
+    path: &Path,
+    transform: EvalTransform,
+    progress: bool,
+) -> Result<Evaluation> {
+    ensure!(
+        args.device == DeviceChoice::Cpu,
+        "{} is an int8 model, which runs on the CPU: use --device cpu",
+        path.display()
+    );
+    ensure!(
+        repvgg_deploy::int8::vnni_supported(),
+        "{} is an int8 model, and this CPU lacks AVX512_VNNI, which its layers run on",
+        path.display()
+    );
+    let model = repvgg_deploy::read_int8(path)?;
+    let folder = open_folder(&args.data)?;
+    ensure!(
+        folder.classes.len() <= model.config.num_classes,
+        "{} has {} class folders but the network has {} outputs",
+        folder.root.display(),
+        folder.classes.len(),
+        model.config.num_classes
+    );
+    let device = Device::flex();
+    let loader = loader(args, &folder, transform, &device)?;
+    let bar = progress_bar(progress, loader.num_items());
+    if progress {
+        eprintln!(
+            "evaluating the int8 model {} (calibrated: {}) on {} images of {} classes",
+            path.display(),
+            model.calibration,
+            folder.len(),
+            folder.classes.len()
+        );
+    }
+    let on_batch = |evaluation: &Evaluation, _: &_| bar.set_position(evaluation.images as u64);
+    let evaluation = evaluate(&loader, |images| model.network.forward(images), on_batch)?;
+    bar.finish_and_clear();
     Ok(evaluation)
 }
 

@@ -1,8 +1,8 @@
 //! `repvgg`, the command-line tool: [`train`] (and its [`demo`]), [`convert`], [`eval`],
-//! [`classify`], [`archs`] and [`curves`]. Each command maps its flags onto the library crates'
-//! configs (`repvgg-train`, `repvgg-deploy`, `repvgg-data`, `repvgg-model`), does its work
-//! through them and prints what a user needs to read. [`Cli`] is the whole tool, so that another
-//! binary (the GPU bundle's `xtask`) can carry it as one subcommand.
+//! [`classify`], [`quantize`], [`archs`] and [`curves`]. Each command maps its flags onto the
+//! library crates' configs (`repvgg-train`, `repvgg-deploy`, `repvgg-data`, `repvgg-model`),
+//! does its work through them and prints what a user needs to read. [`Cli`] is the whole tool,
+//! so that another binary (the GPU bundle's `xtask`) can carry it as one subcommand.
 
 pub mod archs;
 pub mod classify;
@@ -10,6 +10,7 @@ pub mod convert;
 pub mod curves;
 pub mod demo;
 pub mod eval;
+pub mod quantize;
 mod report;
 pub mod train;
 
@@ -39,6 +40,7 @@ pub enum Command {
     Convert(convert::ConvertArgs),
     Eval(eval::EvalArgs),
     Classify(classify::ClassifyArgs),
+    Quantize(quantize::QuantizeArgs),
     /// Print the architecture table: parameters and compute of every reference architecture.
     Archs {
         /// Square input size the compute is counted at.
@@ -62,6 +64,7 @@ impl Cli {
                 Ok(())
             }
             Command::Curves(args) => curves::run(&args),
+            Command::Quantize(args) => quantize::run(args),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,8 @@ mod checkpoint;
 mod deploy_model;
 mod detect;
 mod error;
+#[cfg(feature = "cpu")]
+mod int8_file;
 mod load;
 #[cfg(feature = "onnx")]
 pub mod onnx;
@@ -43,11 +45,16 @@ pub use checkpoint::{Checkpoint, Form, Format, read_checkpoint, write_checkpoint
 pub use deploy_model::DeployModel;
 pub use detect::detect_arch;
 pub use error::{BoxedError, DeployError};
+#[cfg(feature = "cpu")]
+pub use int8_file::{Int8Model, is_int8_file, read_int8, write_int8};
 pub use load::{ArchSource, LoadedModel, ResolvedCheckpoint, load_checkpoint};
 #[cfg(feature = "pretrained")]
 pub use pretrained::{
     DEFAULT_ENDPOINT, PRETRAINED_ARCHS, PretrainedEval, PretrainedOptions, WEIGHTS_FILE,
     download_pretrained, pretrained, pretrained_with,
 };
+/// Int8 post-training quantization (`repvgg-cpu`'s): calibration and the int8 network.
+#[cfg(feature = "cpu")]
+pub use repvgg_cpu::int8;
 #[cfg(feature = "cpu")]
 pub use repvgg_cpu::{ConvAlgorithm, CpuEngine, CpuOptions, CpuPrecision, WinogradTile};

@@ -8,4 +8,10 @@ mod calibrate;
 mod network;
 
 pub use calibrate::{ActivationScale, CalibrationRule};
-pub use network::{QuantizeError, QuantizedConv, QuantizedNetwork};
+pub use network::{ConvShape, QuantizeError, QuantizedConv, QuantizedNetwork};
+
+/// Whether this CPU has AVX512_VNNI, which the int8 layers run on (elsewhere
+/// [`QuantizedNetwork::forward`] falls back to the integer definition, many times slower).
+pub fn vnni_supported() -> bool {
+    crate::kernel::supported(crate::kernel::Element::U8S8)
+}

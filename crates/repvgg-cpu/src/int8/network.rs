@@ -123,9 +123,22 @@ impl QuantizedNetwork {
             .collect())
     }
 
+    /// A network from its layers (stem first) and its classifier (`[in][out]` weights, as
+    /// Burn's `Linear` keeps them, and the bias), as a file keeps them.
+    pub fn from_parts(layers: Vec<QuantizedConv>, head: Option<(Vec<f32>, Vec<f32>)>) -> Self {
+        Self { layers, head }
+    }
+
     /// The layers, stem first.
     pub fn layers(&self) -> &[QuantizedConv] {
         &self.layers
+    }
+
+    /// The classifier's `[in][out]` weights and bias; `None` for a headless network.
+    pub fn head(&self) -> Option<(&[f32], &[f32])> {
+        self.head
+            .as_ref()
+            .map(|(w, b)| (w.as_slice(), b.as_slice()))
     }
 
     /// This network with layer `index` (0: the stem) computing in int8 or f32.
@@ -372,7 +385,6 @@ fn dot_u8_i8(x: &[u8], w: &[i8]) -> i32 {
 /// -127..=127) and its input by `input`.
 fn quantize_conv(conv: &Conv2d, input: ActivationScale) -> QuantizedConv {
     let [out_channels, in_per_group, _, _] = conv.weight.dims();
-    let groups = conv.groups;
     // [out][in][ky][kx] to [out][ky][kx][in].
     let weights = floats(conv.weight.val());
     let mut float_weight = vec![0f32; weights.len()];
@@ -384,51 +396,145 @@ fn quantize_conv(conv: &Conv2d, input: ActivationScale) -> QuantizedConv {
             }
         }
     }
-    let per_channel = 9 * in_per_group;
-    let weight_scale: Vec<f32> = float_weight
-        .chunks_exact(per_channel)
-        .map(
-            |w| match w.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0 {
-                scale if scale > 0.0 => scale,
-                _ => 1.0,
-            },
-        )
-        .collect();
-    let weight: Vec<i8> = float_weight
-        .iter()
-        .enumerate()
-        .map(|(i, &w)| {
-            (w / weight_scale[i / per_channel])
-                .round()
-                .clamp(-127.0, 127.0) as i8
-        })
-        .collect();
-    let out_per_group = out_channels / groups;
-    let packed = match kernel::supported(Element::U8S8) {
-        true => (0..groups)
-            .map(|group| {
-                PackedRhs::new_s8(per_channel, out_per_group, |k, column| {
-                    weight[(group * out_per_group + column) * per_channel + k]
-                })
-            })
-            .collect(),
-        false => Vec::new(),
-    };
-    QuantizedConv {
-        in_channels: in_per_group * groups,
+    let shape = ConvShape {
+        in_channels: in_per_group * conv.groups,
         out_channels,
         stride: conv.stride[0],
-        groups,
-        weight,
-        weight_scale,
-        float_weight,
-        bias: conv
-            .bias
-            .as_ref()
-            .map_or_else(|| vec![0.0; out_channels], |b| floats(b.val())),
-        input,
-        int8: true,
-        packed,
+        groups: conv.groups,
+    };
+    let bias = conv
+        .bias
+        .as_ref()
+        .map_or_else(|| vec![0.0; out_channels], |b| floats(b.val()));
+    QuantizedConv::from_f32(shape, float_weight, bias, input)
+}
+
+/// The geometry of one layer: a 3x3 convolution with padding 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub stride: usize,
+    pub groups: usize,
+}
+
+impl ConvShape {
+    /// Weights per output channel: `9 * in_channels / groups`.
+    pub fn weights_per_channel(&self) -> usize {
+        9 * self.in_channels / self.groups
+    }
+}
+
+impl QuantizedConv {
+    /// A layer in int8 from f32 weights `[out][ky][kx][in / groups]`, quantized symmetrically
+    /// per output channel.
+    ///
+    /// # Panics
+    /// If the weights or the bias do not have `shape`'s sizes.
+    pub fn from_f32(
+        shape: ConvShape,
+        float_weight: Vec<f32>,
+        bias: Vec<f32>,
+        input: ActivationScale,
+    ) -> Self {
+        let per_channel = shape.weights_per_channel();
+        assert_eq!(
+            float_weight.len(),
+            per_channel * shape.out_channels,
+            "weights"
+        );
+        let weight_scale: Vec<f32> = float_weight
+            .chunks_exact(per_channel)
+            .map(
+                |w| match w.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0 {
+                    scale if scale > 0.0 => scale,
+                    _ => 1.0,
+                },
+            )
+            .collect();
+        let weight: Vec<i8> = float_weight
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                (w / weight_scale[i / per_channel])
+                    .round()
+                    .clamp(-127.0, 127.0) as i8
+            })
+            .collect();
+        Self::assemble(shape, weight, weight_scale, float_weight, bias, input)
+    }
+
+    /// A layer in int8 from s8 weights `[out][ky][kx][in / groups]` and their scale per output
+    /// channel (as a file keeps them); its f32 weights are their dequantized values.
+    ///
+    /// # Panics
+    /// If the weights, scales or bias do not have `shape`'s sizes.
+    pub fn from_s8(
+        shape: ConvShape,
+        weight: Vec<i8>,
+        weight_scale: Vec<f32>,
+        bias: Vec<f32>,
+        input: ActivationScale,
+    ) -> Self {
+        let per_channel = shape.weights_per_channel();
+        assert_eq!(weight.len(), per_channel * shape.out_channels, "weights");
+        assert_eq!(
+            weight_scale.len(),
+            shape.out_channels,
+            "a scale per channel"
+        );
+        let float_weight = weight
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| f32::from(w) * weight_scale[i / per_channel])
+            .collect();
+        Self::assemble(shape, weight, weight_scale, float_weight, bias, input)
+    }
+
+    fn assemble(
+        shape: ConvShape,
+        weight: Vec<i8>,
+        weight_scale: Vec<f32>,
+        float_weight: Vec<f32>,
+        bias: Vec<f32>,
+        input: ActivationScale,
+    ) -> Self {
+        assert_eq!(bias.len(), shape.out_channels, "a bias per channel");
+        let per_channel = shape.weights_per_channel();
+        let out_per_group = shape.out_channels / shape.groups;
+        let packed = match kernel::supported(Element::U8S8) {
+            true => (0..shape.groups)
+                .map(|group| {
+                    PackedRhs::new_s8(per_channel, out_per_group, |k, column| {
+                        weight[(group * out_per_group + column) * per_channel + k]
+                    })
+                })
+                .collect(),
+            false => Vec::new(),
+        };
+        Self {
+            in_channels: shape.in_channels,
+            out_channels: shape.out_channels,
+            stride: shape.stride,
+            groups: shape.groups,
+            weight,
+            weight_scale,
+            float_weight,
+            bias,
+            input,
+            int8: true,
+            packed,
+        }
+    }
+
+    /// The layer's geometry.
+    pub fn shape(&self) -> ConvShape {
+        ConvShape {
+            in_channels: self.in_channels,
+            out_channels: self.out_channels,
+            stride: self.stride,
+            groups: self.groups,
+        }
     }
 }
 
