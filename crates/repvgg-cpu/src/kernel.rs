@@ -187,6 +187,15 @@ pub(crate) enum Lhs<'a> {
         data: &'a [u8],
         stride: usize,
     },
+    /// u8 rows whose depth lies in runs of `segment` codes, `pitch` apart, as
+    /// [`Lhs::F32Segments`] (a 3x3 window read where a padded, channels-last input lies); all
+    /// three a multiple of 4.
+    U8Segments {
+        data: &'a [u8],
+        stride: usize,
+        segment: usize,
+        pitch: usize,
+    },
 }
 
 /// `dst = bias + lhs · rhs` (then `max(0, ..)` when `relu`) for the columns of the panels
@@ -265,6 +274,28 @@ pub(crate) fn multiply_scaled(
                 "u8 rows need an s8 right-hand side"
             );
             assert!(stride % 4 == 0, "u8 rows start on a word");
+            (stride, data.len())
+        }
+        Lhs::U8Segments {
+            data,
+            stride,
+            segment: run,
+            pitch: apart,
+        } => {
+            assert_eq!(
+                rhs.element,
+                Element::U8S8,
+                "u8 rows need an s8 right-hand side"
+            );
+            assert!(
+                stride % 4 == 0 && run % 4 == 0 && apart % 4 == 0,
+                "u8 runs start on words"
+            );
+            assert!(
+                run > 0 && depth % run == 0,
+                "runs of {run} do not make a depth of {depth}"
+            );
+            (segment, pitch) = (run, apart);
             (stride, data.len())
         }
     };
@@ -445,13 +476,13 @@ mod avx512 {
                 };
                 multiply_bf16(rows, rhs, panels, out)
             },
-            Lhs::U8 { data, stride } => unsafe {
-                // Quads of codes: one run of the whole depth.
+            Lhs::U8 { data, stride } | Lhs::U8Segments { data, stride, .. } => unsafe {
+                // Quads of codes.
                 let rows = Rows {
                     first: data.as_ptr().cast(),
                     stride: stride / 4,
                     segment: segment / 4,
-                    pitch: 0,
+                    pitch: pitch / 4,
                 };
                 multiply_u8s8(rows, rhs, panels, out)
             },

@@ -229,21 +229,21 @@ impl QuantizedConv {
         }
     }
 
-    /// The int8 layer as im2col and one u8 x s8 product per group: the input's codes laid out
-    /// a row per output pixel (the zero point where the window leaves the image), the zero
-    /// point's share of the sums and the bias folded into one bias per channel.
+    /// The int8 layer on the u8 x s8 kernels, one output row per task: the input's codes laid
+    /// out channels-last with a border of the zero point, read in place by the product where
+    /// the layer is ungrouped and its channels come in fours (each output pixel's window: three
+    /// runs of `3 x channels` codes, one padded row apart), else through an im2col of the row
+    /// per group. The zero point's share of the sums and the bias fold into one bias per
+    /// channel.
     fn forward_vnni(&self, x: &Activation) -> Activation {
         let (height, width) = (
             x.height.div_ceil(self.stride),
             x.width.div_ceil(self.stride),
         );
-        let (in_per_group, out_per_group) = (
-            self.in_channels / self.groups,
-            self.out_channels / self.groups,
-        );
+        let channels = self.in_channels;
+        let (in_per_group, out_per_group) =
+            (channels / self.groups, self.out_channels / self.groups);
         let depth = 9 * in_per_group;
-        let padded = depth.next_multiple_of(4);
-        let codes: Vec<u8> = x.values.iter().map(|&v| self.input.quantize(v)).collect();
         let zero_point = self.input.zero_point;
         let scale: Vec<f32> = self
             .weight_scale
@@ -259,43 +259,76 @@ impl QuantizedConv {
                 bias - scale * (f32::from(zero_point) * sum as f32)
             })
             .collect();
-        let rows = height * width;
-        let mut columns = vec![0u8; rows * padded];
-        let mut out = vec![0f32; rows * self.out_channels];
-        for (group, packed) in self.packed.iter().enumerate() {
-            for oy in 0..height {
-                for ox in 0..width {
-                    let row = &mut columns[(oy * width + ox) * padded..][..depth];
-                    for (tap, slot) in row.chunks_exact_mut(in_per_group).enumerate() {
-                        let iy = (oy * self.stride + tap / 3).checked_sub(1);
-                        let ix = (ox * self.stride + tap % 3).checked_sub(1);
-                        match (iy, ix) {
-                            (Some(iy), Some(ix)) if iy < x.height && ix < x.width => {
-                                let at =
-                                    (iy * x.width + ix) * self.in_channels + group * in_per_group;
-                                slot.copy_from_slice(&codes[at..][..in_per_group]);
-                            }
-                            _ => slot.fill(zero_point),
+        let padded_width = x.width + 2;
+        let mut padded = vec![zero_point; (x.height + 2) * padded_width * channels];
+        for (row, values) in x.values.chunks_exact(x.width * channels).enumerate() {
+            let start = ((row + 1) * padded_width + 1) * channels;
+            let codes = &mut padded[start..][..x.width * channels];
+            self.input.quantize_into(values, codes);
+        }
+        let in_place = self.groups == 1 && channels.is_multiple_of(4);
+        let row_bytes = padded_width * channels;
+        let mut out = vec![0f32; height * width * self.out_channels];
+        out.par_chunks_mut(width * self.out_channels)
+            .enumerate()
+            .for_each(|(oy, out_row)| {
+                let window = &padded[oy * self.stride * row_bytes..];
+                if in_place {
+                    let packed = &self.packed[0];
+                    let lhs = Lhs::U8Segments {
+                        data: window,
+                        stride: self.stride * channels,
+                        segment: 3 * channels,
+                        pitch: row_bytes,
+                    };
+                    let dst = MatMut::new(out_row, width, self.out_channels, self.out_channels);
+                    let panels = 0..packed.panels();
+                    kernel::multiply_scaled(
+                        dst,
+                        lhs,
+                        packed,
+                        panels,
+                        Some(&scale),
+                        Some(&bias),
+                        true,
+                    );
+                    return;
+                }
+                let words = depth.next_multiple_of(4);
+                let mut columns = vec![0u8; width * words];
+                for (group, packed) in self.packed.iter().enumerate() {
+                    for ox in 0..width {
+                        let row = &mut columns[ox * words..][..depth];
+                        for (tap, slot) in row.chunks_exact_mut(in_per_group).enumerate() {
+                            let (ky, kx) = (tap / 3, tap % 3);
+                            let at = ky * row_bytes
+                                + (ox * self.stride + kx) * channels
+                                + group * in_per_group;
+                            slot.copy_from_slice(&window[at..][..in_per_group]);
                         }
                     }
+                    let first = group * out_per_group;
+                    let dst = MatMut::new(
+                        &mut out_row[first..],
+                        width,
+                        out_per_group,
+                        self.out_channels,
+                    );
+                    let lhs = Lhs::U8 {
+                        data: &columns,
+                        stride: words,
+                    };
+                    kernel::multiply_scaled(
+                        dst,
+                        lhs,
+                        packed,
+                        0..packed.panels(),
+                        Some(&scale[first..]),
+                        Some(&bias[first..]),
+                        true,
+                    );
                 }
-            }
-            let first = group * out_per_group;
-            let dst = MatMut::new(&mut out[first..], rows, out_per_group, self.out_channels);
-            let lhs = Lhs::U8 {
-                data: &columns,
-                stride: padded,
-            };
-            kernel::multiply_scaled(
-                dst,
-                lhs,
-                packed,
-                0..packed.panels(),
-                Some(&scale[first..]),
-                Some(&bias[first..]),
-                true,
-            );
-        }
+            });
         Activation {
             values: out,
             height,
@@ -312,10 +345,10 @@ impl QuantizedConv {
         );
         let in_per_group = self.in_channels / self.groups;
         let out_per_group = self.out_channels / self.groups;
-        let codes: Vec<u8> = match self.int8 {
-            true => x.values.iter().map(|&v| self.input.quantize(v)).collect(),
-            false => Vec::new(),
-        };
+        let mut codes = vec![0u8; if self.int8 { x.values.len() } else { 0 }];
+        if self.int8 {
+            self.input.quantize_into(&x.values, &mut codes);
+        }
         // Per output channel and tap, the sum of the weights: the zero point's share of the
         // products, subtracted where the tap lies inside the image.
         let weight_sums: Vec<i32> = self
