@@ -34,6 +34,11 @@ pub struct QuantizeArgs {
     #[arg(long)]
     pub output: PathBuf,
 
+    /// Also write the model as QDQ ONNX (QuantizeLinear/DequantizeLinear around each int8
+    /// convolution), which ONNX Runtime and OpenVINO run in int8.
+    #[arg(long, value_name = "FILE.onnx")]
+    pub onnx: Option<PathBuf>,
+
     /// How each layer's input range is chosen: minmax, percentile (99.99), percentile:P or
     /// mse.
     #[arg(long, default_value = "mse", value_parser = parse_rule)]
@@ -123,6 +128,10 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         calibration: format!("{}, {count} images", args.rule),
     };
     write_int8(&model, &args.output)?;
+    if let Some(path) = &args.onnx {
+        repvgg_deploy::onnx::write_int8_onnx(&model, path)?;
+        println!("wrote {} (QDQ ONNX)", path.display());
+    }
     let int8_layers = model.network.layers().iter().filter(|l| l.int8).count();
     println!(
         "wrote {} ({int8_layers} of {} layers in int8)",

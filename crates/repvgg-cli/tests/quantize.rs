@@ -41,6 +41,7 @@ fn a_model_becomes_an_int8_file_that_eval_runs() {
         path("data"),
         path("model-int8.safetensors"),
     );
+    let onnx = path("model-int8.onnx");
     let flags = [
         "quantize",
         "--weights",
@@ -57,6 +58,8 @@ fn a_model_becomes_an_int8_file_that_eval_runs() {
         "16",
         "--image-size",
         "32",
+        "--onnx",
+        &onnx,
     ];
     let quantized = repvgg(&flags);
     if !repvgg_deploy::int8::vnni_supported() {

@@ -112,7 +112,19 @@ pub fn write_int8(model: &Int8Model, path: &Path) -> Result<(), DeployError> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(failed)?;
-        safetensors::serialize_to_file(views, Some(metadata), temporary).map_err(failed)
+        safetensors::serialize_to_file(views, Some(metadata), temporary).map_err(failed)?;
+        // The crate writes a private (0600) file; a model file is for others to read too.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(temporary, fs::Permissions::from_mode(0o644)).map_err(
+                |source| DeployError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            )?;
+        }
+        Ok(())
     })
 }
 

@@ -97,3 +97,52 @@ fn other_and_damaged_files_are_refused_naming_the_problem() {
         "{message}"
     );
 }
+
+/// The QDQ ONNX export, run by tract (a Rust ONNX runtime), computes the int8 network: the same
+/// quantization of every int8 layer's input and weights, so the logits agree but for rounding
+/// ties (ONNX rounds them to even, the int8 definition up).
+#[test]
+fn the_qdq_onnx_export_computes_the_int8_network() {
+    use tract_onnx::prelude::{
+        DatumExt, Framework, InferenceModelExt, IntoRunnable, tract_ndarray, tvec,
+    };
+
+    let (model, images) = model();
+    let bytes = repvgg_deploy::onnx::int8_to_onnx(&model).unwrap();
+    let shape: Vec<usize> = images.dims().to_vec();
+    let runnable = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .unwrap()
+        .with_input_fact(0, f32::fact(&shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let values: Vec<f32> = images.to_data().iter::<f32>().collect();
+    let input = tract_ndarray::ArrayD::from_shape_vec(shape, values).unwrap();
+    let outputs = runnable
+        .run(tvec!(tract_onnx::prelude::Tensor::from(input).into()))
+        .unwrap();
+    let actual: Vec<f32> = outputs[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let expected: Vec<f32> = model
+        .network
+        .forward(images)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    assert_eq!(actual.len(), expected.len());
+    let scale = expected.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    let difference = actual
+        .iter()
+        .zip(&expected)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()))
+        / scale;
+    eprintln!("QDQ ONNX in tract vs the int8 network: {difference:.1e} of the largest logit");
+    assert!(difference < 1e-3, "{difference:e}");
+}

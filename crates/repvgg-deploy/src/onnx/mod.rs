@@ -7,8 +7,18 @@
 //! `images` of shape `[batch, 3, height, width]` with all but the channels symbolic, the output
 //! `logits` (`[batch, classes]`), or `features` (`[batch, channels]`, the pooled last map) without
 //! the head; optionally every stage's feature map as further outputs `stage0` ... `stage4`.
+//!
+//! An int8 model ([`int8_to_onnx`]) is written as QDQ: each int8 convolution's input passes
+//! through `QuantizeLinear`/`DequantizeLinear` with its calibrated scale and zero point, and its
+//! s8 weights through `DequantizeLinear` with their scales per output channel, which ONNX
+//! Runtime and OpenVINO run as int8 convolutions.
 
 mod proto;
+#[cfg(feature = "cpu")]
+mod qdq;
+
+#[cfg(feature = "cpu")]
+pub use qdq::{int8_to_onnx, write_int8_onnx};
 
 use std::path::Path;
 

@@ -105,6 +105,10 @@ pub struct TensorProto {
 
 /// `TensorProto.DataType.FLOAT`.
 pub const FLOAT: i32 = 1;
+/// `TensorProto.DataType.UINT8`.
+pub const UINT8: i32 = 2;
+/// `TensorProto.DataType.INT8`.
+pub const INT8: i32 = 3;
 
 /// `ValueInfoProto`: a graph input or output, named and typed.
 #[derive(Clone, PartialEq, prost::Message)]
