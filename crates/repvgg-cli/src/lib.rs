@@ -24,7 +24,8 @@ use repvgg_deploy::{ArchSource, CpuOptions, CpuPrecision, DeployModel};
 use repvgg_model::{DeployNetwork, RepVggArch};
 
 /// RepVGG for Burn: train, convert training checkpoints (ours, the PyTorch reference's, timm's)
-/// into the fast plain model, evaluate weights, classify images.
+/// into the fast plain model, evaluate weights, classify images, quantize to int8, draw training
+/// curves.
 #[derive(Parser, Debug)]
 #[command(name = "repvgg", version)]
 pub struct Cli {
