@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::config::{Config, config_to_json};
@@ -46,9 +47,9 @@ pub fn write_int8(model: &Int8Model, path: &Path) -> Result<(), DeployError> {
         let weight_shape = vec![shape.out_channels, 3, 3, shape.in_channels / shape.groups];
         match layer.int8 {
             true => {
-                let bytes = layer.weight.iter().map(|&w| w as u8).collect();
+                let bytes = layer.weight().iter().map(|&w| w as u8).collect();
                 tensors.push((format!("layer{i}.weight"), Dtype::I8, weight_shape, bytes));
-                let scales = floats(&layer.weight_scale);
+                let scales = floats(layer.weight_scale());
                 tensors.push((
                     format!("layer{i}.weight_scale"),
                     Dtype::F32,
@@ -60,14 +61,14 @@ pub fn write_int8(model: &Int8Model, path: &Path) -> Result<(), DeployError> {
                 format!("layer{i}.float_weight"),
                 Dtype::F32,
                 weight_shape,
-                floats(&layer.float_weight),
+                floats(layer.float_weight()),
             )),
         }
         tensors.push((
             format!("layer{i}.bias"),
             Dtype::F32,
             vec![shape.out_channels],
-            floats(&layer.bias),
+            floats(layer.bias()),
         ));
         let input = [layer.input.scale, f32::from(layer.input.zero_point)];
         tensors.push((
@@ -128,19 +129,27 @@ pub fn write_int8(model: &Int8Model, path: &Path) -> Result<(), DeployError> {
     })
 }
 
-/// Whether `path` is an int8 model file (a safetensors file whose metadata says so); any
-/// other file, readable or not, is not.
+/// Whether `path` is an int8 model file: a safetensors file whose header's metadata says so.
+/// Only the header is read (a checkpoint of any size is answered at once); any other file,
+/// readable or not, is not one.
 pub fn is_int8_file(path: &Path) -> bool {
-    let Ok(bytes) = fs::read(path) else {
-        return false;
-    };
-    SafeTensors::read_metadata(&bytes).is_ok_and(|(_, metadata)| {
-        metadata
-            .metadata()
-            .as_ref()
-            .and_then(|m| m.get(FORMAT_KEY))
-            .is_some_and(|format| format == FORMAT)
-    })
+    header(path).is_some_and(|header| header["__metadata__"][FORMAT_KEY].as_str() == Some(FORMAT))
+}
+
+/// The JSON header of the safetensors file at `path`, when it has one.
+fn header(path: &Path) -> Option<serde_json::Value> {
+    /// Larger headers are refused, as the safetensors crate refuses them.
+    const MAX_HEADER: u64 = 100_000_000;
+    let mut file = fs::File::open(path).ok()?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).ok()?;
+    let length = u64::from_le_bytes(length);
+    if length > MAX_HEADER {
+        return None;
+    }
+    let mut bytes = vec![0u8; length as usize];
+    file.read_exact(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Reads an int8 model file, checking every tensor against the architecture it records.
