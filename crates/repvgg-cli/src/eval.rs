@@ -3,18 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use burn::data::dataloader::DataLoader;
 use burn::tensor::Device;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use repvgg_data::{
-    Augmentation, EvalTransform, Evaluation, ImageFolder, ImageLoader, LoaderOptions, evaluate,
-};
+use repvgg_data::{EvalTransform, Evaluation, evaluate};
 use repvgg_deploy::{ArchSource, CpuPrecision, LoadedModel, ResolvedCheckpoint};
 use repvgg_model::{DeviceChoice, RepVggArch, logit_difference};
 
-use crate::{ArchArgs, CropArgs, deploy_model};
+use crate::{ArchArgs, CropArgs, deploy_model, evaluation_loader, open_split};
 
 /// Evaluate weights on an ImageFolder validation set: top-1 and top-5 accuracy.
 ///
@@ -90,7 +88,7 @@ pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
         "{} holds a headless network (no classifier): nothing to evaluate",
         weights.display()
     );
-    let folder = open_folder(&args.data)?;
+    let folder = open_split(&args.data, "val")?;
     ensure!(
         folder.classes.len() <= config.num_classes,
         "{} has {} class folders but the network has {} outputs",
@@ -99,7 +97,7 @@ pub fn evaluate_file(args: &EvalArgs, progress: bool) -> Result<Evaluation> {
         config.num_classes
     );
     let device = args.device.device()?;
-    let loader = loader(args, &folder, transform.clone(), &device)?;
+    let loader = evaluation_loader(&folder, &transform, args.batch_size, args.workers, &device)?;
     let what = format!("{}, {} form", resolved.description, resolved.form());
     let bar = progress_bar(progress, loader.num_items());
     let on_batch = |evaluation: &Evaluation, _: &_| {
@@ -161,7 +159,7 @@ fn evaluate_int8(
         path.display()
     );
     let model = repvgg_deploy::read_int8(path)?;
-    let folder = open_folder(&args.data)?;
+    let folder = open_split(&args.data, "val")?;
     ensure!(
         folder.classes.len() <= model.config.num_classes,
         "{} has {} class folders but the network has {} outputs",
@@ -170,7 +168,7 @@ fn evaluate_int8(
         model.config.num_classes
     );
     let device = Device::flex();
-    let loader = loader(args, &folder, transform, &device)?;
+    let loader = evaluation_loader(&folder, &transform, args.batch_size, args.workers, &device)?;
     let bar = progress_bar(progress, loader.num_items());
     if progress {
         eprintln!(
@@ -208,12 +206,12 @@ pub fn compare_precisions(args: &EvalArgs) -> Result<PrecisionAgreement> {
     ensure!(args.batch_size > 0, "--batch-size must be at least 1");
     let (weights, source, transform) = weights(args)?;
     let resolved = ResolvedCheckpoint::read(&weights, &source)?;
-    let folder = open_folder(&args.data)?;
+    let folder = open_split(&args.data, "val")?;
     let device = Device::flex();
     let net = resolved.into_model(&device)?.into_deploy()?;
     let full = deploy_model(net.clone(), CpuPrecision::F32)?;
     let reduced = deploy_model(net, CpuPrecision::Bf16)?;
-    let loader = loader(args, &folder, transform, &device)?;
+    let loader = evaluation_loader(&folder, &transform, args.batch_size, args.workers, &device)?;
     let (mut f32_eval, mut bf16_eval) = (Evaluation::default(), Evaluation::default());
     let mut max_relative = 0f32;
     for batch in loader.iter() {
@@ -268,39 +266,6 @@ fn pretrained_weights(
 #[cfg(not(feature = "pretrained"))]
 fn pretrained_weights(_: RepVggArch, _: &EvalArgs) -> Result<(PathBuf, ArchSource, EvalTransform)> {
     bail!("give --weights FILE (this build has no pretrained weights)")
-}
-
-/// `dir/val` when it exists (a data set root), else `dir` itself.
-fn open_folder(dir: &Path) -> Result<ImageFolder> {
-    let val = dir.join("val");
-    let root = if val.is_dir() { val } else { dir.to_path_buf() };
-    ImageFolder::open(&root)
-        .with_context(|| format!("cannot use {} as a validation set", root.display()))
-}
-
-fn loader(
-    args: &EvalArgs,
-    folder: &ImageFolder,
-    transform: EvalTransform,
-    device: &Device,
-) -> Result<ImageLoader> {
-    let workers = args
-        .workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
-    ensure!(workers > 0, "--workers must be at least 1");
-    Ok(ImageLoader::new(
-        folder.samples.clone(),
-        Augmentation::Eval(transform),
-        LoaderOptions {
-            batch_size: args.batch_size,
-            workers,
-            seed: 0,
-            shuffle: false,
-            mixup_alpha: None,
-            prefetch: 2,
-        },
-        device,
-    )?)
 }
 
 fn progress_bar(visible: bool, total: usize) -> ProgressBar {

@@ -19,7 +19,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use repvgg_data::{DEFAULT_CROP_PCT, EvalTransform};
+use repvgg_data::{
+    Augmentation, DEFAULT_CROP_PCT, EvalTransform, ImageFolder, ImageLoader, LoaderOptions,
+};
 use repvgg_deploy::{ArchSource, CpuOptions, CpuPrecision, DeployModel};
 use repvgg_model::{DeployNetwork, RepVggArch};
 
@@ -151,6 +153,48 @@ impl CropArgs {
             self.crop_pct.unwrap_or(crop_pct),
         )
     }
+}
+
+/// `dir/split` (`val`, `train`) when it exists, a data set's root, else `dir` itself, as an
+/// ImageFolder.
+pub fn open_split(dir: &std::path::Path, split: &str) -> anyhow::Result<ImageFolder> {
+    let nested = dir.join(split);
+    let root = if nested.is_dir() {
+        nested
+    } else {
+        dir.to_path_buf()
+    };
+    ImageFolder::open(&root)
+        .map_err(|err| anyhow::anyhow!("cannot read {} as an image folder: {err}", root.display()))
+}
+
+/// `folder`'s images through the evaluation `transform`, in folder order, `batch_size` a batch,
+/// decoded on `workers` threads (default: all cores).
+pub fn evaluation_loader(
+    folder: &ImageFolder,
+    transform: &EvalTransform,
+    batch_size: usize,
+    workers: Option<usize>,
+    device: &burn::tensor::Device,
+) -> anyhow::Result<ImageLoader> {
+    let workers =
+        workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
+    anyhow::ensure!(workers > 0, "--workers must be at least 1");
+    let options = LoaderOptions {
+        batch_size,
+        workers,
+        seed: 0,
+        shuffle: false,
+        mixup_alpha: None,
+        prefetch: 2,
+    };
+    let augmentation = Augmentation::Eval(transform.clone());
+    Ok(ImageLoader::new(
+        folder.samples.clone(),
+        augmentation,
+        options,
+        device,
+    )?)
 }
 
 /// The evaluation input size when neither the flags nor the weights give one.

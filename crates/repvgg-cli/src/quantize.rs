@@ -1,20 +1,18 @@
 //! `repvgg quantize`: a trained model to an int8 model file, calibrated on images, with an
 //! accuracy report against f32 and the option to leave the layers that suffer most in f32.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use burn::data::dataloader::DataLoader;
 use burn::tensor::{Device, Tensor};
 use clap::Args;
-use repvgg_data::{
-    Augmentation, EvalTransform, Evaluation, ImageFolder, ImageLoader, LoaderOptions, evaluate,
-};
+use repvgg_data::{EvalTransform, Evaluation, ImageFolder, evaluate};
 use repvgg_deploy::int8::{CalibrationRule, QuantizedNetwork};
 use repvgg_deploy::{Int8Model, ResolvedCheckpoint, write_int8};
 use repvgg_model::DeployNetwork;
 
-use crate::{ArchArgs, CropArgs};
+use crate::{ArchArgs, CropArgs, evaluation_loader, open_split};
 
 /// Quantize a trained model to int8: weights per output channel, each layer's input calibrated
 /// on images, written as one .safetensors file that `repvgg eval` runs.
@@ -86,7 +84,7 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
         DeployNetwork::Plus(_) => bail!("int8 quantization does not cover RepVGGplus yet"),
     };
     let transform = args.crop.transform();
-    let calibration_folder = open(&args.calibration, "train")?;
+    let calibration_folder = open_split(&args.calibration, "train")?;
     let calibration_images = first_batches(&calibration_folder, &transform, args.images, &device)?;
     let count: usize = calibration_images.iter().map(|b| b.dims()[0]).sum();
     eprintln!(
@@ -102,8 +100,8 @@ pub fn run(args: QuantizeArgs) -> Result<()> {
             "this CPU lacks AVX512_VNNI, which the int8 layers run on: quantize without --data \
              and evaluate the file on a CPU that has it"
         );
-        let folder = open(data, "val")?;
-        let loader = loader(&folder, &transform, &device)?;
+        let folder = open_split(data, "val")?;
+        let loader = evaluation_loader(&folder, &transform, 32, None, &device)?;
         let top1 = |forward: Forward<'_>| -> Result<f64> {
             let evaluation: Evaluation = evaluate(&loader, forward, |_, _| {})?;
             Ok(evaluation.top1())
@@ -175,33 +173,6 @@ fn leave_in_f32(
         .map_err(Into::into)
 }
 
-/// `dir/split` when it exists, else `dir`, as an ImageFolder.
-fn open(dir: &Path, split: &str) -> Result<ImageFolder> {
-    let nested = dir.join(split);
-    let root = if nested.is_dir() {
-        nested
-    } else {
-        dir.to_path_buf()
-    };
-    ImageFolder::open(&root).with_context(|| format!("cannot read images from {}", root.display()))
-}
-
-fn loader(folder: &ImageFolder, transform: &EvalTransform, device: &Device) -> Result<ImageLoader> {
-    Ok(ImageLoader::new(
-        folder.samples.clone(),
-        Augmentation::Eval(transform.clone()),
-        LoaderOptions {
-            batch_size: 32,
-            workers: std::thread::available_parallelism().map_or(1, usize::from),
-            seed: 0,
-            shuffle: false,
-            mixup_alpha: None,
-            prefetch: 2,
-        },
-        device,
-    )?)
-}
-
 /// The first `limit` images of `folder`, in batches.
 fn first_batches(
     folder: &ImageFolder,
@@ -209,7 +180,7 @@ fn first_batches(
     limit: u64,
     device: &Device,
 ) -> Result<Vec<Tensor<4>>> {
-    let loader = loader(folder, transform, device)?;
+    let loader = evaluation_loader(folder, transform, 32, None, device)?;
     let mut batches = Vec::new();
     let mut taken = 0u64;
     for batch in loader.iter() {

@@ -7,13 +7,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use burn::data::dataloader::DataLoader;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Args;
-use repvgg_cli::{ArchArgs, CropArgs};
+use repvgg_cli::{ArchArgs, CropArgs, evaluation_loader, open_split};
 use repvgg_cpu::int8::{CalibrationRule, QuantizedNetwork};
-use repvgg_data::{Augmentation, ImageFolder, ImageLoader, LoaderOptions};
 use repvgg_deploy::{CpuOptions, CpuPrecision, DeployModel, ResolvedCheckpoint};
 use repvgg_model::{DeployNetwork, RepVggArch};
 
@@ -84,8 +83,8 @@ pub fn run(args: Int8BenchArgs) -> Result<()> {
         DeployNetwork::RepVgg(network) => network,
         DeployNetwork::Plus(_) => bail!("int8 quantization does not cover RepVGGplus yet"),
     };
-    let calibration = batches(&args, &data.join("train"), args.calibration_images, &device)?;
-    let validation = batches(&args, &data.join("val"), usize::MAX, &device)?;
+    let calibration = batches(&args, data, "train", args.calibration_images, &device)?;
+    let validation = batches(&args, data, "val", usize::MAX, &device)?;
     let images: usize = validation.iter().map(|(_, targets)| targets.len()).sum();
     println!(
         "{description} from {}: {} layers, calibrated on {} training images, {images} validation \
@@ -215,9 +214,9 @@ fn sensitivity(
         let cost = f32_top1 - accuracy;
         println!(
             "| {index} | {} -> {}, {} | {:.2}% | {:+.2} |",
-            layer.in_channels,
-            layer.out_channels,
-            layer.stride,
+            layer.shape().in_channels,
+            layer.shape().out_channels,
+            layer.shape().stride,
             100.0 * accuracy,
             100.0 * (accuracy - f32_top1)
         );
@@ -239,24 +238,17 @@ fn sensitivity(
     Ok(())
 }
 
-/// Up to `limit` images of the ImageFolder at `dir`, through the evaluation transform, in
-/// batches of 32.
-fn batches(args: &Int8BenchArgs, dir: &Path, limit: usize, device: &Device) -> Result<Batches> {
-    let folder =
-        ImageFolder::open(dir).with_context(|| format!("cannot read {}", dir.display()))?;
-    let loader = ImageLoader::new(
-        folder.samples.clone(),
-        Augmentation::Eval(args.crop.transform()),
-        LoaderOptions {
-            batch_size: 32,
-            workers: std::thread::available_parallelism().map_or(1, usize::from),
-            seed: 0,
-            shuffle: false,
-            mixup_alpha: None,
-            prefetch: 2,
-        },
-        device,
-    )?;
+/// Up to `limit` images of `data`'s `split` (or of `data`), through the evaluation transform,
+/// in batches of 32.
+fn batches(
+    args: &Int8BenchArgs,
+    data: &Path,
+    split: &str,
+    limit: usize,
+    device: &Device,
+) -> Result<Batches> {
+    let folder = open_split(data, split)?;
+    let loader = evaluation_loader(&folder, &args.crop.transform(), 32, None, device)?;
     let mut out = Vec::new();
     let mut taken = 0;
     for batch in loader.iter() {
