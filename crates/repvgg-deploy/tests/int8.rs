@@ -7,6 +7,10 @@ use repvgg_deploy::{Int8Model, is_int8_file, read_int8, write_checkpoint, write_
 use repvgg_model::{RepVggConfig, Reparameterize, Weights};
 use repvgg_testing::scratch;
 
+#[path = "common/tract.rs"]
+mod tract;
+use tract::run_tract;
+
 fn model() -> (Int8Model, Tensor<4>) {
     let device = Device::flex();
     device.seed(11);
@@ -46,7 +50,7 @@ fn a_written_model_reads_back_the_same() {
         .network
         .layers()
         .iter()
-        .map(|l| 4 * l.float_weight.len())
+        .map(|l| 4 * l.float_weight().len())
         .sum();
     let size = std::fs::metadata(&path).unwrap().len() as usize;
     assert!(
@@ -103,32 +107,10 @@ fn other_and_damaged_files_are_refused_naming_the_problem() {
 /// ties (ONNX rounds them to even, the int8 definition up).
 #[test]
 fn the_qdq_onnx_export_computes_the_int8_network() {
-    use tract_onnx::prelude::{
-        DatumExt, Framework, InferenceModelExt, IntoRunnable, tract_ndarray, tvec,
-    };
-
     let (model, images) = model();
     let bytes = repvgg_deploy::onnx::int8_to_onnx(&model).unwrap();
-    let shape: Vec<usize> = images.dims().to_vec();
-    let runnable = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .unwrap()
-        .with_input_fact(0, f32::fact(&shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let values: Vec<f32> = images.to_data().iter::<f32>().collect();
-    let input = tract_ndarray::ArrayD::from_shape_vec(shape, values).unwrap();
-    let outputs = runnable
-        .run(tvec!(tract_onnx::prelude::Tensor::from(input).into()))
-        .unwrap();
-    let actual: Vec<f32> = outputs[0]
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
+    let actual: Vec<f32> = run_tract(&bytes, &images.to_data())[0]
+        .iter::<f32>()
         .collect();
     let expected: Vec<f32> = model
         .network

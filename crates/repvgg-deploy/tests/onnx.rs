@@ -8,38 +8,10 @@ use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use repvgg_deploy::DeployError;
 use repvgg_deploy::onnx::{OnnxOptions, network_to_onnx, to_onnx};
 use repvgg_model::{DeployNetwork, PlusLayout, RepVggConfig, Weights, logit_difference};
-use tract_onnx::prelude::{
-    DatumExt, Framework, InferenceModelExt, IntoRunnable, tract_ndarray, tvec,
-};
 
-/// Runs the ONNX model `bytes` on `images` with tract; its outputs in graph order.
-fn run_tract(bytes: &[u8], images: &TensorData) -> Vec<TensorData> {
-    let shape: Vec<usize> = images.shape().to_vec();
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &bytes[..])
-        .unwrap()
-        .with_input_fact(0, f32::fact(&shape).into())
-        .unwrap()
-        .into_optimized()
-        .unwrap()
-        .into_runnable()
-        .unwrap();
-    let values: Vec<f32> = images.iter::<f32>().collect();
-    let input = tract_ndarray::ArrayD::from_shape_vec(shape, values).unwrap();
-    let outputs = model
-        .run(tvec!(tract_onnx::prelude::Tensor::from(input).into()))
-        .unwrap();
-    outputs
-        .iter()
-        .map(|output| {
-            let view = output.to_plain_array_view::<f32>().unwrap();
-            TensorData::new(
-                view.iter().copied().collect::<Vec<f32>>(),
-                view.shape().to_vec(),
-            )
-        })
-        .collect()
-}
+#[path = "common/tract.rs"]
+mod tract;
+use tract::run_tract;
 
 /// Exports `net` with `options` and checks every output of the graph against Burn's forward on
 /// batches of `(batch, height, width)`; returns the largest relative difference seen.

@@ -187,11 +187,7 @@ fn fuse_block(
     device: &Device,
 ) -> Result<(TensorData, TensorData), WeightsError> {
     let path = &spec.path;
-    let branch = |name: &str| -> Result<(Tensor<4>, Tensor<1>), WeightsError> {
-        let kernel = tensor::<4>(weights, &format!("{path}.{name}.conv.weight"), device)?;
-        let bn = BnStats::read(weights, &format!("{path}.{name}.bn"), device)?;
-        Ok(bn.fuse(kernel, epsilon))
-    };
+    let branch = |name: &str| fuse_conv_bn(weights, &format!("{path}.{name}"), epsilon, device);
     let (dense_kernel, dense_bias) = branch("rbr_dense")?;
     let (pointwise_kernel, pointwise_bias) = branch("rbr_1x1")?;
     let mut kernel = dense_kernel + pointwise_kernel.pad((1, 1, 1, 1), PadMode::Constant(0.0));
@@ -213,9 +209,7 @@ fn fuse_qa_block(
     device: &Device,
 ) -> Result<(TensorData, TensorData), WeightsError> {
     let path = &spec.path;
-    let dense = tensor::<4>(weights, &format!("{path}.rbr_dense.conv.weight"), device)?;
-    let dense_bn = BnStats::read(weights, &format!("{path}.rbr_dense.bn"), device)?;
-    let (mut kernel, bias) = dense_bn.fuse(dense, epsilon);
+    let (mut kernel, bias) = fuse_conv_bn(weights, &format!("{path}.rbr_dense"), epsilon, device)?;
     let pointwise = tensor::<4>(weights, &format!("{path}.rbr_1x1.conv.weight"), device)?;
     kernel = kernel + pointwise.pad((1, 1, 1, 1), PadMode::Constant(0.0));
     if spec.has_identity {
@@ -224,6 +218,19 @@ fn fuse_qa_block(
     let sum_bn = BnStats::read(weights, &format!("{path}.bn"), device)?;
     let (kernel, bias) = sum_bn.fuse_biased(kernel, bias, epsilon);
     Ok((kernel.into_data(), bias.into_data()))
+}
+
+/// The conv + BN branch at `prefix` (`{prefix}.conv.weight`, `{prefix}.bn.*`) as one
+/// convolution: its kernel and bias.
+fn fuse_conv_bn(
+    weights: &Weights,
+    prefix: &str,
+    epsilon: f64,
+    device: &Device,
+) -> Result<(Tensor<4>, Tensor<1>), WeightsError> {
+    let kernel = tensor::<4>(weights, &format!("{prefix}.conv.weight"), device)?;
+    let bn = BnStats::read(weights, &format!("{prefix}.bn"), device)?;
+    Ok(bn.fuse(kernel, epsilon))
 }
 
 /// A batch norm's affine parameters and running statistics.

@@ -29,20 +29,20 @@ pub enum QuantizeError {
 /// sensitivity analysis and mixed precision leave the layers that suffer most.
 #[derive(Clone, Debug)]
 pub struct QuantizedConv {
-    pub in_channels: usize,
-    pub out_channels: usize,
-    pub stride: usize,
-    pub groups: usize,
+    shape: ConvShape,
     /// `[out][ky][kx][in / groups]`, symmetric: `real = weight_scale[out] * q`.
-    pub weight: Vec<i8>,
-    pub weight_scale: Vec<f32>,
+    weight: Vec<i8>,
+    weight_scale: Vec<f32>,
     /// The f32 weights in the same layout, for the layer in f32.
-    pub float_weight: Vec<f32>,
-    pub bias: Vec<f32>,
+    float_weight: Vec<f32>,
+    bias: Vec<f32>,
     /// The quantization of the layer's input.
     pub input: ActivationScale,
     /// Whether the layer computes in int8 (else in f32).
     pub int8: bool,
+    /// Per output channel and tap, the sum of the s8 weights: the zero point's share of the
+    /// sums (derived from `weight`, which is why the weights are read-only).
+    tap_sums: Vec<i32>,
     /// The weights packed for the u8 x s8 kernels, one product per group (none where the CPU
     /// lacks AVX512_VNNI).
     packed: Vec<PackedRhs>,
@@ -63,6 +63,23 @@ struct Activation {
     values: Vec<f32>,
     height: usize,
     width: usize,
+}
+
+impl Activation {
+    /// A `[channels, height, width]` image (channels first), laid out channels last.
+    fn channels_last(image: &[f32], [channels, height, width]: [usize; 3]) -> Self {
+        let mut values = vec![0f32; image.len()];
+        for c in 0..channels {
+            for p in 0..height * width {
+                values[p * channels + c] = image[c * height * width + p];
+            }
+        }
+        Self {
+            values,
+            height,
+            width,
+        }
+    }
 }
 
 impl QuantizedNetwork {
@@ -178,23 +195,15 @@ impl QuantizedNetwork {
         height: usize,
         width: usize,
     ) -> Vec<f32> {
-        // Channels last.
-        let mut values = vec![0f32; image.len()];
-        for c in 0..channels {
-            for p in 0..height * width {
-                values[p * channels + c] = image[c * height * width + p];
-            }
-        }
-        let mut x = Activation {
-            values,
-            height,
-            width,
-        };
+        let mut x = Activation::channels_last(image, [channels, height, width]);
         for layer in &self.layers {
             x = layer.forward(&x);
         }
         let pixels = x.height * x.width;
-        let features = self.layers.last().map_or(channels, |l| l.out_channels);
+        let features = self
+            .layers
+            .last()
+            .map_or(channels, |l| l.shape.out_channels);
         let mut pooled = vec![0f32; features];
         for pixel in x.values.chunks_exact(features) {
             for (sum, value) in pooled.iter_mut().zip(pixel) {
@@ -237,12 +246,14 @@ impl QuantizedConv {
     /// channel.
     fn forward_vnni(&self, x: &Activation) -> Activation {
         let (height, width) = (
-            x.height.div_ceil(self.stride),
-            x.width.div_ceil(self.stride),
+            x.height.div_ceil(self.shape.stride),
+            x.width.div_ceil(self.shape.stride),
         );
-        let channels = self.in_channels;
-        let (in_per_group, out_per_group) =
-            (channels / self.groups, self.out_channels / self.groups);
+        let channels = self.shape.in_channels;
+        let (in_per_group, out_per_group) = (
+            channels / self.shape.groups,
+            self.shape.out_channels / self.shape.groups,
+        );
         let depth = 9 * in_per_group;
         let zero_point = self.input.zero_point;
         let scale: Vec<f32> = self
@@ -251,11 +262,11 @@ impl QuantizedConv {
             .map(|w| w * self.input.scale)
             .collect();
         let bias: Vec<f32> = self
-            .weight
-            .chunks_exact(depth)
+            .tap_sums
+            .chunks_exact(9)
             .zip(scale.iter().zip(&self.bias))
-            .map(|(weights, (scale, bias))| {
-                let sum: i32 = weights.iter().map(|&w| i32::from(w)).sum();
+            .map(|(sums, (scale, bias))| {
+                let sum: i32 = sums.iter().sum();
                 bias - scale * (f32::from(zero_point) * sum as f32)
             })
             .collect();
@@ -266,22 +277,27 @@ impl QuantizedConv {
             let codes = &mut padded[start..][..x.width * channels];
             self.input.quantize_into(values, codes);
         }
-        let in_place = self.groups == 1 && channels.is_multiple_of(4);
+        let in_place = self.shape.groups == 1 && channels.is_multiple_of(4);
         let row_bytes = padded_width * channels;
-        let mut out = vec![0f32; height * width * self.out_channels];
-        out.par_chunks_mut(width * self.out_channels)
+        let mut out = vec![0f32; height * width * self.shape.out_channels];
+        out.par_chunks_mut(width * self.shape.out_channels)
             .enumerate()
             .for_each(|(oy, out_row)| {
-                let window = &padded[oy * self.stride * row_bytes..];
+                let window = &padded[oy * self.shape.stride * row_bytes..];
                 if in_place {
                     let packed = &self.packed[0];
                     let lhs = Lhs::U8Segments {
                         data: window,
-                        stride: self.stride * channels,
+                        stride: self.shape.stride * channels,
                         segment: 3 * channels,
                         pitch: row_bytes,
                     };
-                    let dst = MatMut::new(out_row, width, self.out_channels, self.out_channels);
+                    let dst = MatMut::new(
+                        out_row,
+                        width,
+                        self.shape.out_channels,
+                        self.shape.out_channels,
+                    );
                     let panels = 0..packed.panels();
                     kernel::multiply_scaled(
                         dst,
@@ -302,7 +318,7 @@ impl QuantizedConv {
                         for (tap, slot) in row.chunks_exact_mut(in_per_group).enumerate() {
                             let (ky, kx) = (tap / 3, tap % 3);
                             let at = ky * row_bytes
-                                + (ox * self.stride + kx) * channels
+                                + (ox * self.shape.stride + kx) * channels
                                 + group * in_per_group;
                             slot.copy_from_slice(&window[at..][..in_per_group]);
                         }
@@ -312,7 +328,7 @@ impl QuantizedConv {
                         &mut out_row[first..],
                         width,
                         out_per_group,
-                        self.out_channels,
+                        self.shape.out_channels,
                     );
                     let lhs = Lhs::U8 {
                         data: &columns,
@@ -340,50 +356,45 @@ impl QuantizedConv {
     /// products accumulated in i32, one f32 rescale per output), or in f32.
     fn forward_reference(&self, x: &Activation) -> Activation {
         let (height, width) = (
-            x.height.div_ceil(self.stride),
-            x.width.div_ceil(self.stride),
+            x.height.div_ceil(self.shape.stride),
+            x.width.div_ceil(self.shape.stride),
         );
-        let in_per_group = self.in_channels / self.groups;
-        let out_per_group = self.out_channels / self.groups;
+        let in_per_group = self.shape.in_channels / self.shape.groups;
+        let out_per_group = self.shape.out_channels / self.shape.groups;
         let mut codes = vec![0u8; if self.int8 { x.values.len() } else { 0 }];
         if self.int8 {
             self.input.quantize_into(&x.values, &mut codes);
         }
-        // Per output channel and tap, the sum of the weights: the zero point's share of the
-        // products, subtracted where the tap lies inside the image.
-        let weight_sums: Vec<i32> = self
-            .weight
-            .chunks_exact(in_per_group)
-            .map(|w| w.iter().map(|&v| i32::from(v)).sum())
-            .collect();
         let zero_point = i32::from(self.input.zero_point);
-        let mut out = vec![0f32; height * width * self.out_channels];
+        let mut out = vec![0f32; height * width * self.shape.out_channels];
         for oy in 0..height {
             for ox in 0..width {
-                let pixel = &mut out[(oy * width + ox) * self.out_channels..][..self.out_channels];
+                let pixel = &mut out[(oy * width + ox) * self.shape.out_channels..]
+                    [..self.shape.out_channels];
                 for (c, output) in pixel.iter_mut().enumerate() {
                     let first_input = (c / out_per_group) * in_per_group;
                     let (mut integer, mut real) = (0i32, 0f32);
                     for ky in 0..3 {
-                        let Some(iy) = (oy * self.stride + ky).checked_sub(1) else {
+                        let Some(iy) = (oy * self.shape.stride + ky).checked_sub(1) else {
                             continue;
                         };
                         if iy >= x.height {
                             continue;
                         }
                         for kx in 0..3 {
-                            let Some(ix) = (ox * self.stride + kx).checked_sub(1) else {
+                            let Some(ix) = (ox * self.shape.stride + kx).checked_sub(1) else {
                                 continue;
                             };
                             if ix >= x.width {
                                 continue;
                             }
                             let tap = (c * 3 + ky) * 3 + kx;
-                            let input = (iy * x.width + ix) * self.in_channels + first_input;
+                            let input = (iy * x.width + ix) * self.shape.in_channels + first_input;
                             if self.int8 {
                                 let xs = &codes[input..][..in_per_group];
                                 let ws = &self.weight[tap * in_per_group..][..in_per_group];
-                                integer += dot_u8_i8(xs, ws) - zero_point * weight_sums[tap];
+                                // The zero point's share, where the tap lies inside the image.
+                                integer += dot_u8_i8(xs, ws) - zero_point * self.tap_sums[tap];
                             } else {
                                 let xs = &x.values[input..][..in_per_group];
                                 let ws = &self.float_weight[tap * in_per_group..][..in_per_group];
@@ -545,29 +556,45 @@ impl QuantizedConv {
                 .collect(),
             false => Vec::new(),
         };
+        let tap_sums = weight
+            .chunks_exact(per_channel / 9)
+            .map(|w| w.iter().map(|&v| i32::from(v)).sum())
+            .collect();
         Self {
-            in_channels: shape.in_channels,
-            out_channels: shape.out_channels,
-            stride: shape.stride,
-            groups: shape.groups,
+            shape,
             weight,
             weight_scale,
             float_weight,
             bias,
             input,
             int8: true,
+            tap_sums,
             packed,
         }
     }
 
     /// The layer's geometry.
     pub fn shape(&self) -> ConvShape {
-        ConvShape {
-            in_channels: self.in_channels,
-            out_channels: self.out_channels,
-            stride: self.stride,
-            groups: self.groups,
-        }
+        self.shape
+    }
+
+    /// The s8 weights, `[out][ky][kx][in / groups]`.
+    pub fn weight(&self) -> &[i8] {
+        &self.weight
+    }
+
+    /// The weights' scale per output channel.
+    pub fn weight_scale(&self) -> &[f32] {
+        &self.weight_scale
+    }
+
+    /// The f32 weights in the same layout (the dequantized s8 ones for a layer read from a file).
+    pub fn float_weight(&self) -> &[f32] {
+        &self.float_weight
+    }
+
+    pub fn bias(&self) -> &[f32] {
+        &self.bias
     }
 }
 
@@ -595,6 +622,16 @@ mod tests {
         let deploy = config.init(&device).reparameterize().unwrap();
         let images = Tensor::<4>::random([3, 3, 20, 18], Distribution::Normal(0.0, 1.0), &device);
         (deploy, images)
+    }
+
+    /// The first image of a batch, channels last.
+    fn first_image(images: Tensor<4>) -> Activation {
+        let [_, channels, height, width] = images.dims();
+        let data = images.into_data().try_to_vec::<f32>().unwrap();
+        Activation::channels_last(
+            &data[..channels * height * width],
+            [channels, height, width],
+        )
     }
 
     fn max_relative(actual: Tensor<2>, expected: Tensor<2>) -> f32 {
@@ -638,23 +675,15 @@ mod tests {
         let quantized =
             QuantizedNetwork::calibrate(&deploy, [images.clone()], CalibrationRule::MinMax)
                 .unwrap();
-        let [_, channels, height, width] = images.dims();
-        let data = images.into_data().try_to_vec::<f32>().unwrap();
-        let mut x = Activation {
-            values: (0..height * width)
-                .flat_map(|p| (0..channels).map(move |c| (c, p)))
-                .map(|(c, p)| data[c * height * width + p])
-                .collect(),
-            height,
-            width,
-        };
+        let mut x = first_image(images);
         assert!(quantized.layers()[0].input.zero_point > 0);
         for layer in quantized.layers() {
             let integer = layer.forward(&x);
             let mut dequantized = layer.clone();
             dequantized.int8 = false;
             for (i, w) in dequantized.float_weight.iter_mut().enumerate() {
-                let scale = layer.weight_scale[i / (9 * layer.in_channels / layer.groups)];
+                let scale =
+                    layer.weight_scale[i / (9 * layer.shape.in_channels / layer.shape.groups)];
                 *w = f32::from(layer.weight[i]) * scale;
             }
             let rounded = Activation {
@@ -685,16 +714,7 @@ mod tests {
         let (deploy, images) = network();
         let quantized =
             QuantizedNetwork::calibrate(&deploy, [images.clone()], CalibrationRule::Mse).unwrap();
-        let [_, channels, height, width] = images.dims();
-        let data = images.into_data().try_to_vec::<f32>().unwrap();
-        let mut x = Activation {
-            values: (0..height * width)
-                .flat_map(|p| (0..channels).map(move |c| (c, p)))
-                .map(|(c, p)| data[c * height * width + p])
-                .collect(),
-            height,
-            width,
-        };
+        let mut x = first_image(images);
         for (index, layer) in quantized.layers().iter().enumerate() {
             assert!(!layer.packed.is_empty());
             let fast = layer.forward_vnni(&x);

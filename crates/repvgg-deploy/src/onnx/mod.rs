@@ -185,14 +185,7 @@ impl<'a> Graph<'a> {
             &[spec.out_channels, in_per_group, 3, 3],
         )?;
         let bias = self.initializer(&format!("{conv}.bias"), &[spec.out_channels])?;
-        let stride = spec.stride as i64;
-        let attributes = vec![
-            ints("kernel_shape", &[3, 3]),
-            ints("pads", &[1, 1, 1, 1]),
-            ints("strides", &[stride, stride]),
-            ints("dilations", &[1, 1]),
-            int("group", spec.groups as i64),
-        ];
+        let attributes = conv3x3_attributes(spec.stride, spec.groups);
         let mut y = self.node("Conv", &conv, &[x, &weight, &bias], attributes);
         match spec.se_channels {
             Some(hidden) if spec.se_after_relu => {
@@ -239,14 +232,7 @@ impl<'a> Graph<'a> {
         inputs: &[&str],
         attribute: Vec<AttributeProto>,
     ) -> String {
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|input| input.to_string()).collect(),
-            output: vec![name.to_string()],
-            name: name.to_string(),
-            op_type: op_type.to_string(),
-            attribute,
-        });
-        name.to_string()
+        push_node(&mut self.nodes, op_type, name, inputs, attribute)
     }
 
     /// Gives the value `from` (the output of the last node) the graph output name `to`.
@@ -274,6 +260,36 @@ impl<'a> Graph<'a> {
         });
         Ok(name.to_string())
     }
+}
+
+/// Appends a node named `name` whose single output is `name` too; returns the output's name.
+fn push_node(
+    nodes: &mut Vec<NodeProto>,
+    op_type: &str,
+    name: &str,
+    inputs: &[&str],
+    attribute: Vec<AttributeProto>,
+) -> String {
+    nodes.push(NodeProto {
+        input: inputs.iter().map(|input| input.to_string()).collect(),
+        output: vec![name.to_string()],
+        name: name.to_string(),
+        op_type: op_type.to_string(),
+        attribute,
+    });
+    name.to_string()
+}
+
+/// The attributes of a block's 3x3 convolution: padding 1, `stride`, `groups`.
+fn conv3x3_attributes(stride: usize, groups: usize) -> Vec<AttributeProto> {
+    let stride = stride as i64;
+    vec![
+        ints("kernel_shape", &[3, 3]),
+        ints("pads", &[1, 1, 1, 1]),
+        ints("strides", &[stride, stride]),
+        ints("dilations", &[1, 1]),
+        int("group", groups as i64),
+    ]
 }
 
 /// The values of `data` as little-endian f32 bytes (ONNX's `raw_data`): its own bytes where they

@@ -9,11 +9,12 @@ use repvgg_cpu::int8::QuantizedConv;
 use repvgg_model::IN_CHANNELS;
 
 use super::proto::{
-    FLOAT, GraphProto, INT8, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto,
-    TensorProto, UINT8,
+    AttributeProto, FLOAT, GraphProto, INT8, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, UINT8,
 };
 use super::{
-    IR_VERSION, OPSET, fixed, int, ints, symbolic, value_info, vector, within_protobuf_limit,
+    IR_VERSION, OPSET, conv3x3_attributes, fixed, int, push_node, symbolic, value_info, vector,
+    within_protobuf_limit,
 };
 use crate::checkpoint::write_atomically;
 use crate::error::DeployError;
@@ -38,7 +39,11 @@ pub fn int8_to_onnx(model: &Int8Model) -> Result<Vec<u8>, DeployError> {
             vector("logits", classes)
         }
         None => {
-            let width = model.network.layers().last().map_or(0, |l| l.out_channels);
+            let width = model
+                .network
+                .layers()
+                .last()
+                .map_or(0, |l| l.shape().out_channels);
             graph.nodes.last_mut().expect("the flatten node").output = vec!["features".into()];
             vector("features", width)
         }
@@ -98,7 +103,8 @@ impl QdqGraph {
     /// for a layer kept in f32. Returns its output's name.
     fn layer(&mut self, i: usize, layer: &QuantizedConv, x: &str) -> String {
         let name = format!("layer{i}");
-        let (out, in_per_group) = (layer.out_channels, layer.in_channels / layer.groups);
+        let conv = layer.shape();
+        let (out, in_per_group) = (conv.out_channels, conv.in_channels / conv.groups);
         let shape = [out, in_per_group, 3, 3];
         let (input, weight) = match layer.int8 {
             true => {
@@ -122,13 +128,16 @@ impl QdqGraph {
                     vec![],
                 );
                 // [out][ky][kx][in] to ONNX's [out][in][ky][kx].
-                let codes = to_oihw(&layer.weight, out, in_per_group)
+                let codes = to_oihw(layer.weight(), out, in_per_group)
                     .into_iter()
                     .map(|w| w as u8)
                     .collect();
                 let weight = self.tensor(&format!("{name}.weight"), &shape, INT8, codes);
-                let scales =
-                    self.floats(&format!("{name}.weight_scale"), &[out], &layer.weight_scale);
+                let scales = self.floats(
+                    &format!("{name}.weight_scale"),
+                    &[out],
+                    layer.weight_scale(),
+                );
                 let zeros = self.tensor(
                     &format!("{name}.weight_zero_point"),
                     &[out],
@@ -144,22 +153,15 @@ impl QdqGraph {
                 (input, weight)
             }
             false => {
-                let weights = to_oihw(&layer.float_weight, out, in_per_group);
+                let weights = to_oihw(layer.float_weight(), out, in_per_group);
                 (
                     x.to_string(),
                     self.floats(&format!("{name}.weight"), &shape, &weights),
                 )
             }
         };
-        let bias = self.floats(&format!("{name}.bias"), &[out], &layer.bias);
-        let stride = layer.stride as i64;
-        let attributes = vec![
-            ints("kernel_shape", &[3, 3]),
-            ints("pads", &[1, 1, 1, 1]),
-            ints("strides", &[stride, stride]),
-            ints("dilations", &[1, 1]),
-            int("group", layer.groups as i64),
-        ];
+        let bias = self.floats(&format!("{name}.bias"), &[out], layer.bias());
+        let attributes = conv3x3_attributes(conv.stride, conv.groups);
         let conv = self.node(
             "Conv",
             &format!("{name}.conv"),
@@ -174,16 +176,9 @@ impl QdqGraph {
         op_type: &str,
         name: &str,
         inputs: &[&str],
-        attribute: Vec<super::proto::AttributeProto>,
+        attribute: Vec<AttributeProto>,
     ) -> String {
-        self.nodes.push(NodeProto {
-            input: inputs.iter().map(|input| input.to_string()).collect(),
-            output: vec![name.to_string()],
-            name: name.to_string(),
-            op_type: op_type.to_string(),
-            attribute,
-        });
-        name.to_string()
+        push_node(&mut self.nodes, op_type, name, inputs, attribute)
     }
 
     fn tensor(&mut self, name: &str, shape: &[usize], data_type: i32, raw_data: Vec<u8>) -> String {
