@@ -110,6 +110,43 @@ fn a_model_becomes_an_int8_file_that_eval_runs() {
         "{}",
         text(&refused)
     );
+
+    // A missing calibration folder, and more layers left in f32 than the network has: named,
+    // exit 1, no panic.
+    let missing = path("no-images");
+    let flags_with = |calibration: &str, float_layers: &str| {
+        [
+            "quantize",
+            "--weights",
+            &model,
+            "--calibration",
+            calibration,
+            "--output",
+            &output,
+            "--data",
+            &data,
+            "--float-layers",
+            float_layers,
+            "--image-size",
+            "32",
+        ]
+        .map(String::from)
+    };
+    let no_images = repvgg(&flags_with(&missing, "1").each_ref().map(String::as_str));
+    assert_eq!(no_images.status.code(), Some(1), "{}", text(&no_images));
+    assert!(
+        text(&no_images).contains("no-images"),
+        "{}",
+        text(&no_images)
+    );
+    let too_many = repvgg(&flags_with(&data, "5").each_ref().map(String::as_str));
+    assert_eq!(too_many.status.code(), Some(1), "{}", text(&too_many));
+    assert!(
+        text(&too_many).contains("--float-layers 5: the network has 5 layers"),
+        "{}",
+        text(&too_many)
+    );
+    assert!(!text(&too_many).contains("panicked"));
 }
 
 #[test]
