@@ -100,25 +100,42 @@ pub fn to_onnx(
     };
     outputs.insert(0, final_output);
 
+    encode_model(
+        "RepVGG, re-parameterized into a plain stack of 3x3 convolutions and ReLU",
+        "repvgg",
+        graph.nodes,
+        graph.initializers,
+        outputs,
+        config,
+    )
+}
+
+/// The bytes of the model whose graph `name` has `nodes` and `initializers`, the input
+/// `images` (`[batch, 3, height, width]`) and `outputs`, with `config` in its metadata.
+fn encode_model(
+    doc: &str,
+    name: &str,
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+    outputs: Vec<ValueInfoProto>,
+    config: &RepVggConfig,
+) -> Result<Vec<u8>, DeployError> {
+    let images = vec![
+        symbolic("batch"),
+        fixed(IN_CHANNELS),
+        symbolic("height"),
+        symbolic("width"),
+    ];
     let model = ModelProto {
         ir_version: IR_VERSION,
         producer_name: "repvgg-burn".into(),
         producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: "RepVGG, re-parameterized into a plain stack of 3x3 convolutions and ReLU"
-            .into(),
+        doc_string: doc.into(),
         graph: Some(GraphProto {
-            node: graph.nodes,
-            name: "repvgg".into(),
-            initializer: graph.initializers,
-            input: vec![value_info(
-                "images",
-                vec![
-                    symbolic("batch"),
-                    fixed(IN_CHANNELS),
-                    symbolic("height"),
-                    symbolic("width"),
-                ],
-            )],
+            node: nodes,
+            name: name.into(),
+            initializer: initializers,
+            input: vec![value_info("images", images)],
             output: outputs,
         }),
         opset_import: vec![OperatorSetIdProto {

@@ -3,19 +3,10 @@
 
 use std::path::Path;
 
-use burn::config::config_to_json;
-use prost::Message;
 use repvgg_cpu::int8::QuantizedConv;
-use repvgg_model::IN_CHANNELS;
 
-use super::proto::{
-    AttributeProto, FLOAT, GraphProto, INT8, ModelProto, NodeProto, OperatorSetIdProto,
-    StringStringEntryProto, TensorProto, UINT8,
-};
-use super::{
-    IR_VERSION, OPSET, conv3x3_attributes, fixed, int, push_node, symbolic, value_info, vector,
-    within_protobuf_limit,
-};
+use super::proto::{AttributeProto, FLOAT, INT8, NodeProto, TensorProto, UINT8};
+use super::{conv3x3_attributes, encode_model, int, push_node, vector};
 use crate::checkpoint::write_atomically;
 use crate::error::DeployError;
 use crate::int8_file::Int8Model;
@@ -48,37 +39,15 @@ pub fn int8_to_onnx(model: &Int8Model) -> Result<Vec<u8>, DeployError> {
             vector("features", width)
         }
     };
-    let proto = ModelProto {
-        ir_version: IR_VERSION,
-        producer_name: "repvgg-burn".into(),
-        producer_version: env!("CARGO_PKG_VERSION").into(),
-        doc_string: format!("RepVGG in int8 (QDQ), calibrated by {}", model.calibration),
-        graph: Some(GraphProto {
-            node: graph.nodes,
-            name: "repvgg-int8".into(),
-            initializer: graph.initializers,
-            input: vec![value_info(
-                "images",
-                vec![
-                    symbolic("batch"),
-                    fixed(IN_CHANNELS),
-                    symbolic("height"),
-                    symbolic("width"),
-                ],
-            )],
-            output: vec![output],
-        }),
-        opset_import: vec![OperatorSetIdProto {
-            domain: String::new(),
-            version: OPSET,
-        }],
-        metadata_props: vec![StringStringEntryProto {
-            key: "repvgg.config".into(),
-            value: config_to_json(&model.config),
-        }],
-    };
-    within_protobuf_limit(proto.encoded_len())?;
-    Ok(proto.encode_to_vec())
+    let doc = format!("RepVGG in int8 (QDQ), calibrated by {}", model.calibration);
+    encode_model(
+        &doc,
+        "repvgg-int8",
+        graph.nodes,
+        graph.initializers,
+        vec![output],
+        &model.config,
+    )
 }
 
 /// Writes [`int8_to_onnx`]'s model to `path`, atomically.
