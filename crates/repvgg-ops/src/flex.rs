@@ -11,6 +11,7 @@ use crate::TrainingOps;
 use crate::block::{self, BlockGeometry, BlockInputs, BlockSaved};
 use crate::kernels::{self, Geometry, Order};
 use crate::norm::{self, Planes};
+use crate::profile::{Phase, Timer};
 use crate::sgd::{self, Sgd};
 
 impl TrainingOps for Flex {
@@ -21,6 +22,7 @@ impl TrainingOps for Flex {
         padding: usize,
         groups: usize,
     ) -> FlexTensor {
+        let _op = Timer::start(Phase::ConvForward);
         let geometry = geometry(&x.shape().dims(), &weight, stride, padding, groups);
         let output = kernels::forward(&values(&x), &values(&weight), &geometry);
         tensor(output, output_shape(&geometry))
@@ -35,6 +37,7 @@ impl TrainingOps for Flex {
         padding: usize,
         groups: usize,
     ) -> FlexTensor {
+        let _op = Timer::start(Phase::ConvBackward);
         let [batch, _, _, _] = output_grad.shape().dims();
         let [_, in_per_group, _, _] = weight.shape().dims();
         let input = [batch, in_per_group * groups, height, width];
@@ -51,6 +54,7 @@ impl TrainingOps for Flex {
         padding: usize,
         groups: usize,
     ) -> FlexTensor {
+        let _op = Timer::start(Phase::ConvBackward);
         let geometry = geometry(&x.shape().dims(), &weight, stride, padding, groups);
         let grad = kernels::weight_grad(&values(&x), &values(&output_grad), &geometry);
         tensor(grad, weight.shape().dims::<4>())
@@ -62,6 +66,7 @@ impl TrainingOps for Flex {
         beta: FlexTensor,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let _op = Timer::start(Phase::NormForward);
         let shape = x.shape();
         let planes = planes(&shape);
         let result = norm::forward(
@@ -86,6 +91,7 @@ impl TrainingOps for Flex {
         epsilon: f64,
         output_grad: FlexTensor,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let _op = Timer::start(Phase::NormBackward);
         let shape = x.shape();
         let planes = planes(&shape);
         let grads = norm::backward(
@@ -114,6 +120,7 @@ impl TrainingOps for Flex {
         groups: usize,
         epsilon: f64,
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let _op = Timer::start(Phase::BlockForwardOp);
         let shape = block_geometry(&x, &dense_weight, &gamma, stride, groups);
         let block = BlockValues::of(&x, &dense_weight, &pointwise_weight, &gamma);
         let beta = values(&beta);
@@ -146,6 +153,7 @@ impl TrainingOps for Flex {
         epsilon: f64,
         input_grad: bool,
     ) -> (FlexTensor, FlexTensor, FlexTensor, FlexTensor, FlexTensor) {
+        let _op = Timer::start(Phase::BlockBackwardOp);
         let shape = block_geometry(&x, &dense_weight, &gamma, stride, groups);
         let block = BlockValues::of(&x, &dense_weight, &pointwise_weight, &gamma);
         let inputs = block.inputs(&[], epsilon);
@@ -191,6 +199,7 @@ impl TrainingOps for Flex {
         weight_decay: f64,
         nesterov: bool,
     ) -> (FlexTensor, FlexTensor) {
+        let _op = Timer::start(Phase::Sgd);
         let sgd = Sgd {
             lr,
             momentum,

@@ -44,6 +44,7 @@ mod block;
 mod flex;
 mod kernels;
 mod norm;
+pub mod profile;
 mod sgd;
 
 pub use sgd::Sgd;

@@ -18,6 +18,7 @@ use burn::train::TrainStep;
 use clap::Args;
 use repvgg_data::ImageBatch;
 use repvgg_model::{DeviceChoice, RepVggArch};
+use repvgg_ops::profile::{self, PhaseTime};
 use repvgg_train::classifier::{Classifier, Objective, TrainableNetwork};
 use repvgg_train::recipe::{DecayRule, scaled_lr, sgd};
 use repvgg_train::{Precision, RecipeConfig};
@@ -64,6 +65,13 @@ pub struct TrainBenchArgs {
     /// Where the report goes.
     #[arg(long, default_value = "benchmarks/training.md")]
     output: PathBuf,
+
+    /// Also time --runs more steps with repvgg-ops' phase timers on (CPU), and report where
+    /// forward, backward and the optimizer spend their time: im2col, products, batch norms,
+    /// col2im, SGD, and what lies outside those ops (Burn's other ops, the autodiff graph,
+    /// allocation).
+    #[arg(long)]
+    profile: bool,
 }
 
 /// Median milliseconds of one step and of its parts.
@@ -82,6 +90,14 @@ struct Row {
     torch: Option<StepTimes>,
     /// Peak resident memory of a fresh process running two steps (CPU).
     peak_mb: Option<f64>,
+    /// Where the parts of a step spend their time (`--profile`).
+    profile: Option<StepProfile>,
+}
+
+/// Milliseconds per step of each part and of repvgg-ops' phases within it.
+struct StepProfile {
+    /// `(part, its ms per step, its phases)` for forward, backward and optimizer.
+    parts: Vec<(&'static str, f64, Vec<PhaseTime>)>,
 }
 
 pub fn run(args: TrainBenchArgs) -> Result<()> {
@@ -108,6 +124,8 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             args.warmup, args.runs, args.batch
         );
         let burn = time_steps(arch, args.batch, args.size as usize, &device, &args)?;
+        let profile = (args.profile && args.device == DeviceChoice::Cpu)
+            .then(|| profile_steps(arch, args.batch, args.size as usize, &args));
         // The fresh process that measures memory trains in f32.
         let peak_mb = (args.device == DeviceChoice::Cpu && args.precision == Precision::F32)
             .then(|| peak_memory_of(arch, args.batch, args.size))
@@ -117,6 +135,7 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
             burn,
             torch: None,
             peak_mb,
+            profile,
         });
     }
     let torch = match (args.device, args.python.as_str()) {
@@ -216,6 +235,70 @@ fn time_steps(
         backward: median(backward),
         optimizer: median(update),
     })
+}
+
+/// Times `args.runs` steps of `arch` on the CPU part by part, with repvgg-ops' phase timers on.
+fn profile_steps(
+    arch: RepVggArch,
+    batch: usize,
+    size: usize,
+    args: &TrainBenchArgs,
+) -> StepProfile {
+    let device = Device::flex().autodiff();
+    let recipe = RecipeConfig::new();
+    let config = arch.config();
+    let data = synthetic_batch(batch, size, config.num_classes, &device);
+    let mut model = Classifier::new(config.init(&device), Objective::of(&recipe));
+    let mut optimizer = sgd(&recipe, DecayRule::of(&recipe, &config));
+    let lr = scaled_lr(recipe.lr, batch);
+    for _ in 0..args.warmup.max(1) {
+        let output = TrainStep::step(&model, data.clone());
+        model = optimizer.step(lr, model, output.grads);
+    }
+    let mut totals = [0.0f64; 3];
+    let mut phases: [Vec<PhaseTime>; 3] = Default::default();
+    let mut add = |part: usize, started: Instant| {
+        totals[part] += started.elapsed().as_secs_f64();
+        let taken = profile::take();
+        if phases[part].is_empty() {
+            phases[part] = taken;
+        } else {
+            for (sum, time) in phases[part].iter_mut().zip(taken) {
+                sum.seconds += time.seconds;
+                sum.calls += time.calls;
+            }
+        }
+    };
+    profile::take();
+    profile::enable(true);
+    for _ in 0..args.runs {
+        let started = Instant::now();
+        let loss = model.loss(&model.net.forward_with_aux(data.images.clone()), &data);
+        let _ = loss.clone().into_data();
+        add(0, started);
+        let started = Instant::now();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        add(1, started);
+        let started = Instant::now();
+        model = optimizer.step(lr, model, grads);
+        sync(&model);
+        add(2, started);
+    }
+    profile::enable(false);
+    let per_step = |seconds: f64| seconds * 1e3 / args.runs as f64;
+    let parts = ["forward", "backward", "optimizer"]
+        .into_iter()
+        .zip(totals)
+        .zip(phases)
+        .map(|((part, total), mut phases)| {
+            phases.retain(|time| time.calls > 0);
+            for time in &mut phases {
+                time.seconds = per_step(time.seconds);
+            }
+            (part, per_step(total), phases)
+        })
+        .collect();
+    StepProfile { parts }
 }
 
 /// Waits for the device: reads one value of the network's last weights.
@@ -372,5 +455,47 @@ fn report(args: &TrainBenchArgs, rows: &[Row], torch: Option<&str>) -> String {
             row.peak_mb.map_or("-".into(), |mb| format!("{mb:.0}")),
         );
     }
+    for row in rows {
+        if let Some(profile) = &row.profile {
+            write_profile(&mut out, &row.model, profile, args.runs);
+        }
+    }
     out
+}
+
+/// A row's `--profile` table: each part's milliseconds per step, repvgg-ops' phases within it,
+/// and the rest of the part, outside those ops.
+fn write_profile(out: &mut String, model: &str, profile: &StepProfile, runs: usize) {
+    let _ = writeln!(
+        out,
+        "\n### {model}: where a step goes\n\nms per step over {runs} steps, each part \
+         synchronised, repvgg-ops' phase timers on (indented phases are inside the op above \
+         them; an op's time less its phases is its copies and allocation). \"outside these ops\" \
+         is the part's time less its ops: Burn's other ops, the autodiff graph, allocation.\n"
+    );
+    let _ = writeln!(out, "| part / phase | ms per step | calls per step |");
+    let _ = writeln!(out, "|---|---:|---:|");
+    for (part, total, phases) in &profile.parts {
+        let _ = writeln!(out, "| **{part}** | **{total:.1}** | |");
+        for time in phases {
+            let _ = writeln!(
+                out,
+                "| {}{} | {:.1} | {} |",
+                if time.phase.is_part() {
+                    "&nbsp;&nbsp;"
+                } else {
+                    ""
+                },
+                time.phase.name().trim(),
+                time.seconds,
+                time.calls / runs as u64
+            );
+        }
+        let ops: f64 = phases
+            .iter()
+            .filter(|time| !time.phase.is_part())
+            .map(|time| time.seconds)
+            .sum();
+        let _ = writeln!(out, "| outside these ops | {:.1} | |", total - ops);
+    }
 }
