@@ -9,8 +9,11 @@
 
 use rayon::prelude::*;
 
-use crate::kernels::{Geometry, Mat, MatRef, Order, Scratch, col2im, im2col, matmul};
+use crate::kernels::{
+    Geometry, Mat, MatRef, Order, Scratch, col2im_pixel_major, im2col, im2col_pixel_major, matmul,
+};
 use crate::norm::{ChannelGrad, grad_sums, moments, scale_shift};
+use crate::profile::{Phase, Timer};
 
 /// A block's convolution geometry (3x3, padding 1; the 1x1 shares stride and groups) and
 /// whether it has the identity branch.
@@ -76,6 +79,7 @@ pub fn forward(inputs: &BlockInputs<'_>, b: &BlockGeometry) -> BlockOutputs {
     // Per channel, in one task while its values are in cache: each branch's statistics, then
     // the output.
     let mut output = vec![0.0; b.output_len()];
+    let norm = Timer::start(Phase::BlockNorm);
     let statistics: Vec<[(f32, f32); 3]> = output
         .par_chunks_mut(per_channel)
         .enumerate()
@@ -109,6 +113,7 @@ pub fn forward(inputs: &BlockInputs<'_>, b: &BlockGeometry) -> BlockOutputs {
             moments
         })
         .collect();
+    drop(norm);
     let mut mean = vec![0.0; branches * channels];
     let mut variance = vec![0.0; branches * channels];
     for (c, moments) in statistics.iter().enumerate() {
@@ -137,7 +142,10 @@ fn convolve(inputs: &BlockInputs<'_>, g: &Geometry) -> (Vec<f32>, Vec<f32>) {
         for (first, images) in g.blocks() {
             let width = images * g.pixels();
             for group in 0..g.groups {
+                let im2col_time = Timer::start(Phase::BlockIm2col);
                 im2col(inputs.x, inputs.order, g, [first, images, group], scratch);
+                drop(im2col_time);
+                let _products = Timer::start(Phase::BlockProducts);
                 let columns = &scratch.columns[..depth * width];
                 let start = group * out_per_group * row + first * g.pixels();
                 let dense_weight = &inputs.dense[group * out_per_group * depth..];
@@ -250,6 +258,7 @@ pub fn backward(
     let mut relu_grad = vec![0.0; b.output_len()];
     let mut dense_grad = vec![0.0; b.output_len()];
     let mut pointwise_grad = vec![0.0; b.output_len()];
+    let norm = Timer::start(Phase::BlockNormBackward);
     let per_channel_grads: Vec<[ChannelGrad; 3]> = relu_grad
         .par_chunks_mut(per_channel)
         .zip(dense_grad.par_chunks_mut(per_channel))
@@ -299,6 +308,7 @@ pub fn backward(
             grads
         })
         .collect();
+    drop(norm);
     let mut gamma_grad = vec![0.0; branches * channels];
     let mut beta_grad = vec![0.0; branches * channels];
     for (c, grads) in per_channel_grads.iter().enumerate() {
@@ -310,6 +320,7 @@ pub fn backward(
     let (dense, pointwise, mut x) =
         convolution_grads(inputs, g, &dense_grad, &pointwise_grad, input_grad);
     if let Some(x) = x.as_mut().filter(|_| b.identity) {
+        let _identity = Timer::start(Phase::BlockIdentityGrad);
         let plane = g.height * g.width;
         x.par_chunks_mut(g.batch * plane)
             .enumerate()
@@ -338,8 +349,8 @@ pub fn backward(
 }
 
 /// The gradients of both weights and (when asked) of the input (CNHW) from the convolutions'
-/// output gradients (CNHW): per block of images and group, one im2col shared by both weight
-/// gradients, and one column gradient into which the 1x1's adds its centre rows.
+/// output gradients (CNHW): per block of images and group, one pixel-major im2col shared by
+/// both weight gradients, and one column gradient into which the 1x1's adds its centre rows.
 fn convolution_grads(
     inputs: &BlockInputs<'_>,
     g: &Geometry,
@@ -349,61 +360,96 @@ fn convolution_grads(
 ) -> (Vec<f32>, Vec<f32>, Option<Vec<f32>>) {
     let (depth, in_per_group, out_per_group) = (g.depth(), g.in_per_group(), g.out_per_group());
     let row = g.batch * g.pixels();
-    let mut dense = vec![0.0; g.weight_len()];
+    let taps = g.kernel * g.kernel;
+    // The 3x3 weight and its gradient with their depth in the columns' `(ky, kx, channel)`
+    // order.
+    let mut dense_by_tap_weight = vec![0.0; g.weight_len()];
+    if input_grad {
+        for (by_tap, weight) in dense_by_tap_weight
+            .chunks_exact_mut(depth)
+            .zip(inputs.dense.chunks_exact(depth))
+        {
+            for (channel, values) in weight.chunks_exact(taps).enumerate() {
+                for (tap, &value) in values.iter().enumerate() {
+                    by_tap[tap * in_per_group + channel] = value;
+                }
+            }
+        }
+    }
+    let mut dense_by_tap = vec![0.0; g.weight_len()];
     let mut pointwise = vec![0.0; g.out_channels * in_per_group];
     let mut x = input_grad.then(|| vec![0.0; g.input_len()]);
     Scratch::with(|scratch| {
         for (block, (first, images)) in g.blocks().enumerate() {
             let width = images * g.pixels();
             for group in 0..g.groups {
-                im2col(inputs.x, inputs.order, g, [first, images, group], scratch);
+                let im2col_time = Timer::start(Phase::BlockIm2colBackward);
+                im2col_pixel_major(inputs.x, inputs.order, g, [first, images, group], scratch);
+                drop(im2col_time);
+                let weight_grads = Timer::start(Phase::BlockWeightGrads);
                 let columns = &scratch.columns[..depth * width];
                 let start = group * out_per_group * row + first * g.pixels();
-                let dense_rows = MatRef::new(&dense_grad[start..], row, 1);
-                let pointwise_rows = MatRef::new(&pointwise_grad[start..], row, 1);
                 let dense_weight =
                     group * out_per_group * depth..(group + 1) * out_per_group * depth;
                 let pointwise_weight = group * out_per_group * in_per_group
                     ..(group + 1) * out_per_group * in_per_group;
-                // dW [out_per_group x depth] (+)= rows [out_per_group x width] . columns^T
+                // dW^T [depth x out_per_group] (+)= columns^T [depth x width] . rows^T, each
+                // operand read where it lies: dW^T and the columns^T are column-major.
                 matmul(
-                    Mat::new(&mut dense[dense_weight.clone()], depth, 1),
-                    dense_rows,
-                    MatRef::new(columns, 1, width),
-                    [out_per_group, depth, width],
+                    Mat::new(&mut dense_by_tap[dense_weight.clone()], 1, depth),
+                    MatRef::new(columns, 1, depth),
+                    MatRef::new(&dense_grad[start..], 1, row),
+                    [depth, out_per_group, width],
                     block > 0,
                 );
+                // The 1x1 reads the centre tap's channels: `(1, 1, channel)`.
+                let centre = (g.kernel / 2 * g.kernel + g.kernel / 2) * in_per_group;
                 matmul(
-                    Mat::new(&mut pointwise[pointwise_weight.clone()], in_per_group, 1),
-                    pointwise_rows,
-                    MatRef::new(&columns[4 * width..], 1, 9 * width),
-                    [out_per_group, in_per_group, width],
+                    Mat::new(&mut pointwise[pointwise_weight.clone()], 1, in_per_group),
+                    MatRef::new(&columns[centre..], 1, depth),
+                    MatRef::new(&pointwise_grad[start..], 1, row),
+                    [in_per_group, out_per_group, width],
                     block > 0,
                 );
+                drop(weight_grads);
                 let Some(x) = x.as_mut() else { continue };
-                // The columns' gradient [depth x width] = W^T [depth x out_per_group] . rows,
-                // and the 1x1's on its centre rows.
+                let column_grads = Timer::start(Phase::BlockColumnGrads);
+                // The pixel-major columns' gradient [width x depth] = rows^T [width x
+                // out_per_group] . W [out_per_group x depth], and the 1x1's on the centre tap.
                 let column_grad = &mut scratch.product;
                 column_grad.resize(depth * width, 0.0);
                 matmul(
-                    Mat::new(column_grad, width, 1),
-                    MatRef::new(&inputs.dense[dense_weight], 1, depth),
-                    MatRef::new(&dense_grad[start..], row, 1),
-                    [depth, width, out_per_group],
+                    Mat::new(column_grad, depth, 1),
+                    MatRef::new(&dense_grad[start..], 1, row),
+                    MatRef::new(&dense_by_tap_weight[dense_weight], depth, 1),
+                    [width, depth, out_per_group],
                     false,
                 );
                 matmul(
-                    Mat::new(&mut column_grad[4 * width..], 9 * width, 1),
-                    MatRef::new(&inputs.pointwise[pointwise_weight], 1, in_per_group),
-                    MatRef::new(&pointwise_grad[start..], row, 1),
-                    [in_per_group, width, out_per_group],
+                    Mat::new(&mut column_grad[centre..], depth, 1),
+                    MatRef::new(&pointwise_grad[start..], 1, row),
+                    MatRef::new(&inputs.pointwise[pointwise_weight], in_per_group, 1),
+                    [width, in_per_group, out_per_group],
                     true,
                 );
+                drop(column_grads);
+                let _col2im = Timer::start(Phase::BlockCol2im);
                 let place = [first, images, group];
-                col2im(column_grad, g, place, Order::Cnhw, x, &mut scratch.padded);
+                col2im_pixel_major(column_grad, g, place, x, &mut scratch.padded);
             }
         }
     });
+    let mut dense = vec![0.0; g.weight_len()];
+    for (dense, by_tap) in dense
+        .chunks_exact_mut(depth)
+        .zip(dense_by_tap.chunks_exact(depth))
+    {
+        for (tap, values) in by_tap.chunks_exact(in_per_group).enumerate() {
+            for (channel, &value) in values.iter().enumerate() {
+                dense[channel * taps + tap] = value;
+            }
+        }
+    }
     (dense, pointwise, x)
 }
 

@@ -355,6 +355,128 @@ pub(crate) fn im2col(
         });
 }
 
+/// A group's im2col columns for `images` images from `first` of `x` (planes in `order`), pixel
+/// after pixel, in `scratch.columns`: row `p` (output pixel `p` of the block, image after
+/// image) holds the `kernel x kernel` window under it, `(ky, kx, channel)` in that order (zero in
+/// the padding), `depth` values. The group's input is laid out channels-last first, so that each
+/// of a window's rows is one copy of `kernel x in_per_group` values.
+///
+/// The weight gradient's product reads these rows where they lie: its contraction runs over
+/// pixels, and the product's kernels take its left-hand side pixel-major without packing it
+/// (where [`im2col`]'s rows, pixels contiguous, would be repacked with strided reads).
+pub(crate) fn im2col_pixel_major(
+    x: &[f32],
+    order: Order,
+    g: &Geometry,
+    [first, images, group]: [usize; 3],
+    scratch: &mut Scratch,
+) {
+    let (kernel, out_width, in_per_group) = (g.kernel, g.out_width(), g.in_per_group());
+    let (height, width) = padded_size(g);
+    let plane = g.height * g.width;
+    // The padded input, channels-last: [images][height][width][in_per_group].
+    let padded = sized(&mut scratch.padded, images * height * width * in_per_group);
+    padded
+        .par_chunks_mut(height * width * in_per_group)
+        .enumerate()
+        .for_each(|(image, out)| {
+            let line = width * in_per_group;
+            out[..g.padding * line].fill(0.0);
+            out[(g.padding + g.height) * line..].fill(0.0);
+            for y in 0..g.height {
+                let row = &mut out[(g.padding + y) * line..][..line];
+                row[..g.padding * in_per_group].fill(0.0);
+                row[(g.padding + g.width) * in_per_group..].fill(0.0);
+                let inside = &mut row[g.padding * in_per_group..][..g.width * in_per_group];
+                for local in 0..in_per_group {
+                    let channel = group * in_per_group + local;
+                    let index = order.plane(first + image, channel, g.batch, g.in_channels);
+                    let source = &x[index * plane + y * g.width..][..g.width];
+                    for (pixel, &value) in inside.chunks_exact_mut(in_per_group).zip(source) {
+                        pixel[local] = value;
+                    }
+                }
+            }
+        });
+    let padded = &*padded;
+    let window_row = kernel * in_per_group;
+    let columns = sized(&mut scratch.columns, g.depth() * images * g.pixels());
+    columns
+        .par_chunks_mut(g.depth() * out_width)
+        .enumerate()
+        .for_each(|(line, out)| {
+            let (image, oy) = (line / g.out_height(), line % g.out_height());
+            let source = &padded[image * height * width * in_per_group..];
+            for (ox, window) in out.chunks_exact_mut(g.depth()).enumerate() {
+                for (ky, out) in window.chunks_exact_mut(window_row).enumerate() {
+                    let start = ((oy * g.stride + ky) * width + ox * g.stride) * in_per_group;
+                    out.copy_from_slice(&source[start..][..window_row]);
+                }
+            }
+        });
+}
+
+/// Pixel-major column gradients (rows as [`im2col_pixel_major`] lays them out) folded back onto
+/// the input's gradient, whose planes lie channel after channel (CNHW): the inverse of
+/// [`im2col_pixel_major`]. Each image's windows are summed into a channels-last padded plane,
+/// one add of `kernel x in_per_group` values per window row, and the planes' insides are then
+/// written (not added) to the group's `(image, channel)` planes, which no other block of images
+/// or group writes.
+pub(crate) fn col2im_pixel_major(
+    columns: &[f32],
+    g: &Geometry,
+    [first, images, group]: [usize; 3],
+    input_grad: &mut [f32],
+    padded: &mut Vec<f32>,
+) {
+    let (kernel, out_width, in_per_group) = (g.kernel, g.out_width(), g.in_per_group());
+    let (height, width) = padded_size(g);
+    let image_len = height * width * in_per_group;
+    let window_row = kernel * in_per_group;
+    let padded = sized(padded, images * image_len);
+    padded
+        .par_chunks_mut(image_len)
+        .enumerate()
+        .for_each(|(image, target)| {
+            target.fill(0.0);
+            let source = &columns[image * g.pixels() * g.depth()..][..g.pixels() * g.depth()];
+            for (p, window) in source.chunks_exact(g.depth()).enumerate() {
+                let (oy, ox) = (p / out_width, p % out_width);
+                for (ky, values) in window.chunks_exact(window_row).enumerate() {
+                    let start = ((oy * g.stride + ky) * width + ox * g.stride) * in_per_group;
+                    for (sum, value) in target[start..][..window_row].iter_mut().zip(values) {
+                        *sum += value;
+                    }
+                }
+            }
+        });
+    let padded = &*padded;
+    let plane = g.height * g.width;
+    let group_planes =
+        &mut input_grad[group * in_per_group * g.batch * plane..][..in_per_group * g.batch * plane];
+    // Sixteen channels at a time: one cache line of each channels-last pixel.
+    const CHANNELS: usize = 16;
+    group_planes
+        .par_chunks_mut(CHANNELS * g.batch * plane)
+        .enumerate()
+        .for_each(|(chunk, planes)| {
+            let channels = planes.len() / (g.batch * plane);
+            for image in 0..images {
+                let source = &padded[image * image_len..][..image_len];
+                for y in 0..g.height {
+                    let line = &source[((y + g.padding) * width + g.padding) * in_per_group..];
+                    for x in 0..g.width {
+                        let pixel = &line[x * in_per_group + chunk * CHANNELS..][..channels];
+                        for (local, &value) in pixel.iter().enumerate() {
+                            let target = (local * g.batch + first + image) * plane + y * g.width;
+                            planes[target + x] = value;
+                        }
+                    }
+                }
+            }
+        });
+}
+
 /// A group's column gradients folded back onto the input gradient (planes in `order`), the
 /// inverse of [`im2col`]: each channel sums its `kernel x kernel` rows into padded planes, whose
 /// insides are then written (not added) to its `(image, channel)` planes of `input_grad`, which

@@ -189,7 +189,7 @@ fn batch_norm_outputs_statistics_and_gradients_equal_burns() {
 /// (batch, in, out, height, width, stride, groups, identity)
 type BlockCase = (usize, usize, usize, usize, usize, usize, usize, bool);
 
-const BLOCK_CASES: [BlockCase; 7] = [
+const BLOCK_CASES: [BlockCase; 8] = [
     (2, 6, 6, 9, 7, 1, 1, true),
     (2, 6, 8, 9, 7, 2, 1, false),
     (1, 8, 8, 11, 5, 1, 2, true),
@@ -197,6 +197,8 @@ const BLOCK_CASES: [BlockCase; 7] = [
     (64, 12, 12, 2, 2, 1, 1, true),
     (1, 3, 16, 33, 31, 2, 1, false),
     (3, 4, 4, 1, 1, 1, 1, true),
+    // Images large enough that the op takes them in several blocks (one image each).
+    (3, 16, 16, 128, 128, 1, 1, true),
 ];
 
 #[test]
