@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::kernels::{
     Geometry, Mat, MatRef, Order, Scratch, col2im_pixel_major, im2col, im2col_pixel_major, matmul,
+    sized,
 };
 use crate::norm::{ChannelGrad, grad_sums, moments, scale_shift};
 use crate::profile::{Phase, Timer};
@@ -361,25 +362,23 @@ fn convolution_grads(
     let (depth, in_per_group, out_per_group) = (g.depth(), g.in_per_group(), g.out_per_group());
     let row = g.batch * g.pixels();
     let taps = g.kernel * g.kernel;
-    // The 3x3 weight and its gradient with their depth in the columns' `(ky, kx, channel)`
-    // order.
-    let mut dense_by_tap_weight = vec![0.0; g.weight_len()];
-    if input_grad {
-        for (by_tap, weight) in dense_by_tap_weight
-            .chunks_exact_mut(depth)
-            .zip(inputs.dense.chunks_exact(depth))
-        {
-            for (channel, values) in weight.chunks_exact(taps).enumerate() {
-                for (tap, &value) in values.iter().enumerate() {
-                    by_tap[tap * in_per_group + channel] = value;
-                }
-            }
-        }
-    }
-    let mut dense_by_tap = vec![0.0; g.weight_len()];
+    let mut dense = vec![0.0; g.weight_len()];
     let mut pointwise = vec![0.0; g.out_channels * in_per_group];
     let mut x = input_grad.then(|| vec![0.0; g.input_len()]);
     Scratch::with(|scratch| {
+        // The 3x3 weight and its gradient with their depth in the columns' `(ky, kx,
+        // channel)` order.
+        // (Taken out of `scratch` for the loop, which lends the rest of it to im2col.)
+        let (mut weight_buffer, mut grad_buffer) = (
+            std::mem::take(&mut scratch.weight),
+            std::mem::take(&mut scratch.weight_grad),
+        );
+        let dense_by_tap_weight = sized(&mut weight_buffer, g.weight_len());
+        if input_grad {
+            by_tap(inputs.dense, dense_by_tap_weight, in_per_group, taps);
+        }
+        let dense_by_tap_weight = &*dense_by_tap_weight;
+        let dense_by_tap = sized(&mut grad_buffer, g.weight_len());
         for (block, (first, images)) in g.blocks().enumerate() {
             let width = images * g.pixels();
             for group in 0..g.groups {
@@ -438,19 +437,40 @@ fn convolution_grads(
                 col2im_pixel_major(column_grad, g, place, x, &mut scratch.padded);
             }
         }
+        by_channel(dense_by_tap, &mut dense, in_per_group, taps);
+        (scratch.weight, scratch.weight_grad) = (weight_buffer, grad_buffer);
     });
-    let mut dense = vec![0.0; g.weight_len()];
-    for (dense, by_tap) in dense
+    (dense, pointwise, x)
+}
+
+/// Weights `[out][channel][tap]` as `[out][tap][channel]`, the pixel-major columns' order.
+fn by_tap(weight: &[f32], by_tap: &mut [f32], channels: usize, taps: usize) {
+    let depth = channels * taps;
+    for (out, weight) in by_tap
         .chunks_exact_mut(depth)
-        .zip(dense_by_tap.chunks_exact(depth))
+        .zip(weight.chunks_exact(depth))
     {
-        for (tap, values) in by_tap.chunks_exact(in_per_group).enumerate() {
-            for (channel, &value) in values.iter().enumerate() {
-                dense[channel * taps + tap] = value;
+        for (channel, values) in weight.chunks_exact(taps).enumerate() {
+            for (tap, &value) in values.iter().enumerate() {
+                out[tap * channels + channel] = value;
             }
         }
     }
-    (dense, pointwise, x)
+}
+
+/// The inverse of [`by_tap`].
+fn by_channel(by_tap: &[f32], weight: &mut [f32], channels: usize, taps: usize) {
+    let depth = channels * taps;
+    for (out, by_tap) in weight
+        .chunks_exact_mut(depth)
+        .zip(by_tap.chunks_exact(depth))
+    {
+        for (tap, values) in by_tap.chunks_exact(channels).enumerate() {
+            for (channel, &value) in values.iter().enumerate() {
+                out[channel * taps + tap] = value;
+            }
+        }
+    }
 }
 
 fn check(inputs: &BlockInputs<'_>, b: &BlockGeometry) {

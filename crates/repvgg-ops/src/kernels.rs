@@ -218,6 +218,9 @@ pub(crate) struct Scratch {
     pub columns: Vec<f32>,
     pub padded: Vec<f32>,
     pub product: Vec<f32>,
+    /// A weight, or its gradient, with its depth in another order.
+    pub weight: Vec<f32>,
+    pub weight_grad: Vec<f32>,
 }
 
 impl Scratch {
@@ -236,7 +239,7 @@ impl Scratch {
 
 /// The first `len` values of `values`, grown with zeros where it is shorter; what it already
 /// holds is left as it is, for callers that overwrite it.
-fn sized(values: &mut Vec<f32>, len: usize) -> &mut [f32] {
+pub(crate) fn sized(values: &mut Vec<f32>, len: usize) -> &mut [f32] {
     if values.len() < len {
         values.resize(len, 0.0);
     }
