@@ -6,7 +6,7 @@
 //!   im2col (`im2col.rs`), chosen per layer and call ([`ConvAlgorithm::Auto`]); strided layers as
 //!   blocked im2col, but for the stem, which multiplies the padded images where they lie
 //!   (`stem.rs`).
-//! - Every matrix product runs on the engine's own AVX-512 kernels (`kernel.rs`) over weights
+//! - Every matrix product runs on the project's own AVX-512 kernels (`repvgg-kernels`) over weights
 //!   packed once, in f32 or in bf16 with f32 accumulation ([`CpuPrecision`]); gemm's f32 kernels
 //!   on CPUs without AVX-512.
 //! - Bias, ReLU and squeeze-excitation are applied as each layer's output is written.
@@ -34,9 +34,10 @@
 //! ```
 
 mod engine;
+/// The matrix kernels, which the engine shares with the training ops.
+use repvgg_kernels as kernel;
 mod im2col;
 pub mod int8;
-mod kernel;
 mod layer;
 mod ops;
 mod options;

@@ -1,8 +1,6 @@
 //! The small pieces the engine's layers share: the matrix product, layout and pooling passes,
 //! squeeze-excitation and ReLU.
 
-use std::marker::PhantomData;
-
 use burn::tensor::Tensor;
 use gemm::Parallelism;
 use rayon::prelude::*;
@@ -18,142 +16,7 @@ pub(super) fn values<const D: usize>(tensor: Tensor<D>) -> Vec<f32> {
         .expect("f32 after conversion")
 }
 
-/// A pointer that rayon jobs writing disjoint parts of one buffer may share.
-#[derive(Clone, Copy)]
-pub(super) struct SendPtr(pub *mut f32);
-
-// SAFETY: only used for buffers whose jobs write disjoint elements (see each use).
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer (a method, so that closures capture the whole `SendPtr`).
-    pub fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// A row-major `rows x cols` matrix inside a slice, its rows `stride` elements apart (a column
-/// block of a wider matrix has `stride > cols`). Made only by [`MatRef::new`], which checks that
-/// the matrix lies within the slice.
-#[derive(Clone, Copy)]
-pub(super) struct MatRef<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    stride: usize,
-}
-
-impl<'a> MatRef<'a> {
-    /// # Panics
-    /// If the matrix does not lie within `data` or its rows overlap (`stride < cols`).
-    pub fn new(data: &'a [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        check_extent(data.len(), rows, cols, stride);
-        Self {
-            data,
-            rows,
-            cols,
-            stride,
-        }
-    }
-}
-
-/// The writable counterpart of [`MatRef`]. It holds a pointer rather than a slice so that
-/// parallel jobs can each write their own column block of one buffer: the spans of such blocks
-/// interleave, their cells do not.
-pub(super) struct MatMut<'a> {
-    data: *mut f32,
-    rows: usize,
-    cols: usize,
-    stride: usize,
-    _borrow: PhantomData<&'a mut [f32]>,
-}
-
-impl<'a> MatMut<'a> {
-    /// # Panics
-    /// If the matrix does not lie within `data` or its rows overlap (`stride < cols`).
-    pub fn new(data: &'a mut [f32], rows: usize, cols: usize, stride: usize) -> Self {
-        check_extent(data.len(), rows, cols, stride);
-        Self {
-            data: data.as_mut_ptr(),
-            rows,
-            cols,
-            stride,
-            _borrow: PhantomData,
-        }
-    }
-
-    /// The matrix at `offset` elements into a buffer of `len` elements at `base`.
-    ///
-    /// # Panics
-    /// If the matrix does not lie within the buffer or its rows overlap.
-    ///
-    /// # Safety
-    /// `base` must point to `len` valid elements that outlive `'a`, and nothing else may read
-    /// or write this matrix's cells (rows `0..rows`, columns `0..cols`) while it is alive.
-    pub unsafe fn in_buffer(
-        base: *mut f32,
-        len: usize,
-        offset: usize,
-        rows: usize,
-        cols: usize,
-        stride: usize,
-    ) -> Self {
-        check_extent(
-            len.checked_sub(offset).expect("offset within the buffer"),
-            rows,
-            cols,
-            stride,
-        );
-        Self {
-            // SAFETY: `offset <= len` (checked), so the pointer stays within the buffer.
-            data: unsafe { base.add(offset) },
-            rows,
-            cols,
-            stride,
-            _borrow: PhantomData,
-        }
-    }
-}
-
-impl MatMut<'_> {
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    pub fn stride(&self) -> usize {
-        self.stride
-    }
-
-    /// The first cell; the matrix's cells lie within its buffer (checked when it was made).
-    pub fn as_mut_ptr(&self) -> *mut f32 {
-        self.data
-    }
-}
-
-/// A `rows x cols` matrix with row stride `stride` spans `(rows - 1) * stride + cols` elements.
-fn check_extent(len: usize, rows: usize, cols: usize, stride: usize) {
-    assert!(
-        stride >= cols,
-        "rows of {cols} values cannot be {stride} apart"
-    );
-    let extent = match rows.checked_sub(1) {
-        None => 0,
-        Some(last) => last
-            .checked_mul(stride)
-            .and_then(|start| start.checked_add(cols))
-            .expect("matrix extent overflows"),
-    };
-    assert!(
-        extent <= len,
-        "a {rows}x{cols} matrix with row stride {stride} spans {extent} values; the slice has {len}"
-    );
-}
+pub(super) use repvgg_kernels::{MatMut, MatRef, SendPtr};
 
 /// `dst = dst + lhs · rhs` (`accumulate`), or `dst = lhs · rhs`, on `threads` threads.
 ///
@@ -166,14 +29,14 @@ pub(super) fn matmul_add(
     accumulate: bool,
     threads: usize,
 ) {
-    let (m, n, k) = (dst.rows, dst.cols, lhs.cols);
+    let (m, n, k) = (dst.rows(), dst.cols(), lhs.cols());
     assert!(
-        lhs.rows == m && rhs.rows == k && rhs.cols == n,
+        lhs.rows() == m && rhs.rows() == k && rhs.cols() == n,
         "cannot multiply {}x{} by {}x{} into {m}x{n}",
-        lhs.rows,
-        lhs.cols,
-        rhs.rows,
-        rhs.cols
+        lhs.rows(),
+        lhs.cols(),
+        rhs.rows(),
+        rhs.cols()
     );
     let parallelism = if threads > 1 {
         Parallelism::Rayon(threads)
@@ -188,16 +51,16 @@ pub(super) fn matmul_add(
             m,
             n,
             k,
-            dst.data,
+            dst.as_mut_ptr(),
             1,
-            dst.stride as isize,
+            dst.stride() as isize,
             accumulate,
-            lhs.data.as_ptr(),
+            lhs.data().as_ptr(),
             1,
-            lhs.stride as isize,
-            rhs.data.as_ptr(),
+            lhs.stride() as isize,
+            rhs.data().as_ptr(),
             1,
-            rhs.stride as isize,
+            rhs.stride() as isize,
             1.0,
             1.0,
             false,

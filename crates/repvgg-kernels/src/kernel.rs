@@ -16,7 +16,7 @@ use std::ops::Range;
 
 use half::bf16;
 
-use crate::ops::MatMut;
+use crate::MatMut;
 
 /// Columns per vector (16 f32 lanes), vectors per panel, and rows per kernel call: 8 x 3
 /// accumulators fill 24 of the 32 vector registers.
@@ -27,7 +27,7 @@ const ROWS: usize = 8;
 
 /// The element type of a packed product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Element {
+pub enum Element {
     F32,
     Bf16,
     /// u8 left-hand side, s8 right-hand side.
@@ -48,7 +48,7 @@ impl Element {
 
 /// Whether this CPU runs the kernels of `element` (detected once: the bf16 conversions ask
 /// per row).
-pub(crate) fn supported(element: Element) -> bool {
+pub fn supported(element: Element) -> bool {
     static DETECTED: std::sync::LazyLock<[bool; 3]> = std::sync::LazyLock::new(detect);
     DETECTED[element as usize]
 }
@@ -75,7 +75,7 @@ fn detect() -> [bool; 3] {
 /// per word of depth (one f32, or two bf16 of consecutive depths), the panel's columns, padded
 /// with zeros to whole vectors.
 #[derive(Clone, Debug)]
-pub(crate) struct PackedRhs {
+pub struct PackedRhs {
     element: Element,
     columns: usize,
     /// Words of depth: `depth` for f32, `depth / 2` rounded up for bf16.
@@ -164,7 +164,7 @@ fn pair(low: f32, high: f32) -> u32 {
 /// The left-hand side: `rows` rows of [`PackedRhs::padded_depth`] values, `stride` elements
 /// apart; f32 or bf16 as the right-hand side is.
 #[derive(Clone, Copy)]
-pub(crate) enum Lhs<'a> {
+pub enum Lhs<'a> {
     F32 {
         data: &'a [f32],
         stride: usize,
@@ -206,7 +206,7 @@ pub(crate) enum Lhs<'a> {
 /// # Panics
 /// If the CPU lacks the element's kernels ([`supported`]), the element types differ, or a
 /// matrix does not fit its buffer.
-pub(crate) fn multiply(
+pub fn multiply(
     dst: MatMut<'_>,
     lhs: Lhs<'_>,
     rhs: &PackedRhs,
@@ -219,7 +219,7 @@ pub(crate) fn multiply(
 
 /// [`multiply`] with the sums multiplied by `scale` (a value per column of `dst`) before the
 /// bias: how the u8 x s8 kernels' exact i32 sums become f32 (and required by them).
-pub(crate) fn multiply_scaled(
+pub fn multiply_scaled(
     dst: MatMut<'_>,
     lhs: Lhs<'_>,
     rhs: &PackedRhs,
@@ -345,8 +345,7 @@ pub(crate) fn multiply_scaled(
 
 /// The scalar definition of [`multiply`]: operands rounded to the element type, products summed
 /// in f32 in depth order.
-#[cfg(test)]
-pub(crate) fn reference_product(
+pub fn reference_product(
     element: Element,
     lhs: &[f32],
     rhs: &[f32],
@@ -373,7 +372,7 @@ pub(crate) fn reference_product(
 }
 
 /// f32 to bf16, rounding to nearest even, in vectors where the CPU converts them.
-pub(crate) fn to_bf16(source: &[f32], destination: &mut [bf16]) {
+pub fn to_bf16(source: &[f32], destination: &mut [bf16]) {
     assert_eq!(source.len(), destination.len(), "one bf16 per f32");
     #[cfg(target_arch = "x86_64")]
     if supported(Element::Bf16) {
@@ -388,7 +387,7 @@ pub(crate) fn to_bf16(source: &[f32], destination: &mut [bf16]) {
 
 /// Rows of `depth` f32 values to rows of `padded` bf16 (the depth rounded up to a pair), the
 /// padding zero.
-pub(crate) fn to_bf16_rows(source: &[f32], depth: usize, destination: &mut [bf16], padded: usize) {
+pub fn to_bf16_rows(source: &[f32], depth: usize, destination: &mut [bf16], padded: usize) {
     for (values, out) in source
         .chunks_exact(depth)
         .zip(destination.chunks_exact_mut(padded))
