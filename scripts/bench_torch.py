@@ -13,17 +13,19 @@ figures with a note. Prints one JSON object on stdout:
 
 With --train (for `cargo xtask bench-train`): full training steps of timm's RepVGG instead,
 {"torch": .., "training": {"A0": {"step_ms": .., "forward_ms": .., ..}}}; --precision bf16 casts
-the model and the batch to bfloat16 (as Burn's device computes in bf16 then).
+the model and the batch to bfloat16 (as Burn's device computes in bf16 then); --precision
+bf16-mixed keeps them f32 and runs the forward pass under torch.autocast to bfloat16.
 
 With --device cuda, PyTorch's models, inputs and training steps run on the first CUDA GPU
 (cuDNN autotuning on, as Burn autotunes its kernels; each timing waits for the GPU); the
 deployment engines stay CPU-only (xtask gives no --onnx-dir then).
 
 Usage: python scripts/bench_torch.py --archs A0,B0 --batches 1,8 --size 224 --runs 10
-       [--onnx-dir DIR] [--train [--precision f32|bf16]] [--device cpu|cuda]
+       [--onnx-dir DIR] [--train [--precision f32|bf16|bf16-mixed]] [--device cpu|cuda]
 """
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -102,6 +104,9 @@ def training_figures(args, batch, threads, notes):
     torch.set_num_threads(threads)
     place, synced = on_device(torch, args.device)
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
+    # bf16-mixed: f32 weights and batch, the convolutions under autocast (bf16 compute).
+    autocast = (lambda: torch.autocast(args.device, dtype=torch.bfloat16)) \
+        if args.precision == "bf16-mixed" else contextlib.nullcontext
     figures = {}
     for arch in args.archs.split(","):
         model = timm.create_model("repvgg_" + arch.lower(), pretrained=False).train()
@@ -112,9 +117,13 @@ def training_figures(args, batch, threads, notes):
         targets = place(torch.randint(0, 1000, (batch,)))
         loss_fn = torch.nn.CrossEntropyLoss()
 
+        def forward():
+            with autocast():
+                return loss_fn(model(images), targets)
+
         def step():
             optimizer.zero_grad(set_to_none=True)
-            loss_fn(model(images), targets).backward()
+            forward().backward()
             optimizer.step()
 
         step_ms = median_ms(synced(step), args.runs, args.warmup)
@@ -122,7 +131,7 @@ def training_figures(args, batch, threads, notes):
         for _ in range(args.runs):
             optimizer.zero_grad(set_to_none=True)
             start = time.perf_counter()
-            loss = synced(lambda: loss_fn(model(images), targets))()
+            loss = synced(forward)()
             parts["forward_ms"].append(time.perf_counter() - start)
             start = time.perf_counter()
             synced(loss.backward)()
@@ -201,7 +210,7 @@ def main():
                         help="where PyTorch runs (the engines always run on the CPU)")
     parser.add_argument("--train", action="store_true",
                         help="time training steps instead (at the first --batches size)")
-    parser.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+    parser.add_argument("--precision", choices=["f32", "bf16", "bf16-mixed"], default="f32",
                         help="the training steps' float type (--train)")
     args = parser.parse_args()
     batches = [int(b) for b in args.batches.split(",")]

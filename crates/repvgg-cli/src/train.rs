@@ -157,7 +157,8 @@ pub struct RecipeArgs {
     /// Seeds the weights, the shuffling and the augmentation.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// f32, or bf16 where the device computes in it (no loss scaling needed).
+    /// f32; bf16 where the device computes in it (no loss scaling needed); or bf16-mixed on the
+    /// CPU with AVX512_BF16 (bf16 products, f32 weights and activations).
     #[arg(long, default_value = "f32")]
     pub precision: Precision,
 }

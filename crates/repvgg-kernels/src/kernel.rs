@@ -15,6 +15,7 @@
 use std::ops::Range;
 
 use half::bf16;
+use rayon::prelude::*;
 
 use crate::MatMut;
 
@@ -124,6 +125,59 @@ impl PackedRhs {
         }
     }
 
+    /// Packs rows `0..depth` of `values`, row `k` at `k * stride`, `columns` values each: as
+    /// [`PackedRhs::new`] with `value(k, column) = values[k * stride + column]`, but with
+    /// vector conversions and the panels shared between the cores (for operands packed on every
+    /// call, such as im2col columns). f32 or bf16.
+    ///
+    /// # Panics
+    /// For u8 x s8, or if the rows do not lie within `values`.
+    pub fn from_rows(
+        element: Element,
+        depth: usize,
+        columns: usize,
+        values: &[f32],
+        stride: usize,
+    ) -> Self {
+        assert!(element != Element::U8S8, "u8 x s8 packs from s8 values");
+        assert!(
+            depth == 0 || columns == 0 || (depth - 1) * stride + columns <= values.len(),
+            "{depth} rows of {columns} values, {stride} apart, do not fit in {}",
+            values.len()
+        );
+        let words = depth.div_ceil(element.per_word());
+        let vectors = columns.div_ceil(LANES);
+        let mut data = vec![0u32; words * vectors * LANES];
+        data.par_chunks_mut(PANEL * words)
+            .enumerate()
+            .for_each(|(panel, panel_data)| {
+                let first = panel * PANEL;
+                let width = panel_data.len() / words.max(1);
+                let row = |k: usize| (k < depth).then(|| &values[k * stride..]);
+                for (word, packed) in panel_data.chunks_exact_mut(width).enumerate() {
+                    match element {
+                        Element::Bf16 => {
+                            let (low, high) = (row(2 * word), row(2 * word + 1));
+                            pack_pairs(packed, low, high, first, columns);
+                        }
+                        _ => {
+                            let source = row(word).expect("a row per word");
+                            let end = columns.min(first + width);
+                            for (packed, value) in packed.iter_mut().zip(&source[first..end]) {
+                                *packed = value.to_bits();
+                            }
+                        }
+                    }
+                }
+            });
+        Self {
+            element,
+            columns,
+            words,
+            data,
+        }
+    }
+
     /// Packs s8 weights `value(k, column)` for the u8 x s8 kernels.
     pub fn new_s8(depth: usize, columns: usize, value: impl Fn(usize, usize) -> i8) -> Self {
         Self::new(Element::U8S8, depth, columns, |k, column| {
@@ -153,6 +207,29 @@ impl PackedRhs {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 4
+    }
+}
+
+/// One packed word per lane of `packed` (columns from `first`, up to `columns`): row `low`'s
+/// value in the low half and row `high`'s (zero if none) in the high half, as bf16.
+fn pack_pairs(
+    packed: &mut [u32],
+    low: Option<&[f32]>,
+    high: Option<&[f32]>,
+    first: usize,
+    columns: usize,
+) {
+    let low = low.expect("a row per word");
+    let end = columns.min(first + packed.len());
+    let (low, high) = (&low[first..end], high.map(|high| &high[first..end]));
+    #[cfg(target_arch = "x86_64")]
+    if supported(Element::Bf16) {
+        // SAFETY: the CPU converts (checked); `packed` covers the columns (`end - first`).
+        unsafe { avx512::pack_pairs(&mut packed[..end - first], low, high) };
+        return;
+    }
+    for (i, (packed, &low)) in packed.iter_mut().zip(low).enumerate() {
+        *packed = pair(low, high.map_or(0.0, |high| high[i]));
     }
 }
 
@@ -673,6 +750,34 @@ mod avx512 {
         unsafe { std::mem::transmute_copy(&value) }
     }
 
+    /// `packed[i] = bf16(low[i]) | bf16(high[i]) << 16` (high zero when `None`).
+    ///
+    /// # Safety
+    /// The CPU has AVX512_BF16; `low` (and `high`) are as long as `packed`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn pack_pairs(packed: &mut [u32], low: &[f32], high: Option<&[f32]>) {
+        for (chunk, out) in packed.chunks_mut(LANES).enumerate() {
+            let mask = ((1u32 << out.len()) - 1) as u16;
+            let start = chunk * LANES;
+            // SAFETY: the masked lanes lie within the slices.
+            unsafe {
+                let widen = |values: *const f32| {
+                    let values = _mm512_maskz_loadu_ps(mask, values);
+                    let rounded: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(values));
+                    _mm512_cvtepu16_epi32(rounded)
+                };
+                let mut words = widen(low.as_ptr().add(start));
+                if let Some(high) = high {
+                    words = _mm512_or_si512(
+                        words,
+                        _mm512_slli_epi32(widen(high.as_ptr().add(start)), 16),
+                    );
+                }
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().cast(), mask, words);
+            }
+        }
+    }
+
     /// # Safety
     /// The CPU has AVX512_BF16 (and so AVX512BW and VL); the slices have equal lengths.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
@@ -833,6 +938,27 @@ mod tests {
                 i / columns,
                 i % columns
             );
+        }
+    }
+
+    /// Packing rows in place (vector conversions, panels in parallel) packs what the
+    /// element-by-element constructor packs: odd depths, partial vectors and panels, rows wider
+    /// than the columns.
+    #[test]
+    fn packing_rows_equals_packing_values() {
+        for element in [Element::F32, Element::Bf16] {
+            for [depth, columns, stride] in [[1, 1, 1], [7, 37, 40], [8, 48, 48], [33, 150, 151]] {
+                let values = values(depth * stride, (depth + columns) as u64);
+                let expected =
+                    PackedRhs::new(element, depth, columns, |k, c| values[k * stride + c]);
+                let actual = PackedRhs::from_rows(element, depth, columns, &values, stride);
+                assert_eq!(actual.words, expected.words);
+                assert_eq!(actual.columns, expected.columns);
+                assert!(
+                    actual.data == expected.data,
+                    "{element:?} {depth}x{columns} (stride {stride})"
+                );
+            }
         }
     }
 

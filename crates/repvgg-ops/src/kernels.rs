@@ -221,6 +221,11 @@ pub(crate) struct Scratch {
     /// A weight, or its gradient, with its depth in another order.
     pub weight: Vec<f32>,
     pub weight_grad: Vec<f32>,
+    /// The 1x1's share of a pixel-major column gradient (bf16 products).
+    pub weight_grad_pointwise: Vec<f32>,
+    /// Output gradients as bf16 rows `[3x3, 1x1]`, and transposed (bf16 products).
+    pub bf16_rows: [Vec<half::bf16>; 2],
+    pub bf16_transposed: [Vec<half::bf16>; 2],
 }
 
 impl Scratch {

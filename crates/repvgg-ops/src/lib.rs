@@ -43,10 +43,12 @@ mod autodiff;
 mod block;
 mod flex;
 mod kernels;
+mod mixed;
 mod norm;
 pub mod profile;
 mod sgd;
 
+pub use mixed::{Bf16Unsupported, Products, bf16_products_supported, products, set_products};
 pub use sgd::Sgd;
 
 use std::sync::OnceLock;

@@ -6,27 +6,14 @@
 
 use burn::tensor::module::{batch_norm_train as burn_batch_norm_train, conv2d as burn_conv2d};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Device, Distribution, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor};
 use repvgg_ops::{Conv, batch_norm_train, block_train, burn_block_train, conv2d};
 
-/// Largest difference relative to the largest magnitude of `expected`.
-fn relative(actual: TensorData, expected: TensorData) -> f32 {
-    relative_above(actual, expected, 1e-12)
-}
+mod common;
 
-/// [`relative`] with the magnitude taken as at least `floor`, for values that are zero in exact
-/// arithmetic (every digit of both sides is rounding).
-fn relative_above(actual: TensorData, expected: TensorData, floor: f32) -> f32 {
-    let actual = actual.try_to_vec::<f32>().unwrap();
-    let expected = expected.try_to_vec::<f32>().unwrap();
-    assert_eq!(actual.len(), expected.len());
-    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs())).max(floor);
-    actual
-        .iter()
-        .zip(&expected)
-        .fold(0f32, |m, (a, e)| m.max((a - e).abs()))
-        / scale
-}
+use common::{
+    BLOCK_CASES, block_case_name, block_differences, loss_weights, relative, relative_above, spread,
+};
 
 /// (batch, in, out, height, width, kernel, stride, groups)
 type ConvCase = (usize, usize, usize, usize, usize, usize, usize, usize);
@@ -100,26 +87,6 @@ fn outputs_and_gradients_equal_burns() {
     }
 }
 
-/// Weights for a loss that weights every output differently.
-fn loss_weights(shape: [usize; 4], device: &Device) -> Tensor<4> {
-    let count = shape.iter().product::<usize>();
-    let weights = (0..count).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect();
-    Tensor::from_data(TensorData::new(weights, shape), device)
-}
-
-/// Pseudo-random values in [0, 1), the same on every run, a different sequence for each seed.
-fn spread<const D: usize>(shape: [usize; D], seed: u32, device: &Device) -> Tensor<D> {
-    let count = shape.iter().product::<usize>() as u32;
-    let values = (0..count)
-        .map(|i| {
-            let v = (i + 1).wrapping_mul(0x9E37_79B9) ^ seed.wrapping_mul(0x85EB_CA6B);
-            let v = (v ^ (v >> 15)).wrapping_mul(0xC2B2_AE35);
-            (v >> 8) as f32 / (1 << 24) as f32
-        })
-        .collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
-
 /// (batch, channels, height, width, offset of the input's values)
 const NORM_CASES: [(usize, usize, usize, usize, f32); 5] = [
     (2, 3, 5, 7, 0.0),
@@ -186,92 +153,20 @@ fn batch_norm_outputs_statistics_and_gradients_equal_burns() {
     }
 }
 
-/// (batch, in, out, height, width, stride, groups, identity)
-type BlockCase = (usize, usize, usize, usize, usize, usize, usize, bool);
-
-const BLOCK_CASES: [BlockCase; 8] = [
-    (2, 6, 6, 9, 7, 1, 1, true),
-    (2, 6, 8, 9, 7, 2, 1, false),
-    (1, 8, 8, 11, 5, 1, 2, true),
-    (3, 8, 12, 10, 10, 2, 4, false),
-    (64, 12, 12, 2, 2, 1, 1, true),
-    (1, 3, 16, 33, 31, 2, 1, false),
-    (3, 4, 4, 1, 1, 1, 1, true),
-    // Images large enough that the op takes them in several blocks (one image each).
-    (3, 16, 16, 128, 128, 1, 1, true),
-];
-
 #[test]
 fn blocks_outputs_statistics_and_gradients_equal_burns() {
-    let device = Device::flex().autodiff();
-    for (batch, input, output, height, width, stride, groups, identity) in BLOCK_CASES {
-        let case = format!(
-            "{batch}x{input}x{height}x{width}, {output} out, s{stride} g{groups} identity {identity}"
-        );
-        let branches = 2 + identity as usize;
-        let x = spread([batch, input, height, width], 1, &device);
-        let dense = spread([output, input / groups, 3, 3], 2, &device) - 0.5;
-        let pointwise = spread([output, input / groups, 1, 1], 3, &device) - 0.5;
-        let gamma = spread([branches, output], 4, &device) + 0.5;
-        let beta = spread([branches, output], 5, &device);
-        let run = |fast: bool| {
-            let x = x.clone().require_grad();
-            let weights = [
-                dense.clone().require_grad(),
-                pointwise.clone().require_grad(),
-            ];
-            let norms = [gamma.clone().require_grad(), beta.clone().require_grad()];
-            let result = if fast {
-                let [d, p] = weights.clone();
-                let [g, b] = norms.clone();
-                block_train(x.clone(), d, p, g, b, stride, groups, 1e-5)
-            } else {
-                burn_block_train(
-                    x.clone(),
-                    weights.clone(),
-                    norms.clone(),
-                    stride,
-                    groups,
-                    1e-5,
-                )
-            };
-            let y = result.output;
-            let grads = (y.clone() * loss_weights(y.dims(), &device))
-                .sum()
-                .backward();
-            let [d, p] = weights;
-            let [g, b] = norms;
-            [
-                y.into_data(),
-                result.mean.into_data(),
-                result.variance.into_data(),
-                x.grad(&grads).unwrap().into_data(),
-                d.grad(&grads).unwrap().into_data(),
-                p.grad(&grads).unwrap().into_data(),
-                g.grad(&grads).unwrap().into_data(),
-                b.grad(&grads).unwrap().into_data(),
-            ]
-        };
+    for case in BLOCK_CASES {
+        let (batch, _, _, height, width, stride, _, _) = case;
         let tolerance = if batch * height * width / (stride * stride) > 3 {
             1e-4
         } else {
             1e-3
         };
-        let names = [
-            "output",
-            "mean",
-            "variance",
-            "x grad",
-            "3x3 grad",
-            "1x1 grad",
-            "gamma grad",
-            "beta grad",
-        ];
-        for ((what, a), e) in names.iter().zip(run(true)).zip(run(false)) {
-            let difference = relative(a, e);
+        for (what, difference) in block_differences(case, loss_weights) {
             assert!(
                 difference < tolerance,
-                "{case}: {what} differs by {difference:e}"
+                "{}: {what} differs by {difference:e}",
+                block_case_name(case)
             );
         }
     }

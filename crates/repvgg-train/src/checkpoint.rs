@@ -156,7 +156,7 @@ fn check_checkpoint<N: TrainableNetwork>(
     // The network's weights (and their average) are in the run's precision; the optimizer's
     // and scheduler's state in floats.
     let weights = match config.precision {
-        Precision::F32 => DType::F32,
+        Precision::F32 | Precision::Bf16Mixed => DType::F32,
         Precision::Bf16 => DType::BF16,
     };
     for part in PARTS.into_iter().chain([AVERAGE_PART]) {

@@ -224,6 +224,10 @@ pub enum Precision {
     F32,
     /// bfloat16 everywhere (no loss scaling needed), where the device computes in it.
     Bf16,
+    /// Mixed precision: the convolutions' matrix products in bf16 with f32 sums, the weights,
+    /// activations, batch statistics and optimizer in f32 (PyTorch's autocast). On Burn's CPU
+    /// backend, on CPUs with AVX512_BF16 (repvgg-ops' kernels).
+    Bf16Mixed,
 }
 
 impl Precision {
@@ -232,20 +236,21 @@ impl Precision {
         match self {
             Self::F32 => "f32",
             Self::Bf16 => "bf16",
+            Self::Bf16Mixed => "bf16-mixed",
         }
     }
 }
 
 /// A precision name that is neither `f32` nor `bf16`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown precision `{0}`; use f32 or bf16")]
+#[error("unknown precision `{0}`; use f32, bf16 or bf16-mixed")]
 pub struct UnknownPrecision(pub String);
 
 impl FromStr for Precision {
     type Err = UnknownPrecision;
 
     fn from_str(name: &str) -> Result<Self, Self::Err> {
-        [Self::F32, Self::Bf16]
+        [Self::F32, Self::Bf16, Self::Bf16Mixed]
             .into_iter()
             .find(|precision| precision.name().eq_ignore_ascii_case(name.trim()))
             .ok_or_else(|| UnknownPrecision(name.to_string()))

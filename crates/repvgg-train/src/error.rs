@@ -75,6 +75,15 @@ pub enum TrainError {
         /// The device, as Burn names it.
         device: String,
     },
+    /// bf16-mixed asked for where it does not run.
+    #[error(
+        "bf16-mixed runs on the CPU device (flex) of a CPU with AVX512_BF16, not on {device}; \
+         train in f32 (or bf16 where the device computes in it)"
+    )]
+    MixedPrecisionUnsupported {
+        /// The device, as Burn names it.
+        device: String,
+    },
     /// The device's precision could not be set (it was already in use).
     #[error("cannot switch {device} to bf16: {source}")]
     PrecisionSetup {

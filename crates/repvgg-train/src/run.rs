@@ -17,6 +17,7 @@ use burn::train::metric::{
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use repvgg_data::{Augmentation, ImageFolder, ImageLoader, LoaderOptions, SkippedImages};
 use repvgg_model::{RepVgg, RepVggArch, RepVggConfig, RepVggPlus};
+use repvgg_ops::{Products, bf16_products_supported, set_products};
 
 use crate::checkpoint::{UnusableCheckpoint, resume_point};
 use crate::classifier::{Classifier, Objective, TrainableNetwork};
@@ -177,6 +178,17 @@ fn training_devices(
         });
     }
     let mut devices: Vec<Device> = devices.iter().map(|d| d.clone().inner()).collect();
+    let mixed = config.precision == Precision::Bf16Mixed;
+    if let Some(device) = devices
+        .iter()
+        .find(|device| mixed && !(repvgg_ops::runs_here(device) && bf16_products_supported()))
+    {
+        return Err(TrainError::MixedPrecisionUnsupported {
+            device: format!("{device:?}"),
+        });
+    }
+    let products = if mixed { Products::Bf16 } else { Products::F32 };
+    set_products(products).expect("bf16 products checked above");
     if config.precision == Precision::Bf16 {
         for device in &mut devices {
             if !device.supports_dtype(FloatDType::BF16) {

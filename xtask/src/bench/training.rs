@@ -45,8 +45,9 @@ pub struct TrainBenchArgs {
     #[arg(long, default_value_t = DeviceChoice::Cpu)]
     device: DeviceChoice,
 
-    /// f32, or bf16 where the device computes in it (weights and activations, as
-    /// `repvgg-train --precision` trains; PyTorch's model and batch are cast to it too).
+    /// f32; bf16 where the device computes in it (weights and activations, as `repvgg-train
+    /// --precision` trains; PyTorch's model and batch are cast to it too); or bf16-mixed on the
+    /// CPU (bf16 products, f32 tensors; PyTorch under CPU autocast to bf16).
     #[arg(long, default_value = "f32")]
     precision: Precision,
 
@@ -107,6 +108,13 @@ pub fn run(args: TrainBenchArgs) -> Result<()> {
     );
     super::ensure_repvgg(&args.arch)?;
     let mut device = args.device.device()?;
+    if args.precision == Precision::Bf16Mixed {
+        ensure!(
+            args.device == DeviceChoice::Cpu,
+            "bf16-mixed runs on the CPU device"
+        );
+        repvgg_ops::set_products(repvgg_ops::Products::Bf16)?;
+    }
     if args.precision == Precision::Bf16 {
         ensure!(
             device.supports_dtype(FloatDType::BF16),
