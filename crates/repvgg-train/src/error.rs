@@ -75,15 +75,21 @@ pub enum TrainError {
         /// The device, as Burn names it.
         device: String,
     },
-    /// bf16-mixed asked for where it does not run.
+    /// bf16-mixed asked for on another device than the CPU's.
     #[error(
-        "bf16-mixed runs on the CPU device (flex) of a CPU with AVX512_BF16, not on {device}; \
-         train in f32 (or bf16 where the device computes in it)"
+        "bf16-mixed runs on the CPU device (flex) with the project's training ops, not on \
+         {device}; train in f32, or in bf16 where the device computes in it"
     )]
-    MixedPrecisionUnsupported {
+    MixedPrecisionDevice {
         /// The device, as Burn names it.
         device: String,
     },
+    /// bf16-mixed asked for on a CPU without bf16 products.
+    #[error(
+        "bf16-mixed needs a CPU with AVX512_BF16 (AMD Zen 4 or later, Intel Cooper Lake or \
+         Sapphire Rapids or later), which this one lacks; train in f32"
+    )]
+    MixedPrecisionCpu,
     /// The device's precision could not be set (it was already in use).
     #[error("cannot switch {device} to bf16: {source}")]
     PrecisionSetup {

@@ -179,13 +179,15 @@ fn training_devices(
     }
     let mut devices: Vec<Device> = devices.iter().map(|d| d.clone().inner()).collect();
     let mixed = config.precision == Precision::Bf16Mixed;
-    if let Some(device) = devices
-        .iter()
-        .find(|device| mixed && !(repvgg_ops::runs_here(device) && bf16_products_supported()))
-    {
-        return Err(TrainError::MixedPrecisionUnsupported {
-            device: format!("{device:?}"),
-        });
+    if mixed {
+        if let Some(device) = devices.iter().find(|device| !repvgg_ops::runs_here(device)) {
+            return Err(TrainError::MixedPrecisionDevice {
+                device: format!("{device:?}"),
+            });
+        }
+        if !bf16_products_supported() {
+            return Err(TrainError::MixedPrecisionCpu);
+        }
     }
     let products = if mixed { Products::Bf16 } else { Products::F32 };
     set_products(products).expect("bf16 products checked above");
