@@ -24,6 +24,12 @@ pub use device::{TEST_DEVICE_VARIABLE, test_device, wgpu_device};
 pub use hf_cache::{HF_CACHE_COMMIT, place_in_hf_cache};
 pub use random_model::{random_plus_model, random_training_model, relative_difference};
 
+/// The demo's small network (`repvgg demo`): RepVGG-A's layout at a quarter of A0's depth and
+/// half its width, with `classes` outputs; what the tests that train a whole run train.
+pub fn small_network(classes: usize) -> repvgg_model::RepVggConfig {
+    repvgg_model::RepVggConfig::new(vec![1, 2, 2, 1], vec![0.5; 4]).with_num_classes(classes)
+}
+
 /// A file of the PyTorch fixtures (`crates/repvgg-testing/fixtures`, written by
 /// `scripts/make_fixtures.py`).
 pub fn fixture(name: &str) -> PathBuf {

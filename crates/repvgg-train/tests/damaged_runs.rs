@@ -13,9 +13,9 @@ use burn::tensor::{Bytes, Device};
 use burn_store::burn_pack;
 use proptest::strategy::BoxedStrategy;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use repvgg_data::write_synthetic_set;
-use repvgg_testing::copy_dir;
+use repvgg_data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_testing::mutation::{self, Format, Mutation, apply, byte_damage};
+use repvgg_testing::{copy_dir, small_network};
 use repvgg_train::{AugmentationConfig, LoaderConfig, RecipeConfig, TrainingConfig, resume, train};
 
 /// What the damaged copies of one file did.
@@ -75,7 +75,7 @@ fn damaged_run_directories_are_refused_not_panicked_on() {
     let scratch = tempfile::tempdir().unwrap();
     let (data, run) = (scratch.path().join("data"), scratch.path().join("run"));
     write_synthetic_set(&data, 1, 2, 5).unwrap();
-    let config = TrainingConfig::new(small_network())
+    let config = TrainingConfig::new(small_network(SYNTHETIC_CLASSES.len()))
         .with_recipe(
             RecipeConfig::new()
                 .with_epochs(1)
@@ -159,11 +159,4 @@ fn with_first_state_changed(
         writer = writer.with_scalar(&key, value);
     }
     writer.into_bytes().unwrap().to_vec()
-}
-
-/// The demo's small network (`repvgg demo`): RepVGG-A's layout at a quarter of A0's depth and
-/// half its width, one output per synthetic class.
-fn small_network() -> repvgg_model::RepVggConfig {
-    repvgg_model::RepVggConfig::new(vec![1, 2, 2, 1], vec![0.5; 4])
-        .with_num_classes(repvgg_data::SYNTHETIC_CLASSES.len())
 }

@@ -12,15 +12,11 @@ use burn_store::burn_pack;
 use repvgg_data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_deploy::read_checkpoint;
 use repvgg_model::{RepVggConfig, Weights};
+use repvgg_testing::small_network;
 use repvgg_train::{
     AugmentationConfig, InitialWeights, LoaderConfig, RecipeConfig, TrainError, TrainingConfig,
     WeightsInit, resume, train,
 };
-
-/// The demo's small network with `classes` outputs.
-fn small_network(classes: usize) -> RepVggConfig {
-    RepVggConfig::new(vec![1, 2, 2, 1], vec![0.5; 4]).with_num_classes(classes)
-}
 
 /// A short run of `model` at 32x32.
 fn short_run(model: RepVggConfig, epochs: usize) -> TrainingConfig {

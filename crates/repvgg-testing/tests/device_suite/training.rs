@@ -10,7 +10,7 @@ use burn::config::Config;
 use repvgg_data::{SYNTHETIC_CLASSES, write_synthetic_set};
 use repvgg_deploy::{Form, read_checkpoint};
 use repvgg_model::{PlusLayout, RepVggConfig};
-use repvgg_testing::{copy_dir, scratch, test_device};
+use repvgg_testing::{copy_dir, scratch, small_network, test_device};
 use repvgg_train::checkpoint::{checkpoint_path, last_checkpoint};
 use repvgg_train::{
     AugmentationConfig, LoaderConfig, RecipeConfig, TrainError, TrainReport, TrainingConfig,
@@ -37,7 +37,7 @@ fn workspace(name: &str, train_per_class: usize) -> TempDir {
 /// The demo's small architecture on 32x32 crops, batches of 16, two loader threads; `recipe`
 /// adjusts the rest of the recipe.
 fn config(recipe: impl FnOnce(RecipeConfig) -> RecipeConfig) -> TrainingConfig {
-    TrainingConfig::new(small_network())
+    TrainingConfig::new(small_network(SYNTHETIC_CLASSES.len()))
         .with_recipe(recipe(RecipeConfig::new().with_batch_size(16).with_lr(0.4)))
         .with_augmentation(
             AugmentationConfig::new()
@@ -380,7 +380,7 @@ fn bad_runs_are_refused_with_a_reason() {
     assert!(error.contains("recipe.epochs is 0"), "{error}");
 
     let narrow = TrainingConfig {
-        model: small_network().with_num_classes(3),
+        model: small_network(3),
         ..one_epoch.clone()
     };
     let error = message(train_in(root, "classes", &narrow));
@@ -518,11 +518,4 @@ fn every_recipe_option_trains_together() {
         report.validation.predictions,
         report.deploy_validation.predictions
     );
-}
-
-/// The demo's small network (`repvgg demo`): RepVGG-A's layout at a quarter of A0's depth and
-/// half its width, one output per synthetic class.
-fn small_network() -> repvgg_model::RepVggConfig {
-    repvgg_model::RepVggConfig::new(vec![1, 2, 2, 1], vec![0.5; 4])
-        .with_num_classes(repvgg_data::SYNTHETIC_CLASSES.len())
 }
